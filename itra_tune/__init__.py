@@ -1,0 +1,34 @@
+"""itra_tune: In-Training Representation Alignment (ITRA), tuned with Ray Tune and tracked with MLflow.
+
+    cfg = itra_tune.load_config("my.yaml")
+    result = itra_tune.train(cfg)          # the engine, no cluster needed
+    result.best["val_acc"]
+
+Attributes load on first use, so ``import itra_tune`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "train": ("itra_tune.train", None),  # the module itself is callable: itra_tune.train(config, ...)
+    "fit": ("itra_tune.engine", "fit"),
+    "load_config": ("itra_tune.config", "load"),
+    "Config": ("itra_tune.config", "Config"),
+    "ConfigError": ("itra_tune.config", "ConfigError"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'itra_tune' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    mod = importlib.import_module(module)
+    return mod if attr is None else getattr(mod, attr)
+
+
+__all__ = list(_LAZY)

@@ -1,0 +1,283 @@
+"""Typed training configuration: frozen dataclasses, YAML loading, dotted overrides, validation.
+
+A configuration file has up to five sections (``data``, ``model``, ``loss``, ``optim``, ``train``) and a
+top-level ``seed`` and ``device``. Unknown keys and wrong types are errors naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """Bad input from the user: the message is one line naming the problem and the fix."""
+
+
+PAIRINGS = ("independent", "split")
+SCHEDULES = ("cosine", "step", "none")
+OPTIMIZERS = ("sgd", "adamw")
+BANDWIDTHS = ("median", "mean", "fixed", "multiscale")  # mirrors itra_tune.mmd.BANDWIDTHS
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"
+    root: str | None = None  # folder holding the dataset; None: $ITRA_TUNE_DATA or ~/.cache/itra_tune/data
+    download: bool = False  # let torchvision download a missing dataset (needs network)
+    val_fraction: float = 0.1  # share of the training set held out for model selection
+    split_seed: int = 0  # seed of the train/validation split, independent of the training seed
+    subset: int | None = None  # cap on training examples (after the split), for quick runs
+    batch_size: int = 128  # m1: examples in S1 per step
+    second_batch_size: int | None = None  # m2: examples in S2; None means m2 = m1
+    pairing: str = "independent"  # independent: S2 from its own sampler (the paper); split: halves of one batch
+    augment: bool = True  # the dataset's usual augmentation (crop, flip), done on the device
+    eval_batch_size: int = 1024
+    num_workers: int = 2  # loader workers, for folder-of-images data only
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "small_cnn"
+    pretrained: bool = False  # torchvision ImageNet weights (needs network or a local cache)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    name: str = "itra_c"
+    lam: float = 0.6  # lambda: weight of the matching loss (Eq. 4, 6) or of the center loss
+    bandwidth: str = "median"  # kernel bandwidth scheme of the MMD
+    sigma: float | None = None  # bandwidth for 'fixed', base scale for 'multiscale', in squared feature units
+    eps: float = 0.1  # label smoothing for 'lsr'
+    center_lr: float = 0.5  # learning rate of the class centers for 'center' (Wen et al. 2016)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.05  # peak learning rate
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | step | none, stepped once per epoch after any warm-up
+    milestones: tuple[int, ...] = ()  # epochs at which 'step' multiplies the rate by gamma
+    gamma: float = 0.1
+    warmup_epochs: int = 0  # linear warm-up from lr / 10
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    amp: bool = True  # bfloat16 autocast, on CUDA only
+    channels_last: bool = True  # on CUDA only
+    compactness_samples: int = 512  # test examples per batch for the compactness metric
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def flat(self) -> dict[str, Any]:
+        """The configuration as dotted keys, e.g. ``{"loss.lam": 0.6, ...}``."""
+        out: dict[str, Any] = {}
+        for section, value in self.to_dict().items():
+            if isinstance(value, dict):
+                out.update({f"{section}.{k}": v for k, v in value.items()})
+            else:
+                out[section] = value
+        return out
+
+
+def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Build and validate a Config from nested plain data; ``source`` names the origin in errors."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    cfg = _build(Config, raw, source, prefix="")
+    validate(cfg, source)
+    return cfg
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML configuration file and apply ``key=value`` dotted overrides."""
+    raw = read_yaml(path)
+    return from_dict(apply_overrides(raw, overrides), str(path))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """``yaml.safe_load`` of a file, with one-line errors for missing and malformed files."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such file; pass the path of a YAML configuration")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"{p}: malformed YAML{line}: {getattr(e, 'problem', e)}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with dotted ``key=value`` overrides; values are parsed as YAML scalars."""
+    out = _deep_copy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. loss.lam=0.8")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        _set_path(out, key.strip(), value)
+    return out
+
+
+def override(cfg: Config, values: dict[str, Any], source: str = "override") -> Config:
+    """A new, validated Config with dotted-key values applied, e.g. ``{"loss.lam": 0.8}``."""
+    raw = cfg.to_dict()
+    for key, value in values.items():
+        _set_path(raw, key, value)
+    return from_dict(raw, source)
+
+
+def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def validate(cfg: Config, source: str = "config") -> None:
+    """Range checks that the types alone do not express."""
+    d, lo, o, t = cfg.data, cfg.loss, cfg.optim, cfg.train
+    checks = [
+        (d.batch_size > 0, "data.batch_size", f"must be a positive integer but got {d.batch_size}"),
+        (d.second_batch_size is None or d.second_batch_size > 0, "data.second_batch_size",
+         f"must be a positive integer or null but got {d.second_batch_size}"),
+        (d.eval_batch_size > 0, "data.eval_batch_size", f"must be positive but got {d.eval_batch_size}"),
+        (0.0 <= d.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1) but got {d.val_fraction}"),
+        (d.subset is None or d.subset > 0, "data.subset", f"must be positive or null but got {d.subset}"),
+        (d.pairing in PAIRINGS, "data.pairing", f"unknown pairing {d.pairing!r}; choose one of {', '.join(PAIRINGS)}"),
+        (lo.lam >= 0.0, "loss.lam", f"cannot be negative but got {lo.lam}"),
+        (lo.bandwidth in BANDWIDTHS, "loss.bandwidth",
+         f"unknown bandwidth scheme {lo.bandwidth!r}; choose one of {', '.join(BANDWIDTHS)}"),
+        (lo.sigma is None or lo.sigma > 0, "loss.sigma", f"must be positive or null but got {lo.sigma}"),
+        (lo.bandwidth != "fixed" or lo.sigma is not None, "loss.sigma", "is required when loss.bandwidth is 'fixed'"),
+        (0.0 <= lo.eps < 1.0, "loss.eps", f"must be in [0, 1) but got {lo.eps}"),
+        (lo.center_lr > 0, "loss.center_lr", f"must be positive but got {lo.center_lr}"),
+        (o.name in OPTIMIZERS, "optim.name", f"unknown optimizer {o.name!r}; choose one of {', '.join(OPTIMIZERS)}"),
+        (o.lr > 0, "optim.lr", f"must be positive but got {o.lr}"),
+        (o.weight_decay >= 0, "optim.weight_decay", f"cannot be negative but got {o.weight_decay}"),
+        (o.schedule in SCHEDULES, "optim.schedule",
+         f"unknown schedule {o.schedule!r}; choose one of {', '.join(SCHEDULES)}"),
+        (o.warmup_epochs >= 0, "optim.warmup_epochs", f"cannot be negative but got {o.warmup_epochs}"),
+        (t.epochs > 0, "train.epochs", f"must be a positive integer but got {t.epochs}"),
+        (t.compactness_samples > 1, "train.compactness_samples", f"must be at least 2 but got {t.compactness_samples}"),
+    ]
+    for ok, key, message in checks:
+        if not ok:
+            raise ConfigError(f"{source}: {key} {message}")
+
+
+# --- building dataclasses from plain data, with errors that name the key -------------------------
+
+
+def _build(cls: type, raw: dict[str, Any], source: str, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {prefix}{unknown[0]!r}; valid keys here: {', '.join(sorted(known))}"
+        )
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{prefix}{name}"
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {key} must be a mapping, got {type(value).__name__}")
+            kwargs[name] = _build(tp, value, source, f"{key}.")
+        else:
+            kwargs[name] = _coerce(value, tp, source, key)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], source, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+        return tuple(_coerce(v, args[0], source, key) for v in value)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 5e-4 as a string
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{source}: {key} must be {tp.__name__}, got {value!r}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _deep_copy(raw: Any) -> Any:
+    return {k: _deep_copy(v) for k, v in raw.items()} if isinstance(raw, dict) else raw
+
+
+__all__ = [
+    "Config", "ConfigError", "DataConfig", "LossConfig", "ModelConfig", "OptimConfig", "TrainConfig",
+    "apply_overrides", "from_dict", "load", "override", "read_yaml", "replace", "validate",
+]
+
+
+def code_version() -> str:
+    """The package version and, inside a git checkout, the commit (with '+dirty' for local changes)."""
+    import subprocess
+
+    from itra_tune import __version__
+
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha, dirty = "", ""
+    return f"{__version__}+{sha}{'.dirty' if dirty else ''}" if sha else __version__

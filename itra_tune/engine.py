@@ -1,0 +1,242 @@
+"""The training engine: one epoch, evaluation, and ``fit``. It knows nothing of Ray or MLflow.
+
+``fit(config, report)`` calls ``report(metrics, checkpoint)`` after every epoch, where ``checkpoint`` is
+everything needed to resume bit-for-bit (model, loss, optimizer, schedule, data streams, RNG, history).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from itra_tune import data as data_mod
+from itra_tune import losses, models
+from itra_tune.config import Config, ConfigError, OptimConfig
+
+Report = Callable[[dict[str, float], dict[str, Any]], None]
+METRICS = ("train_ce", "val_acc", "val_ce", "test_acc", "test_ce", "match_loss", "compactness")
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class FitResult:
+    model: models.Classifier
+    history: list[dict[str, float]]  # one row of metrics per epoch
+    best: dict[str, float]  # the row with the highest val_acc (the earliest among ties)
+
+
+def check(cfg: Config) -> None:
+    """Raise ConfigError for names no registry knows, before any data is loaded or file written."""
+    data_mod.check_name(cfg.data.name)
+    models.check_name(cfg.model.name)
+    losses.check_name(cfg.loss.name)
+    resolve_device(cfg.device)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N (device)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for but no CUDA GPU is visible; use device=auto or cpu")
+    return device
+
+
+def lr_factor(cfg: OptimConfig, epochs: int) -> Callable[[int], float]:
+    """The multiplier of the peak learning rate at each epoch: linear warm-up, then the schedule."""
+
+    def factor(epoch: int) -> float:
+        if epoch < cfg.warmup_epochs:
+            return 0.1 + 0.9 * epoch / cfg.warmup_epochs
+        if cfg.schedule == "cosine":
+            span = max(1, epochs - cfg.warmup_epochs)
+            return 0.5 * (1.0 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
+        if cfg.schedule == "step":
+            return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+        return 1.0
+
+    return factor
+
+
+def build_optimizer(cfg: Config, model: nn.Module, loss_fn: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    groups = [{"params": list(model.parameters())}]
+    extra = list(loss_fn.parameters())  # class centers: their own rate, no weight decay
+    if extra:
+        groups.append({"params": extra, "lr": cfg.loss.center_lr, "weight_decay": 0.0})
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
+                           weight_decay=o.weight_decay)
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_step_loss(model: models.Classifier, loss_fn: nn.Module, x: Tensor, y: Tensor,
+                    second: Any, split_pairing: bool) -> losses.Parts:
+    """The loss of one step. With a pair, S1 and S2 go through the network in one forward pass."""
+    if not loss_fn.needs_second_batch:
+        h = model.features(x)
+        return loss_fn(model.head(h), y, h)
+    if split_pairing:  # one batch of 2m; both halves in the CE term (not the paper's protocol)
+        m = x.shape[0] // 2
+        h = model.features(x)  # (2m, D)
+        return loss_fn(model.head(h), y, h[:m], h[m:], y[m:])
+    x2, y2 = next(second)
+    m1 = x.shape[0]
+    h = model.features(torch.cat([x, x2]))  # (m1 + m2, D)
+    return loss_fn(model.head(h[:m1]), y, h[:m1], h[m1:], y2)
+
+
+def train_epoch(model: models.Classifier, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+                data: data_mod.Data, split_pairing: bool, device: torch.device, amp: bool,
+                channels_last: bool, progress: Any = None) -> dict[str, float]:
+    """One pass over the training batches; returns mean total, CE, matching and center losses."""
+    model.train()
+    sums = torch.zeros(4, device=device)  # total, ce, match, center; synchronised once per epoch
+    steps = 0
+    for x, y in data.train:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp):
+            parts = train_step_loss(model, loss_fn, x, y, data.second, split_pairing)
+        optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        optimizer.step()
+        sums += torch.stack([p.detach().float() for p in parts])
+        steps += 1
+        if progress is not None:
+            progress.update(1)
+    means = (sums / max(steps, 1)).tolist()
+    if not math.isfinite(means[0]):
+        raise Diverged(f"training loss became {means[0]} (lr {optimizer.param_groups[0]['lr']:.3g})")
+    return dict(zip(("train_loss", "train_ce", "match_loss", "center_loss"), means))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Any, device: torch.device, amp: bool = False) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy over all examples of ``batches``."""
+    model.eval()
+    correct = torch.zeros((), device=device)
+    ce = torch.zeros((), device=device, dtype=torch.float64)
+    n = 0
+    for x, y in batches:
+        with _autocast(device, amp):
+            logits = model(x).float()
+        ce += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+        n += y.shape[0]
+    return (correct / max(n, 1)).item(), (ce / max(n, 1)).item()
+
+
+@torch.no_grad()
+def compactness(model: models.Classifier, x: Tensor, y: Tensor) -> float:
+    """The paper's Figure 1 (left): feature distance between same-class samples of two different batches.
+
+    ``x`` is split into two batches; the mean distance over same-class cross-batch pairs is divided by the
+    mean distance over all cross-batch pairs, so the figure does not move with the scale of the features.
+    Lower is more compact.
+    """
+    model.eval()
+    h = model.features(x).float()  # (2n, D)
+    n = h.shape[0] // 2
+    d = torch.cdist(h[:n], h[n:2 * n])  # (n, n)
+    same = y[:n, None] == y[None, n:2 * n]
+    return (d[same].mean() / d.mean().clamp_min(1e-12)).item() if same.any() else float("nan")
+
+
+def fit(config: Config, report: Report | None = None, resume: dict[str, Any] | None = None,
+        progress: bool = False) -> FitResult:
+    """Train a configuration; call ``report(metrics, checkpoint)`` after every epoch.
+
+    Args:
+        config: the full training configuration.
+        report: called with the epoch's metrics and a resumable checkpoint (references, not copies).
+        resume: a checkpoint given to ``report`` earlier; training continues after its epoch.
+        progress: show a progress bar over each epoch's steps.
+
+    Returns:
+        The trained model (last epoch), the per-epoch history, and the best epoch's metrics.
+    """
+    check(config)
+    device = resolve_device(config.device)
+    cuda = device.type == "cuda"
+    rng_devices = [device.index or 0] if cuda else []
+    with torch.random.fork_rng(devices=rng_devices):  # seeds are arguments; the caller's RNG is untouched
+        torch.manual_seed(config.seed)
+        return _fit(config, device, report, resume, progress)
+
+
+def _fit(config: Config, device: torch.device, report: Report | None, resume: dict[str, Any] | None,
+         progress: bool) -> FitResult:
+    cuda = device.type == "cuda"
+    amp, channels_last = cuda and config.train.amp, cuda and config.train.channels_last
+    data = data_mod.build(config.data, device, config.seed, paired=losses.needs_second_batch(config.loss.name))
+    model = models.build(config.model.name, data.num_classes, data.input_shape, config.model.pretrained).to(device)
+    if channels_last and len(data.input_shape) == 3:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = losses.build(config.loss, data.num_classes, model.feature_dim).to(device)
+    optimizer = build_optimizer(config, model, loss_fn)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.optim, config.train.epochs))
+    history: list[dict[str, float]] = []
+    start = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        loss_fn.load_state_dict(resume["loss"])
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        data.load_state_dict(resume["data"])
+        torch.set_rng_state(resume["rng"])
+        history, start = list(resume["history"]), int(resume["epoch"])
+    x_c, y_c = data.sample("test", 2 * config.train.compactness_samples)
+    split_pairing = config.data.pairing == "split"
+
+    for epoch in range(start, config.train.epochs):
+        t0 = time.perf_counter()
+        bar = _bar(progress, len(data.train), f"epoch {epoch + 1}/{config.train.epochs}")
+        lr = optimizer.param_groups[0]["lr"]
+        try:
+            row = train_epoch(model, loss_fn, optimizer, data, split_pairing, device, amp, channels_last, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        schedule.step()
+        row["val_acc"], row["val_ce"] = evaluate(model, data.val, device, amp)
+        row["test_acc"], row["test_ce"] = evaluate(model, data.test, device, amp)
+        row["compactness"] = compactness(model, x_c, y_c)
+        row.update(epoch=epoch + 1, lr=lr, epoch_time=time.perf_counter() - t0)
+        history.append(row)
+        if report is not None:
+            report(row, {
+                "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "data": data.state_dict(), "rng": torch.get_rng_state(),
+                "history": history, "epoch": epoch + 1, "config": config.to_dict(),
+            })
+    best = max(history, key=lambda r: r["val_acc"]) if history else {}
+    return FitResult(model, history, best)
+
+
+def _bar(enabled: bool, total: int, desc: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)

@@ -1,0 +1,169 @@
+"""Gaussian-kernel MMD and its class-conditional form, as pure tensor functions.
+
+The estimate is the paper's (Gretton et al. 2012, biased V-statistic, then the square root):
+
+    MMD(S1, S2) = [ mean K(S1, S1) + mean K(S2, S2) - 2 mean K(S1, S2) ]^(1/2),
+    K(x, y) = exp(-||x - y||^2 / sigma).
+
+The bandwidth sigma is a statistic of the batch and is never back-propagated (the paper, Sec. 4.1).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+BANDWIDTHS = ("median", "mean", "fixed", "multiscale")
+MULTISCALE_POWERS = (-2, -1, 0, 1, 2)  # kernels at s * 2**k, summed (multi-kernel MMD, Long et al. 2015)
+_EPS = 1e-12  # below this MMD^2 is treated as exactly zero: sqrt has no finite slope at 0
+
+
+def pairwise_sq_dists(z: Tensor) -> Tensor:
+    """Squared Euclidean distances between all rows of ``z`` (N, D) -> (N, N), clamped at zero."""
+    sq = z.pow(2).sum(1)  # (N,)
+    return (sq[:, None] + sq[None, :] - 2.0 * z @ z.T).clamp_min_(0.0)
+
+
+def off_diagonal(m: Tensor) -> Tensor:
+    """The N*(N-1) off-diagonal entries of a square matrix, without a boolean mask."""
+    n = m.shape[0]
+    return m.flatten()[1:].view(n - 1, n + 1)[:, :-1].reshape(-1)
+
+
+def kernel_bandwidth(d2: Tensor, scheme: str = "median", sigma: float | None = None) -> Tensor:
+    """The kernel bandwidth for pooled squared distances ``d2`` (N, N), detached from the graph.
+
+    Args:
+        d2: pooled pairwise squared distances.
+        scheme: ``median`` (the paper's; torch's lower median of the off-diagonal entries), ``mean``,
+            ``fixed`` (``sigma`` itself) or ``multiscale`` (the base scale: ``sigma`` if given, else the median).
+        sigma: the fixed bandwidth, in squared feature units.
+
+    Returns:
+        A scalar tensor, strictly positive.
+    """
+    _check_scheme(scheme, sigma)
+    if sigma is not None and scheme in ("fixed", "multiscale"):
+        return torch.as_tensor(float(sigma), dtype=d2.dtype, device=d2.device)
+    with torch.no_grad():
+        off = off_diagonal(d2.detach())
+        s = off.mean() if scheme == "mean" else off.median()
+        # All points equal: any bandwidth gives MMD = 0; 1.0 keeps the kernel finite.
+        return torch.where(s > 0, s, torch.ones_like(s))
+
+
+def gaussian_kernel(d2: Tensor, sigma: Tensor, scheme: str = "median") -> Tensor:
+    """exp(-d2 / sigma), or its sum over the multiscale bandwidths sigma * 2**k."""
+    if scheme != "multiscale":
+        return torch.exp(-d2 / sigma)
+    return sum(torch.exp(-d2 / (sigma * 2.0**k)) for k in MULTISCALE_POWERS)
+
+
+def pooled_kernel(h1: Tensor, h2: Tensor, scheme: str = "median", sigma: float | None = None) -> Tensor:
+    """The kernel matrix of the pooled batch [h1; h2], (m1 + m2, m1 + m2), in float32 or wider."""
+    z = torch.cat([h1, h2])
+    z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z  # (m1 + m2, D)
+    d2 = pairwise_sq_dists(z)
+    return gaussian_kernel(d2, kernel_bandwidth(d2, scheme, sigma), scheme)
+
+
+def _safe_sqrt(x: Tensor) -> Tensor:
+    # sqrt with value 0 and gradient 0 where x <= _EPS (h1 == h2), instead of an infinite slope.
+    positive = x > _EPS
+    return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
+
+
+def mmd(h1: Tensor, h2: Tensor, bandwidth: str = "median", sigma: float | None = None) -> Tensor:
+    """The paper's MMD between two feature sets, Eq. (3): square root of the biased estimate.
+
+    Args:
+        h1: features of the first mini-batch, (m1, D).
+        h2: features of the second mini-batch, (m2, D).
+        bandwidth: one of ``BANDWIDTHS``; sigma comes from the pooled batch.
+        sigma: bandwidth for ``fixed``, base scale for ``multiscale``.
+
+    Returns:
+        A scalar tensor; 0 with a finite (zero) gradient when h1 equals h2.
+    """
+    m1 = h1.shape[0]
+    k = pooled_kernel(h1, h2, bandwidth, sigma)
+    mmd2 = k[:m1, :m1].mean() + k[m1:, m1:].mean() - 2.0 * k[:m1, m1:].mean()
+    return _safe_sqrt(mmd2)
+
+
+def class_conditional_mmd(
+    h1: Tensor,
+    y1: Tensor,
+    h2: Tensor,
+    y2: Tensor,
+    num_classes: int,
+    bandwidth: str = "median",
+    sigma: float | None = None,
+) -> Tensor:
+    """ITRA-c matching loss, Eq. (5): the mean over classes present in both batches of per-class MMD.
+
+    One pooled kernel matrix; per-class sums are gathered with ``index_add`` over same-class masks,
+    so the cost is O((m1 + m2)^2 + K) with no Python loop over the K classes.
+
+    Args:
+        h1, y1: features (m1, D) and integer labels (m1,) of the first mini-batch.
+        h2, y2: features (m2, D) and labels (m2,) of the second mini-batch.
+        num_classes: K.
+        bandwidth, sigma: as in ``mmd``; sigma comes from the pooled batch (all classes).
+
+    Returns:
+        A scalar tensor; 0 when no class is present in both batches.
+    """
+    m1 = h1.shape[0]
+    k = pooled_kernel(h1, h2, bandwidth, sigma)  # (m1 + m2, m1 + m2)
+    k11, k22, k12 = k[:m1, :m1], k[m1:, m1:], k[:m1, m1:]
+
+    def class_sums(block: Tensor, ya: Tensor, yb: Tensor) -> Tensor:
+        same = ya[:, None] == yb[None, :]  # (ma, mb)
+        row = (block * same).sum(1)  # (ma,)
+        return row.new_zeros(num_classes).index_add_(0, ya, row)  # (K,)
+
+    n1 = torch.bincount(y1, minlength=num_classes).to(k.dtype)  # (K,)
+    n2 = torch.bincount(y2, minlength=num_classes).to(k.dtype)
+    present = (n1 > 0) & (n2 > 0)
+    c1, c2 = n1.clamp_min(1.0), n2.clamp_min(1.0)
+    mmd2 = (
+        class_sums(k11, y1, y1) / c1**2
+        + class_sums(k22, y2, y2) / c2**2
+        - 2.0 * class_sums(k12, y1, y2) / (c1 * c2)
+    )
+    per_class = _safe_sqrt(torch.where(present, mmd2, torch.zeros_like(mmd2)))
+    return per_class.sum() / present.sum().clamp_min(1)
+
+
+def class_conditional_mmd_loop(
+    h1: Tensor,
+    y1: Tensor,
+    h2: Tensor,
+    y2: Tensor,
+    num_classes: int,
+    bandwidth: str = "median",
+    sigma: float | None = None,
+) -> Tensor:
+    """Reference for ``class_conditional_mmd``: a Python loop of ``mmd`` calls over the classes.
+
+    Slow by design; it exists to check and to benchmark the vectorized form.
+    """
+    z = torch.cat([h1, h2])
+    s = float(kernel_bandwidth(pairwise_sq_dists(z), bandwidth, sigma))
+    per_class_scheme = "multiscale" if bandwidth == "multiscale" else "fixed"
+    values = [
+        mmd(h1[y1 == c], h2[y2 == c], bandwidth=per_class_scheme, sigma=s)
+        for c in range(num_classes)
+        if (y1 == c).any() and (y2 == c).any()
+    ]
+    return torch.stack(values).mean() if values else z.new_zeros(())
+
+
+def _check_scheme(scheme: str, sigma: float | None) -> None:
+    if scheme not in BANDWIDTHS:
+        raise ValueError(f"unknown bandwidth scheme {scheme!r}; choose one of {', '.join(BANDWIDTHS)}")
+    if scheme == "fixed" and sigma is None:
+        raise ValueError("bandwidth 'fixed' needs sigma (a positive number)")
+    if sigma is not None and not sigma > 0:
+        raise ValueError(f"sigma must be positive but got {sigma}")

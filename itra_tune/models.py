@@ -1,0 +1,132 @@
+"""Model registry. Every model splits into a feature extractor and a linear classifier (the paper's E and C):
+
+    model.features(x) -> (B, D)   # penultimate-layer features, the input of the matching loss
+    model.head(h)     -> (B, K)   # logits
+
+Only this module knows where a torchvision model keeps its classifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torchvision import models as tvm
+from torchvision.models.vgg import make_layers
+
+from itra_tune.config import ConfigError
+
+InputShape = tuple[int, ...]  # (C, H, W) of one example
+
+
+class Classifier(nn.Module):
+    """A feature extractor ``body`` (x -> (B, D)) followed by a linear ``fc`` head (D -> K)."""
+
+    def __init__(self, body: nn.Module, feature_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.body = body
+        self.fc = nn.Linear(feature_dim, num_classes)
+        self.feature_dim = feature_dim
+        self.num_classes = num_classes
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.body(x)  # (B, D)
+
+    def head(self, h: Tensor) -> Tensor:
+        return self.fc(h)  # (B, K)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+def _cifar_resnet(factory: Callable[..., tvm.ResNet]) -> Callable[..., Classifier]:
+    # The CIFAR variant of He et al. 2016: a 3x3 stride-1 stem and no max-pool, so 32x32 (and 28x28)
+    # inputs keep their resolution into the first stage.
+    def build(num_classes: int, input_shape: InputShape, pretrained: bool = False) -> Classifier:
+        net = factory(num_classes=num_classes)
+        net.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+        dim = net.fc.in_features
+        net.fc = nn.Identity()  # torchvision's forward then returns the pooled features
+        return Classifier(net, dim, num_classes)
+
+    return build
+
+
+def _imagenet_resnet(factory: Callable[..., tvm.ResNet], weights: str) -> Callable[..., Classifier]:
+    def build(num_classes: int, input_shape: InputShape, pretrained: bool = False) -> Classifier:
+        net = factory(weights=weights if pretrained else None)
+        if input_shape[0] != 3:
+            net.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)
+        dim = net.fc.in_features
+        net.fc = nn.Identity()
+        return Classifier(net, dim, num_classes)
+
+    return build
+
+
+def vgg13(num_classes: int, input_shape: InputShape, pretrained: bool = False) -> Classifier:
+    """VGG-13 with batch norm, CIFAR head (Simonyan & Zisserman 2015): 512-d pooled features."""
+    cfg = [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
+    layers = make_layers(cfg, batch_norm=True)
+    layers[0] = nn.Conv2d(input_shape[0], 64, kernel_size=3, padding=1)
+    for m in layers:
+        if isinstance(m, nn.MaxPool2d):
+            m.ceil_mode = True  # 28 -> 14 -> 7 -> 4 -> 2 -> 1, as 32 -> ... -> 1
+    body = nn.Sequential(layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return Classifier(body, 512, num_classes)
+
+
+def mobilenet_v2(num_classes: int, input_shape: InputShape, pretrained: bool = False) -> Classifier:
+    """MobileNetV2 (Sandler et al. 2018), CIFAR variant: stride-1 stem and second stage."""
+    setting = [[1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+    net = tvm.mobilenet_v2(num_classes=num_classes, inverted_residual_setting=setting)
+    stem = net.features[0][0]
+    net.features[0][0] = nn.Conv2d(input_shape[0], stem.out_channels, 3, stride=1, padding=1, bias=False)
+    dim = net.last_channel
+    net.classifier = nn.Identity()
+    return Classifier(net, dim, num_classes)
+
+
+def small_cnn(num_classes: int, input_shape: InputShape, pretrained: bool = False) -> Classifier:
+    """Three conv blocks and global pooling: 128-d features, for 8x8 digits and other small images."""
+
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+    body = nn.Sequential(
+        *block(input_shape[0], 32), *block(32, 64), nn.MaxPool2d(2, ceil_mode=True),
+        *block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )
+    return Classifier(body, 128, num_classes)
+
+
+def mlp(num_classes: int, input_shape: InputShape, pretrained: bool = False) -> Classifier:
+    """Two hidden layers of 128 on the flattened input: the fastest model, for tests and tabular data."""
+    d_in = int(torch.tensor(input_shape).prod())
+    body = nn.Sequential(nn.Flatten(), nn.Linear(d_in, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU())
+    return Classifier(body, 128, num_classes)
+
+
+MODELS: dict[str, Callable[..., Classifier]] = {
+    "resnet18": _cifar_resnet(tvm.resnet18),
+    "resnet101": _cifar_resnet(tvm.resnet101),
+    "vgg13": vgg13,
+    "mobilenet_v2": mobilenet_v2,
+    "resnet18_imagenet": _imagenet_resnet(tvm.resnet18, "IMAGENET1K_V1"),
+    "resnet50_imagenet": _imagenet_resnet(tvm.resnet50, "IMAGENET1K_V2"),
+    "small_cnn": small_cnn,
+    "mlp": mlp,
+}
+
+
+def check_name(name: str) -> None:
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))} (model.name)")
+
+
+def build(name: str, num_classes: int, input_shape: InputShape, pretrained: bool = False) -> Classifier:
+    """Build a registered model with ``features``/``head`` for inputs of ``input_shape``."""
+    check_name(name)
+    return MODELS[name](num_classes, tuple(input_shape), pretrained)

@@ -1,0 +1,166 @@
+"""Search spaces: ``search_spaces/<name>.yaml`` -> a validated search specification.
+
+A space file holds the base training configuration (``base``), the parameters to search (``search``, dotted
+keys of the configuration), the selection metric and mode, the budget, the scheduler and the resources
+per trial. ``--space`` takes a name from ``search_spaces/`` or a path to a YAML file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from itra_tune import config as config_mod
+from itra_tune.config import Config, ConfigError
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+METRICS = {"val_acc": "max", "val_ce": "min", "test_acc": "max", "test_ce": "min", "compactness": "min"}
+SCHEDULERS = ("asha", "median", "hyperband", "none")
+PARAM_KINDS = ("float", "int", "categorical")
+TOP_KEYS = ("name", "description", "base", "search", "metric", "mode", "budget", "scheduler", "resources", "smoke")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched parameter: a dotted configuration key and its distribution."""
+
+    key: str
+    kind: str  # float | int | categorical
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class Space:
+    name: str
+    path: Path
+    base: dict[str, Any]  # the base training configuration, as plain data
+    params: tuple[Param, ...] = ()
+    metric: str = "val_acc"
+    mode: str = "max"
+    num_samples: int = 8
+    max_concurrent: int = 2
+    scheduler: dict[str, Any] = field(default_factory=lambda: {"name": "asha"})
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    smoke: dict[str, Any] = field(default_factory=dict)  # overrides for --smoke
+
+    def base_config(self, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+        return config_mod.from_dict(config_mod.apply_overrides(self.base, overrides), str(self.path))
+
+
+def search_dirs() -> list[Path]:
+    extra = os.environ.get("ITRA_TUNE_SPACES")
+    return ([Path(extra)] if extra else []) + [Path.cwd() / "search_spaces", SPACES_DIR]
+
+
+def names() -> list[str]:
+    """The names of the spaces shipped in (or added to) the search folders."""
+    found = {p.stem for d in search_dirs() if d.is_dir() for p in d.glob("*.yaml")}
+    return sorted(found)
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """The file of a space given by name (``cifar100``) or by path (``my/space.yaml``)."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or os.sep in str(name_or_path):
+        if not p.is_file():
+            raise ConfigError(f"--space {name_or_path}: no such file; pass a space name or an existing YAML file")
+        return p
+    for d in search_dirs():
+        if (d / f"{name_or_path}.yaml").is_file():
+            return d / f"{name_or_path}.yaml"
+    raise ConfigError(f"unknown space {str(name_or_path)!r}; choose one of {', '.join(names())} or pass a YAML path")
+
+
+def load(name_or_path: str | Path) -> Space:
+    """Load and validate a space file; every error names the file and the key."""
+    path = resolve(name_or_path)
+    raw = config_mod.read_yaml(path)
+    src = str(path)
+    unknown = sorted(set(raw) - set(TOP_KEYS))
+    if unknown:
+        raise ConfigError(f"{src}: unknown key {unknown[0]!r}; valid keys: {', '.join(TOP_KEYS)}")
+    base = raw.get("base") or {}
+    cfg = config_mod.from_dict(base, src)  # the base must be a valid configuration on its own
+    params = tuple(_param(key, spec, src, cfg) for key, spec in (raw.get("search") or {}).items())
+    metric = raw.get("metric", "val_acc")
+    if metric not in METRICS:
+        raise ConfigError(f"{src}: metric {metric!r} is not reported; choose one of {', '.join(METRICS)}")
+    mode = raw.get("mode", METRICS[metric])
+    if mode not in ("max", "min"):
+        raise ConfigError(f"{src}: mode must be max or min but got {mode!r}")
+    budget = _section(raw, "budget", {"num_samples": int, "max_concurrent": int}, src)
+    sched = raw.get("scheduler") or {"name": "asha"}
+    if not isinstance(sched, dict) or sched.get("name", "asha") not in SCHEDULERS:
+        raise ConfigError(f"{src}: scheduler.name must be one of {', '.join(SCHEDULERS)}")
+    res = _section(raw, "resources", {"cpus_per_trial": float, "gpus_per_trial": float}, src)
+    smoke = raw.get("smoke") or {}
+    if not isinstance(smoke, dict):
+        raise ConfigError(f"{src}: smoke must be a mapping of dotted keys to values")
+    for key, lower in (("num_samples", 1), ("max_concurrent", 1)):
+        if budget.get(key, lower) < lower:
+            raise ConfigError(f"{src}: budget.{key} must be at least {lower} but got {budget[key]}")
+    if res.get("cpus_per_trial", 1.0) <= 0 or res.get("gpus_per_trial", 0.0) < 0:
+        raise ConfigError(f"{src}: resources.cpus_per_trial must be positive and gpus_per_trial not negative")
+    return Space(name=raw.get("name", path.stem), path=path, base=base, params=params, metric=metric, mode=mode,
+                 scheduler={"name": "asha", **sched}, smoke=smoke, **budget, **res)
+
+
+def _section(raw: dict[str, Any], name: str, keys: dict[str, type], src: str) -> dict[str, Any]:
+    sec = raw.get(name) or {}
+    if not isinstance(sec, dict):
+        raise ConfigError(f"{src}: {name} must be a mapping")
+    out = {}
+    for k, v in sec.items():
+        if k not in keys:
+            raise ConfigError(f"{src}: unknown key '{name}.{k}'; valid keys: {', '.join(keys)}")
+        tp = keys[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (tp is int and not isinstance(v, int)):
+            raise ConfigError(f"{src}: {name}.{k} must be {tp.__name__}, got {v!r}")
+        out[k] = tp(v)
+    return out
+
+
+def _param(key: str, spec: Any, src: str, base: Config) -> Param:
+    where = f"{src}: search.{key}"
+    if key not in base.flat():
+        raise ConfigError(f"{where}: not a configuration key; searchable keys look like loss.lam, data.batch_size")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a mapping like {{type: float, low: 0.1, high: 1.0}}")
+    allowed = {"type", "low", "high", "log", "step", "choices"}
+    bad = sorted(set(spec) - allowed)
+    if bad:
+        raise ConfigError(f"{where}: unknown key {bad[0]!r}; valid keys: {', '.join(sorted(allowed))}")
+    kind = spec.get("type")
+    if kind not in PARAM_KINDS:
+        raise ConfigError(f"{where}.type must be one of {', '.join(PARAM_KINDS)} but got {kind!r}")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{where}.choices must be a non-empty list")
+        param = Param(key, kind, choices=tuple(choices))
+        probes = [{key: c} for c in choices]
+    else:
+        low, high = spec.get("low"), spec.get("high")
+        for name, v in (("low", low), ("high", high)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"{where}.{name} must be a number but got {v!r}")
+        if not low < high:
+            raise ConfigError(f"{where}: empty range, low {low} must be below high {high}")
+        log = bool(spec.get("log", False))
+        if log and low <= 0:
+            raise ConfigError(f"{where}: a log range needs low > 0 but got {low}")
+        param = Param(key, kind, float(low), float(high), log, spec.get("step"))
+        probes = [{key: int(low) if kind == "int" else low}, {key: int(high) if kind == "int" else high}]
+    for values in probes:  # every end of the range must make a valid configuration
+        try:
+            config_mod.override(base, values, src)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: value {list(values.values())[0]!r} is invalid here: {e}") from None
+    return param
