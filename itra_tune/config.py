@@ -210,7 +210,7 @@ def _build(cls: type, raw: dict[str, Any], source: str, prefix: str) -> Any:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(
-            f"{source}: unknown key {prefix}{unknown[0]!r}; valid keys here: {', '.join(sorted(known))}"
+            f"{source}: unknown key '{prefix}{unknown[0]}'; valid keys here: {', '.join(sorted(known))}"
         )
     kwargs = {}
     for name, value in raw.items():

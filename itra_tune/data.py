@@ -92,7 +92,10 @@ class Batches:
 
     def __iter__(self) -> Iterator[Batch]:
         n, dev = len(self.images), self.images.y.device
-        order = torch.randperm(n, device=dev, generator=self.gen) if self.gen is not None else torch.arange(n, device=dev)
+        if self.gen is None:
+            order = torch.arange(n, device=dev)
+        else:
+            order = torch.randperm(n, device=dev, generator=self.gen)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             yield self.images.batch(idx, self.augment, self.gen)
@@ -179,7 +182,8 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def _mnist_like(folder: str, tv_class: str, mean: float, std: float, flip: bool) -> Callable[..., tuple[Images, Images]]:
+def _mnist_like(folder: str, tv_class: str, mean: float, std: float,
+                flip: bool) -> Callable[..., tuple[Images, Images]]:
     files = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
@@ -198,12 +202,12 @@ def _mnist_like(folder: str, tv_class: str, mean: float, std: float, flip: bool)
             for train in (True, False):
                 getattr(torchvision.datasets, tv_class)(str(base), train=train, download=True)
         sets = []
-        for split, (img, lab) in files.items():
+        for img, lab in files.values():
             paths = [find(base, img), find(base, lab)]
             if None in paths:
                 raise DatasetMissing(
                     f"dataset {folder!r} not found: expected {img}.gz and {lab}.gz in {base}; copy the idx files "
-                    f"there, point data.root at their parent folder, or set data.download=true on a machine with network"
+                    "there, point data.root at their parent folder, or set data.download=true on a machine with network"
                 )
             x = torch.from_numpy(_read_idx(paths[0]).copy())[:, None]  # (N, 1, 28, 28) uint8
             y = torch.from_numpy(_read_idx(paths[1]).astype(np.int64))

@@ -80,7 +80,8 @@ def vgg13(num_classes: int, input_shape: InputShape, pretrained: bool = False) -
 
 def mobilenet_v2(num_classes: int, input_shape: InputShape, pretrained: bool = False) -> Classifier:
     """MobileNetV2 (Sandler et al. 2018), CIFAR variant: stride-1 stem and second stage."""
-    setting = [[1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+    setting = [[1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2],  # t, c, n, s
+               [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
     net = tvm.mobilenet_v2(num_classes=num_classes, inverted_residual_setting=setting)
     stem = net.features[0][0]
     net.features[0][0] = nn.Conv2d(input_shape[0], stem.out_channels, 3, stride=1, padding=1, bias=False)

@@ -1,0 +1,55 @@
+"""Configuration files: types, unknown keys, dotted overrides, range checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from itra_tune import config
+from itra_tune.config import ConfigError
+
+
+def test_defaults_round_trip_through_dict():
+    cfg = config.Config()
+    assert config.from_dict(cfg.to_dict()) == cfg
+    assert cfg.flat()["loss.lam"] == 0.6
+
+
+def test_load_with_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("loss:\n  name: itra\n  lam: 0.3\noptim:\n  weight_decay: 5e-4\n  milestones: [3, 6]\n")
+    cfg = config.load(p, ["loss.lam=0.9", "data.batch_size=32", "loss.sigma=null"])
+    assert cfg.loss.name == "itra" and cfg.loss.lam == 0.9 and cfg.data.batch_size == 32
+    assert cfg.optim.weight_decay == 5e-4 and cfg.optim.milestones == (3, 6)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("loss:\n  lamda: 0.3\n", "unknown key 'loss.lamda'"),
+    ("loss:\n  lam: high\n", "loss.lam must be float"),
+    ("data:\n  batch_size: 1.5\n", "data.batch_size must be int"),
+    ("data:\n  batch_size: 0\n", "data.batch_size must be a positive integer"),
+    ("loss:\n  lam: -0.5\n", "loss.lam cannot be negative"),
+    ("loss:\n  bandwidth: silverman\n", "unknown bandwidth scheme 'silverman'"),
+    ("loss:\n  bandwidth: fixed\n", "loss.sigma is required"),
+    ("data: [1, 2]\n", "data must be a mapping"),
+    ("loss: {name: itra\n", "malformed YAML"),
+    ("- 1\n- 2\n", "expected a mapping"),
+])
+def test_bad_files_name_file_and_key(tmp_path, text, message):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=message) as e:
+        config.load(p)
+    assert str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="expected key=value"):
+        config.apply_overrides({}, ["loss.lam"])
+    with pytest.raises(ConfigError, match="no such file"):
+        config.load(tmp_path / "nope.yaml")
+
+
+def test_override_validates():
+    with pytest.raises(ConfigError, match="cannot be negative"):
+        config.override(config.Config(), {"loss.lam": -1})
+    assert config.override(config.Config(), {"loss.lam": 2}).loss.lam == 2.0

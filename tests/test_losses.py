@@ -1,0 +1,90 @@
+"""Losses: lambda = 0 is plain CE, LSR is torch's label smoothing, center loss pulls centers to class means."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from itra_tune import losses, models
+from itra_tune.config import ConfigError, LossConfig
+
+
+def _model_and_batches(seed: int = 0):
+    torch.manual_seed(seed)
+    model = models.build("mlp", 4, (1, 8, 8))
+    g = torch.Generator().manual_seed(seed)
+    x1, x2 = torch.randn(16, 1, 8, 8, generator=g), torch.randn(16, 1, 8, 8, generator=g)
+    y1, y2 = torch.randint(0, 4, (16,), generator=g), torch.randint(0, 4, (16,), generator=g)
+    return model, x1, y1, x2, y2
+
+
+@pytest.mark.parametrize("name", ["itra", "itra_c"])
+def test_lambda_zero_equals_cross_entropy_in_value_and_gradient(name):
+    model, x1, y1, x2, y2 = _model_and_batches()
+    loss = losses.build(LossConfig(name=name, lam=0.0), 4, model.feature_dim)
+    h = model.features(torch.cat([x1, x2]))
+    parts = loss(model.head(h[:16]), y1, h[:16], h[16:], y2)
+    assert parts.match.item() > 0  # the matching term is computed and logged, only not weighted
+    grads = torch.autograd.grad(parts.total, list(model.parameters()))
+
+    ce = F.cross_entropy(model(x1), y1)
+    ce_grads = torch.autograd.grad(ce, list(model.parameters()))
+    assert parts.total.item() == pytest.approx(ce.item(), rel=1e-6)
+    for a, b in zip(grads, ce_grads):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["itra", "itra_c"])
+def test_second_batch_never_enters_cross_entropy(name):
+    model, x1, y1, x2, y2 = _model_and_batches(1)
+    loss = losses.build(LossConfig(name=name, lam=0.7), 4, model.feature_dim)
+    h = model.features(torch.cat([x1, x2]))
+    parts = loss(model.head(h[:16]), y1, h[:16], h[16:], y2)
+    assert parts.ce.item() == pytest.approx(F.cross_entropy(model(x1), y1).item(), rel=1e-6)
+    assert parts.total.item() == pytest.approx(parts.ce.item() + 0.7 * parts.match.item(), rel=1e-6)
+
+
+def test_lsr_equals_torch_label_smoothing():
+    logits, y = torch.randn(10, 5), torch.randint(0, 5, (10,))
+    parts = losses.build(LossConfig(name="lsr", eps=0.2), 5, 3)(logits, y, torch.randn(10, 3))
+    assert parts.total.item() == pytest.approx(F.cross_entropy(logits, y, label_smoothing=0.2).item())
+    assert losses.build(LossConfig(name="ce"), 5, 3)(logits, y, None).total.item() == pytest.approx(
+        F.cross_entropy(logits, y).item())
+
+
+def test_center_loss_moves_centers_toward_class_means():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(3).repeat(20)  # 60 examples, 3 classes
+    h = torch.randn(60, 4, generator=g) + 3.0 * torch.eye(3, 4)[y]  # class k centred near 3 e_k
+    means = torch.stack([h[y == k].mean(0) for k in range(3)])
+    loss = losses.build(LossConfig(name="center", lam=0.1, center_lr=0.5), 3, 4)
+    opt = torch.optim.SGD(loss.parameters(), lr=0.5)
+    logits = torch.zeros(60, 3)
+    gaps = []
+    for _ in range(20):
+        gaps.append((loss.centers.detach() - means).norm(dim=1).max().item())
+        parts = loss(logits, y, h)
+        opt.zero_grad()
+        parts.total.backward()
+        opt.step()
+    assert all(b < a for a, b in zip(gaps, gaps[1:]))
+    assert gaps[-1] < 0.05 * gaps[0]
+    before = loss.centers.detach().clone()
+    value = loss(logits, y, h).center.item()
+    assert value == pytest.approx(0.5 * (h - before[y]).pow(2).sum(1).mean().item(), rel=1e-6)
+
+
+def test_center_loss_pulls_features_with_weight_lambda():
+    h = torch.randn(6, 2, requires_grad=True)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    loss = losses.build(LossConfig(name="center", lam=0.3), 3, 2)
+    (g,) = torch.autograd.grad(loss(torch.zeros(6, 3), y, h).total, h)
+    torch.testing.assert_close(g, 0.3 * (h - loss.centers[y]).detach() / 6)
+
+
+def test_unknown_and_negative():
+    with pytest.raises(ConfigError, match="unknown loss 'focal'"):
+        losses.build(LossConfig(name="focal"), 3, 2)
+    with pytest.raises(ConfigError, match="cannot be negative"):
+        losses.ITRA(3, lam=-0.1)

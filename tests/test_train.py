@@ -1,0 +1,95 @@
+"""``python -m itra_tune.train``: a run's files, exit codes, and one-line errors with nothing written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+import itra_tune
+from itra_tune import checkpoint, cli
+from itra_tune.train import main
+
+
+def _write(tmp_path, **sections):
+    base = {"data": {"name": "synthetic", "batch_size": 64, "subset": 320}, "model": {"name": "mlp"},
+            "loss": {"name": "itra_c", "lam": 0.5}, "train": {"epochs": 2, "compactness_samples": 64}}
+    for k, v in sections.items():
+        base.setdefault(k, {}).update(v)
+    p = tmp_path / "run.yaml"
+    p.write_text(yaml.safe_dump(base))
+    return p
+
+
+def test_cli_run_writes_config_metrics_and_best_checkpoint(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["--config", str(_write(tmp_path)), "--set", "loss.lam=0.8", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "epoch   2/2" in printed and "best epoch" in printed
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["loss"]["lam"] == 0.8
+    assert "code_version" in (out / "config.yaml").read_text().splitlines()[0]
+    best = checkpoint.load(out / "best.pt")
+    assert best["metrics"]["val_acc"] == max(r["val_acc"] for r in rows)
+    assert set(best["model"]) == set(checkpoint.load(out / "last.pt")["model"])
+
+
+def test_resume_from_last_checkpoint(tmp_path):
+    out = tmp_path / "out"
+    assert main(["--config", str(_write(tmp_path)), "--out", str(out), "--quiet"]) == 0
+    more = tmp_path / "more"
+    code = main(["--config", str(_write(tmp_path)), "--set", "train.epochs=3", "--out", str(more),
+                 "--resume", str(out / "last.pt"), "--quiet"])
+    assert code == 0
+    rows = [json.loads(line) for line in (more / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [3]
+
+
+def test_library_call_is_the_same_engine(tiny_config, tmp_path):
+    result = itra_tune.train(tiny_config(), out_dir=tmp_path / "lib")
+    assert len(result.history) == 2 and (tmp_path / "lib" / "best.pt").is_file()
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.name=mnist3d", "unknown dataset 'mnist3d'"),
+    ("model.name=resnet9", "unknown model 'resnet9'"),
+    ("loss.name=focal", "unknown loss 'focal'"),
+    ("loss.lam=-0.5", "loss.lam cannot be negative"),
+    ("data.batch_size=0", "data.batch_size must be a positive integer"),
+    ("loss.bandwidth=silverman", "unknown bandwidth scheme 'silverman'"),
+    ("data.name=cifar10", "dataset 'cifar10' not found"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monkeypatch, override, message):
+    monkeypatch.setenv("ITRA_TUNE_DATA", str(tmp_path / "no-data"))
+    out = tmp_path / "out"
+    code = cli.run("python -m itra_tune.train", main,
+                   ["--config", str(_write(tmp_path)), "--set", override, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_real_process_exit_codes(tmp_path):
+    cmd = [sys.executable, "-m", "itra_tune.train", "--config", str(_write(tmp_path)), "--set", "loss.lam=-1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "python -m itra_tune.train: error: " + str(tmp_path / "run.yaml") + ": loss.lam cannot be negative but got -1.0"
+    ]
+    proc = subprocess.run([sys.executable, "-m", "itra_tune.train", "--config", str(tmp_path / "none.yaml")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no such file" in proc.stderr and proc.stderr.count("\n") == 1
+    proc = subprocess.run([sys.executable, "-m", "itra_tune.train", "--bogus"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+def test_diverging_run_exits_1(tmp_path, capsys):
+    p = _write(tmp_path, optim={"lr": 1e12, "momentum": 0.0})
+    code = cli.run("python -m itra_tune.train", main, ["--config", str(p), "--out", str(tmp_path / "o"), "--quiet"])
+    assert code == 1 and "training loss became" in capsys.readouterr().err
