@@ -1,0 +1,177 @@
+"""Benchmarks of the hot paths, printed as ratios measured side by side in one run.
+
+    python -m itra_tune.bench [--only step,mmd,loader] [--reps N] [--batch B] [--device cpu|cuda]
+
+1. Step time of ITRA-c against CE, ResNet-18 on 32x32 inputs, for each pairing; and the share of the
+   ITRA-c step spent in the matching loss itself (beyond pushing S2 through the network).
+2. Class-conditional MMD (forward and backward): the vectorized form against a per-class loop.
+3. The on-device image loader against torchvision's DataLoader, in samples per second.
+
+Variants are timed in interleaved rounds and the median round is reported, so machine noise hits all
+variants alike. Single times on a shared machine mean little; the ratios are the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from itra_tune import data, engine, losses, mmd, models
+from itra_tune.config import LossConfig
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], reps: int, device: torch.device) -> dict[str, float]:
+    """Median seconds per call of each function, timed in ``reps`` interleaved rounds after one warm-up."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for k, fn in fns.items():
+        fn()
+    _sync(device)
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_step(device: torch.device, batch: int, reps: int) -> None:
+    print(f"\n[1] training step, resnet18 at 32x32, batch m1 = m2 = {batch}, {device}")
+    torch.manual_seed(0)
+    model = models.build("resnet18", 100, (3, 32, 32)).to(device)
+    amp = device.type == "cuda"
+    if amp:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(2 * batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 100, (2 * batch,), device=device)
+    itra_c = losses.build(LossConfig(name="itra_c", lam=0.6), 100, model.feature_dim)
+    ce = losses.build(LossConfig(name="ce"), 100, model.feature_dim)
+    x1, y1, pair = x[:batch], y[:batch], iter(lambda: (x[batch:], y[batch:]), None)
+
+    def step(loss_fn, xs, ys, split=False, match=True):
+        def run():
+            with engine._autocast(device, amp):
+                if match:
+                    parts = engine.train_step_loss(model, loss_fn, xs, ys, pair, split)
+                    total = parts.total
+                else:  # S1 and S2 through the network, CE on S1 only, no matching loss
+                    h = model.features(torch.cat([xs, x[batch:]]))
+                    total = F.cross_entropy(model.head(h[:batch]).float(), ys)
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+        return run
+
+    t = interleaved({
+        "ce": step(ce, x1, y1),
+        "ce_both": step(ce, x, y),
+        "pair_no_match": step(ce, x1, y1, match=False),
+        "itra_c": step(itra_c, x1, y1),
+        "itra_c_split": step(itra_c, x, y, split=True),
+    }, reps, device)
+    for k, v in t.items():
+        print(f"  {k:<15} {v * 1e3:9.1f} ms/step")
+    print(f"  itra_c (independent S2) / ce          = {t['itra_c'] / t['ce']:.2f}x")
+    print(f"  itra_c (split pairing, 2m batch) / ce = {t['itra_c_split'] / t['ce']:.2f}x")
+    print(f"  ce on both batches / ce               = {t['ce_both'] / t['ce']:.2f}x")
+    share = (t["itra_c"] - t["pair_no_match"]) / t["itra_c"]
+    print(f"  matching loss itself, share of the itra_c step beyond S2's forward/backward = {100 * share:.1f}%"
+          f"  (target <= 5%)")
+
+
+def bench_mmd(device: torch.device, reps: int, m: int = 256, dim: int = 512) -> None:
+    print(f"\n[2] class-conditional MMD, forward + backward, m1 = m2 = {m}, D = {dim}, {device}")
+    for k in (100, 1000):
+        g = torch.Generator().manual_seed(k)
+        h1 = torch.randn(m, dim, generator=g).to(device).requires_grad_()
+        h2 = torch.randn(m, dim, generator=g).to(device).requires_grad_()
+        y1, y2 = torch.randint(0, k, (m,), generator=g).to(device), torch.randint(0, k, (m,), generator=g).to(device)
+
+        def run(fn):
+            return lambda: fn(h1, y1, h2, y2, k).backward()
+
+        t = interleaved({"vectorized": run(mmd.class_conditional_mmd),
+                         "loop": run(mmd.class_conditional_mmd_loop)}, reps, device)
+        print(f"  K = {k:<5} vectorized {t['vectorized'] * 1e3:8.2f} ms   loop {t['loop'] * 1e3:9.2f} ms   "
+              f"speed-up {t['loop'] / t['vectorized']:.1f}x  (target >= 20x at K = 1000)")
+
+
+class _TorchvisionStyle(torch.utils.data.Dataset):
+    """What torchvision's CIFAR10 does per item: an HWC uint8 array -> PIL -> transforms."""
+
+    def __init__(self, x_hwc, y, transform) -> None:
+        self.x, self.y, self.transform = x_hwc, y, transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.x[i])), int(self.y[i])
+
+
+def bench_loader(device: torch.device, n: int = 10_000, batch: int = 128, workers: int = 2) -> None:
+    from torchvision import transforms
+
+    print(f"\n[3] augmented CIFAR-shaped batches (crop 4 + flip + normalize), {n} samples, batch {batch}")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    images = data.Images(x, y, data.CIFAR_MEAN, data.CIFAR_STD, crop_pad=4, flip=True).to(device)
+    on_device = data.Batches(images, batch, torch.Generator(device).manual_seed(0), augment=True, drop_last=True)
+    tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                             transforms.ToTensor(), transforms.Normalize(data.CIFAR_MEAN, data.CIFAR_STD)])
+    ds = _TorchvisionStyle(x.permute(0, 2, 3, 1).numpy(), y.numpy(), tf)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+                                         persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+
+    def epoch(it, move):
+        def run():
+            for xb, yb in it:
+                if move:
+                    xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            return xb
+        return run
+
+    t = interleaved({"on_device": epoch(on_device, False), "dataloader": epoch(loader, True)}, 2, device)
+    seen = len(on_device) * batch
+    rate = {k: seen / v for k, v in t.items()}
+    print(f"  on-device loader      {rate['on_device']:12,.0f} samples/s")
+    print(f"  torchvision DataLoader {rate['dataloader']:11,.0f} samples/s  ({workers} workers)")
+    print(f"  on-device / DataLoader = {rate['on_device'] / rate['dataloader']:.1f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m itra_tune.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--only", default="step,mmd,loader", help="comma-separated subset of step, mmd, loader")
+    p.add_argument("--reps", type=int, default=5, help="timed rounds per variant (median reported)")
+    p.add_argument("--batch", type=int, default=128, help="m1 = m2 for the step benchmark")
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    device = engine.resolve_device(args.device)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    parts = set(args.only.split(","))
+    if "mmd" in parts:
+        bench_mmd(device, max(args.reps, 5))
+    if "loader" in parts:
+        bench_loader(device)
+    if "step" in parts:
+        bench_step(device, args.batch, args.reps)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
