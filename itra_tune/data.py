@@ -300,6 +300,19 @@ def check_name(name: str) -> None:
         raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))} (data.name)")
 
 
+def check_available(cfg: DataConfig) -> None:
+    """Raise DatasetMissing now, rather than in every trial, when the dataset's files are absent."""
+    check_name(cfg.name)
+    root = Path(cfg.root).expanduser() if cfg.root else _default_root()
+    if cfg.name == "imagenet":
+        for part in ("train", "val"):
+            if not (root / "imagenet" / part).is_dir():
+                raise DatasetMissing(f"dataset 'imagenet' not found: expected class folders under "
+                                     f"{root / 'imagenet' / part}; point data.root at the folder holding imagenet/")
+    elif cfg.name not in ("digits", "synthetic"):
+        DATASETS[cfg.name](root, cfg.download)
+
+
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """A seeded random partition of range(n) into (train, validation) index tensors."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))

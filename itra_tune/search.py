@@ -1,0 +1,368 @@
+"""Search a space with Ray Tune: ``python -m itra_tune.search --space NAME [options]``.
+
+Optuna (TPE, seeded) samples the space's parameters, a scheduler (ASHA by default) stops weak trials early,
+and a concurrency limit bounds the trials in flight. Each trial is ``engine.fit`` behind
+``trainable.train_trial``. The search ends with a summary: the best configuration, its validation and test
+metrics, how many trials completed, stopped early or failed, the wall time, and where the results are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from itra_tune import cli, engine, spaces
+from itra_tune import config as config_mod
+from itra_tune import data as data_mod
+from itra_tune.config import ConfigError
+
+METHOD_KNOBS = {  # each method tunes its own knob in a fair comparison
+    "ce": None,
+    "lsr": spaces.Param("loss.eps", "float", 0.01, 0.3),
+    "center": spaces.Param("loss.lam", "float", 0.005, 0.5, log=True),
+    "itra": None,  # keeps the space's own loss.lam range
+    "itra_c": None,
+}
+DEFAULT_STORAGE = Path("runs") / "search"
+
+
+def parser() -> cli.Parser:
+    p = cli.Parser(prog="python -m itra_tune.search", description=__doc__.splitlines()[0])
+    p.add_argument("--space", default="demo", help="a name from search_spaces/ or a YAML path (default demo)")
+    p.add_argument("--num-samples", type=int, help="trials to run (default: the space's budget)")
+    p.add_argument("--max-concurrent", type=int, help="trials in flight at once")
+    p.add_argument("--cpus-per-trial", type=float)
+    p.add_argument("--gpus-per-trial", type=float, help="fractions let several small trials share a GPU")
+    p.add_argument("--scheduler", choices=spaces.SCHEDULERS, help="early stopping (default: the space's)")
+    p.add_argument("--objective", choices=("single", "acc_ce"), default="single",
+                   help="acc_ce: validation accuracy (max) and CE (min) together; reports the Pareto front")
+    p.add_argument("--methods", help="comma-separated losses to compare with one search each, e.g. ce,lsr,center,itra_c")
+    p.add_argument("--address", help="join an existing Ray cluster (default: start a local one)")
+    p.add_argument("--storage-path", help=f"where experiments live; shared storage on a cluster (default {DEFAULT_STORAGE})")
+    p.add_argument("--name", help="experiment name (default <space>-<time>); with --resume, the one to continue")
+    p.add_argument("--resume", action="store_true", help="continue the experiment --name after a crash or kill")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base configuration")
+    p.add_argument("--smoke", action="store_true", help="a handful of short trials, to try a space")
+    p.add_argument("--max-failures", type=int, default=0, help="retries of a failing trial from its checkpoint")
+    return p
+
+
+# --- preparing the space ----------------------------------------------------------------------------
+
+
+def prepare(args: Any) -> tuple[spaces.Space, config_mod.Config]:
+    """The space with command-line settings applied, and its validated base configuration."""
+    space = spaces.load(args.space)
+    overrides = list(args.set)
+    budget: dict[str, Any] = {}
+    if args.smoke:
+        smoke = dict(space.smoke)
+        budget["num_samples"] = int(smoke.pop("num_samples", 3))
+        overrides = [f"{k}={v}" for k, v in smoke.items()] + overrides
+    for flag, key in (("num_samples", "num_samples"), ("max_concurrent", "max_concurrent"),
+                      ("cpus_per_trial", "cpus_per_trial"), ("gpus_per_trial", "gpus_per_trial")):
+        value = getattr(args, flag)
+        if value is not None:
+            budget[key] = value
+    if budget.get("num_samples", 1) < 1 or budget.get("max_concurrent", 1) < 1:
+        raise ConfigError("--num-samples and --max-concurrent must be at least 1")
+    if budget.get("cpus_per_trial", 1) <= 0 or budget.get("gpus_per_trial", 0) < 0:
+        raise ConfigError("--cpus-per-trial must be positive and --gpus-per-trial not negative")
+    base = config_mod.apply_overrides(space.base, overrides)
+    cfg = config_mod.from_dict(base, str(space.path))
+    if cfg.data.root is not None:  # trials run in their own folders: make a relative data root absolute
+        cfg = config_mod.override(cfg, {"data.root": str(Path(cfg.data.root).expanduser().resolve())})
+    scheduler = dict(space.scheduler, name=args.scheduler) if args.scheduler else space.scheduler
+    space = replace(space, base=cfg.to_dict(), scheduler=scheduler, **budget)
+    engine.check(cfg)
+    data_mod.check_available(cfg.data)
+    return space, cfg
+
+
+def method_space(space: spaces.Space, method: str) -> spaces.Space:
+    """The space for one method of a fair comparison: same budget and shared knobs, its own loss knob."""
+    if method not in METHOD_KNOBS:
+        raise ConfigError(f"--methods: unknown method {method!r}; choose from {', '.join(METHOD_KNOBS)}")
+    shared = [p for p in space.params if not p.key.startswith("loss.")]
+    own = [p for p in space.params if p.key.startswith("loss.")] if method.startswith("itra") else []
+    if METHOD_KNOBS[method] is not None:
+        own = [METHOD_KNOBS[method]]
+    base = config_mod.apply_overrides(space.base, [f"loss.name={method}"])
+    return replace(space, name=f"{space.name}-{method}", base=base, params=tuple(shared + own))
+
+
+# --- Tune and Optuna -------------------------------------------------------------------------------
+
+
+class DefineByRun:
+    """An Optuna define-by-run space over dotted configuration keys (a class: Tune pickles the searcher)."""
+
+    def __init__(self, params: Sequence[spaces.Param]) -> None:
+        self.params = tuple(params)
+
+    def __call__(self, trial: Any) -> None:
+        for p in self.params:
+            if p.kind == "categorical":
+                trial.suggest_categorical(p.key, list(p.choices))
+            elif p.kind == "int":
+                trial.suggest_int(p.key, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+            else:
+                trial.suggest_float(p.key, p.low, p.high, log=p.log, step=p.step)
+
+
+def objectives(space: spaces.Space, objective: str) -> tuple[Any, Any]:
+    if objective == "acc_ce":
+        return ["val_acc", "val_ce"], ["max", "min"]
+    return space.metric, space.mode
+
+
+def build_searcher(space: spaces.Space, objective: str, seed: int) -> Any:
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    metric, mode = objectives(space, objective)
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, max(1, space.num_samples // 2)))
+    searcher = OptunaSearch(space=DefineByRun(space.params), metric=metric, mode=mode, sampler=sampler)
+    return ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent)
+
+
+def build_scheduler(space: spaces.Space, epochs: int) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
+
+    opts = {k: v for k, v in space.scheduler.items() if k != "name"}
+    common = {"metric": space.metric, "mode": space.mode}
+    name = space.scheduler["name"]
+    if name == "asha":
+        return ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=min(int(opts.get("grace_period", 1)), epochs),
+                             reduction_factor=opts.get("reduction_factor", 2), **common)
+    if name == "hyperband":
+        return HyperBandScheduler(time_attr="epoch", max_t=epochs, reduction_factor=opts.get("reduction_factor", 3),
+                                  **common)
+    if name == "median":
+        return MedianStoppingRule(time_attr="epoch", grace_period=opts.get("grace_period", 1),
+                                  min_samples_required=opts.get("min_samples_required", 2), **common)
+    return FIFOScheduler()
+
+
+def init_ray(address: str | None, space: spaces.Space) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table honours our progress columns
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"--address {address}: cannot join the Ray cluster ({first}); "
+                              f"start one with `ray start --head` or drop --address") from None
+    else:
+        ray.init(**kwargs)
+
+
+def run_one(space: spaces.Space, cfg: config_mod.Config, args: Any, name: str, storage: Path) -> Any:
+    """Run (or resume) one experiment and return its ResultGrid."""
+    from ray import tune
+
+    from itra_tune.trainable import train_trial
+
+    trainable = tune.with_resources(train_trial, {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial})
+    path = storage / name
+    if args.resume:
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=args.max_failures > 0).fit()
+    metric, mode = objectives(space, args.objective)
+    run_config = tune.RunConfig(
+        name=name,
+        storage_path=str(storage),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=space.metric,
+                                                checkpoint_score_order=space.mode),
+        failure_config=tune.FailureConfig(max_failures=args.max_failures),
+        progress_reporter=_reporter(space),
+        verbose=1,
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"base": space.base},
+        tune_config=tune.TuneConfig(search_alg=build_searcher(space, args.objective, args.seed),
+                                    scheduler=build_scheduler(space, cfg.train.epochs),
+                                    num_samples=space.num_samples, reuse_actors=True,
+                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+        run_config=run_config,
+    )
+    return tuner.fit()
+
+
+def _trial_name(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _reporter(space: spaces.Space) -> Any:
+    from ray.tune import CLIReporter
+
+    params = {f"{p.key}": p.key.split(".")[-1] for p in space.params}
+    return CLIReporter(parameter_columns=params, max_report_frequency=15,
+                       metric_columns={"epoch": "epoch", "val_acc": "val_acc", "val_ce": "val_ce",
+                                       "match_loss": "match"})
+
+
+# --- summarising -----------------------------------------------------------------------------------
+
+
+def trial_rows(results: Any, space: spaces.Space, epochs: int) -> list[dict[str, Any]]:
+    """One row per trial: parameters, status, and the metrics of its best epoch by the space's metric."""
+    rows = []
+    sign = 1 if space.mode == "max" else -1
+    for r in results:
+        df = r.metrics_dataframe
+        params = {k: v for k, v in r.config.items() if k != "base"}
+        row: dict[str, Any] = {"trial": Path(r.path).name, **params}
+        history = df.to_dict("records") if df is not None and len(df) else []
+        history = [h for h in history if not _nan(h.get(space.metric))]
+        if r.error is not None:
+            row["status"] = "failed: " + str(r.error).strip().splitlines()[-1][:200]
+        elif history and int(history[-1]["epoch"]) >= epochs:
+            row["status"] = "completed"
+        else:
+            row["status"] = "stopped early"
+        row["epochs"] = int(history[-1]["epoch"]) if history else 0
+        if history:
+            best = max(history, key=lambda h: sign * h[space.metric])
+            row.update({k: best[k] for k in engine.METRICS if k in best}, best_epoch=int(best["epoch"]))
+        rows.append(row)
+    return rows
+
+
+def _nan(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def best_row(rows: list[dict[str, Any]], space: spaces.Space) -> dict[str, Any] | None:
+    """The best trial that did not fail (Tune's own get_best_result would accept errored ones)."""
+    ok = [r for r in rows if not r["status"].startswith("failed") and space.metric in r]
+    if not ok:
+        return None
+    sign = 1 if space.mode == "max" else -1
+    return max(ok, key=lambda r: sign * r[space.metric])
+
+
+def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials not dominated on (validation accuracy up, validation CE down)."""
+    ok = [r for r in rows if not r["status"].startswith("failed") and "val_acc" in r]
+
+    def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        return (a["val_acc"] >= b["val_acc"] and a["val_ce"] <= b["val_ce"]
+                and (a["val_acc"] > b["val_acc"] or a["val_ce"] < b["val_ce"]))
+
+    return sorted((r for r in ok if not any(dominates(o, r) for o in ok)), key=lambda r: -r["val_acc"])
+
+
+def summarize(results: Any, space: spaces.Space, cfg: config_mod.Config, path: Path, wall: float,
+              objective: str) -> dict[str, Any]:
+    rows = trial_rows(results, space, cfg.train.epochs)
+    best = best_row(rows, space)
+    counts = {s: sum(r["status"].startswith(s) for r in rows) for s in ("completed", "stopped early", "failed")}
+    summary: dict[str, Any] = {"space": space.name, "metric": space.metric, "mode": space.mode,
+                               "experiment_path": str(path), "wall_time_s": round(wall, 1), "trials": len(rows),
+                               **counts, "best": best}
+    if best is not None:
+        params = {k: best[k] for k in (p.key for p in space.params) if k in best}
+        best_cfg = config_mod.override(config_mod.from_dict(space.base), params)
+        summary["best_config"] = best_cfg.to_dict()
+        (path / "best_config.yaml").write_text(yaml.safe_dump(best_cfg.to_dict(), sort_keys=False))
+    if objective == "acc_ce":
+        summary["pareto_front"] = pareto_front(rows)
+    _write_csv(rows, path / "trials.csv")
+    (path / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    import csv
+
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def print_summary(s: dict[str, Any], space: spaces.Space, name: str, resume_cmd: str) -> None:
+    print(f"\n== {s['space']}: {s['trials']} trials in {s['wall_time_s']:.0f}s: {s['completed']} completed, "
+          f"{s['stopped early']} stopped early, {s['failed']} failed")
+    b = s.get("best")
+    if b is None:
+        print("no trial finished an epoch; see the errors in " + s["experiment_path"])
+    else:
+        params = ", ".join(f"{p.key}={_fmt(b.get(p.key))}" for p in space.params)
+        print(f"best trial {b['trial']} ({params}) at epoch {b['best_epoch']}: val_acc {100 * b['val_acc']:.2f}%  "
+              f"val_ce {b['val_ce']:.4f}  test_acc {100 * b['test_acc']:.2f}%  test_ce {b['test_ce']:.4f}")
+    for r in s.get("pareto_front", []):
+        print(f"  pareto: {r['trial']}  val_acc {100 * r['val_acc']:.2f}%  val_ce {r['val_ce']:.4f}")
+    print(f"results: {s['experiment_path']} (summary.json, trials.csv, best_config.yaml)")
+    print(f"resume:  {resume_cmd}")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    space, cfg = prepare(args)
+    storage = Path(args.storage_path or DEFAULT_STORAGE).expanduser().resolve()
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else [None]
+    plan = [(method_space(space, m), m) if m else (space, None) for m in methods]
+    if args.resume and not args.name:
+        raise ConfigError("--resume needs --name, the experiment to continue (see the last search's summary)")
+    stem = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    names = [f"{stem}-{m}" if m else stem for _, m in plan]
+    for n in names:
+        exists = (storage / n).is_dir()
+        if args.resume and not exists:
+            raise ConfigError(f"--resume: no experiment {n!r} in {storage}; check --name and --storage-path")
+        if not args.resume and exists:
+            raise ConfigError(f"experiment {n!r} already exists in {storage}; add --resume or choose another --name")
+    init_ray(args.address, space)
+
+    summaries = []
+    for (sp, _method), name in zip(plan, names):
+        sp_cfg = config_mod.from_dict(sp.base, str(sp.path))
+        t0 = time.perf_counter()
+        results = run_one(sp, sp_cfg, args, name, storage)
+        summary = summarize(results, sp, sp_cfg, storage / name, time.perf_counter() - t0, args.objective)
+        argv_resume = " ".join(["python -m itra_tune.search", "--space", str(args.space), "--name", stem, "--resume"]
+                               + (["--methods", args.methods] if args.methods else []))
+        print_summary(summary, sp, name, argv_resume)
+        summaries.append(summary)
+    if len(summaries) > 1:
+        print_comparison(summaries)
+    return cli.EXIT_OK if all(s.get("best") for s in summaries) else cli.EXIT_FAILED
+
+
+def print_comparison(summaries: list[dict[str, Any]]) -> None:
+    print("\n== methods side by side (best trial of each, same budget)")
+    print(f"{'method':<24}{'val_acc':>9}{'val_ce':>9}{'test_acc':>10}{'test_ce':>9}  knobs")
+    for s in summaries:
+        b = s.get("best") or {}
+        knobs = {k: _fmt(v) for k, v in b.items() if k.startswith("loss.")}
+        print(f"{s['space']:<24}{100 * b.get('val_acc', float('nan')):>8.2f}%{b.get('val_ce', float('nan')):>9.4f}"
+              f"{100 * b.get('test_acc', float('nan')):>9.2f}%{b.get('test_ce', float('nan')):>9.4f}  {knobs}")
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run("python -m itra_tune.search", main))
