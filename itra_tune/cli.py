@@ -26,6 +26,8 @@ def run(prog: str, main: Callable[[Sequence[str] | None], int], argv: Sequence[s
     """Run ``main(argv)``, turning ConfigError into one line and exit 2, and Ctrl-C into exit 130."""
     try:
         return main(argv)
+    except SystemExit as e:  # argparse: --help, or a usage error already printed as one line
+        return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     except ConfigError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

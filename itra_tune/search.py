@@ -160,10 +160,12 @@ def init_ray(address: str | None, space: spaces.Space) -> None:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table honours our progress columns
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address:
+        _probe(address)
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
@@ -172,6 +174,20 @@ def init_ray(address: str | None, space: spaces.Space) -> None:
                               f"start one with `ray start --head` or drop --address") from None
     else:
         ray.init(**kwargs)
+
+
+def _probe(address: str) -> None:
+    # ray.init retries an unreachable address for minutes; a plain TCP connect answers in seconds.
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise ConfigError(f"--address {address}: cannot join the Ray cluster ({e.strerror or e}); start one with "
+                          f"`ray start --head` or drop --address") from None
 
 
 def run_one(space: spaces.Space, cfg: config_mod.Config, args: Any, name: str, storage: Path) -> Any:
@@ -226,7 +242,6 @@ def _reporter(space: spaces.Space) -> Any:
 def trial_rows(results: Any, space: spaces.Space, epochs: int) -> list[dict[str, Any]]:
     """One row per trial: parameters, status, and the metrics of its best epoch by the space's metric."""
     rows = []
-    sign = 1 if space.mode == "max" else -1
     for r in results:
         df = r.metrics_dataframe
         params = {k: v for k, v in r.config.items() if k != "base"}
@@ -241,7 +256,7 @@ def trial_rows(results: Any, space: spaces.Space, epochs: int) -> list[dict[str,
             row["status"] = "stopped early"
         row["epochs"] = int(history[-1]["epoch"]) if history else 0
         if history:
-            best = max(history, key=lambda h: sign * h[space.metric])
+            best = max(history, key=lambda h: rank_key(h, space))
             row.update({k: best[k] for k in engine.METRICS if k in best}, best_epoch=int(best["epoch"]))
         rows.append(row)
     return rows
@@ -256,8 +271,13 @@ def best_row(rows: list[dict[str, Any]], space: spaces.Space) -> dict[str, Any] 
     ok = [r for r in rows if not r["status"].startswith("failed") and space.metric in r]
     if not ok:
         return None
+    return max(ok, key=lambda r: rank_key(r, space))
+
+
+def rank_key(row: dict[str, Any], space: spaces.Space) -> tuple[float, float]:
+    """Sort key, larger is better: the space's metric, ties broken by lower validation CE."""
     sign = 1 if space.mode == "max" else -1
-    return max(ok, key=lambda r: sign * r[space.metric])
+    return sign * row[space.metric], -row.get("val_ce", 0.0)
 
 
 def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

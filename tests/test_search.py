@@ -1,0 +1,173 @@
+"""``python -m itra_tune.search`` on a real local Ray: end to end, failures, bad input, resume, clusters."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from itra_tune import cli
+from itra_tune.search import main
+
+PROG = "python -m itra_tune.search"
+
+
+def _search(args):
+    return cli.run(PROG, main, [str(a) for a in args])
+
+
+def _trials(path: Path) -> list[dict]:
+    with open(path / "trials.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _progress(trial_dir: Path) -> list[dict]:
+    lines = (trial_dir / "result.json").read_text().splitlines() if (trial_dir / "result.json").exists() else []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def test_four_trial_search_end_to_end(ray_local, space_file, tmp_path, capsys):
+    space = space_file()
+    code = _search(["--space", space, "--storage-path", tmp_path / "st", "--name", "e2e", "--seed", "3"])
+    out = capsys.readouterr().out
+    assert code == 0
+    exp = tmp_path / "st" / "e2e"
+    summary = json.loads((exp / "summary.json").read_text())
+    assert summary["trials"] == 4 and summary["completed"] == 4 and summary["failed"] == 0
+    # the reported best trial is the one whose best epoch has the highest validation accuracy
+    per_trial = {}
+    for d in exp.glob("trial_*"):
+        rows = _progress(d)
+        assert [r["epoch"] for r in rows] == [1, 2]
+        per_trial[d.name] = max((r["val_acc"], -r["val_ce"]) for r in rows)  # ties go to the lower CE
+    assert len(per_trial) == 4
+    best_name = max(per_trial, key=per_trial.get)
+    assert summary["best"]["trial"] == best_name
+    assert summary["best"]["val_acc"] == pytest.approx(per_trial[best_name][0])
+    assert (exp / "best_config.yaml").read_text().count("lam:") == 1
+    assert "4 completed, 0 stopped early, 0 failed" in out and "best trial " + best_name in out
+    lams = {float(r["loss.lam"]) for r in _trials(exp)}
+    assert len(lams) == 4 and all(0.1 <= v <= 1.0 for v in lams)
+
+
+def test_diverging_trial_is_failed_never_best(ray_local, space_file, tmp_path, capsys):
+    space = space_file(search={"optim.lr": {"type": "categorical", "choices": [0.05, 1.0e12]}},
+                       base={"data": {"name": "synthetic", "batch_size": 32, "subset": 320}, "model": {"name": "mlp"},
+                             "loss": {"name": "itra_c"}, "optim": {"momentum": 0.0},
+                             "train": {"epochs": 2, "compactness_samples": 64}})
+    code = _search(["--space", space, "--storage-path", tmp_path / "st", "--name", "nan", "--seed", "0"])
+    assert code == 0
+    rows = _trials(tmp_path / "st" / "nan")
+    failed = [r for r in rows if r["status"].startswith("failed")]
+    assert failed and all(float(r["optim.lr"]) == 1.0e12 for r in failed)
+    assert all("training loss became" in r["status"] for r in failed)
+    summary = json.loads((tmp_path / "st" / "nan" / "summary.json").read_text())
+    assert summary["failed"] == len(failed) and summary["best"]["optim.lr"] == 0.05
+
+
+def test_pareto_objective_and_method_comparison(ray_local, space_file, tmp_path, capsys):
+    space = space_file(budget={"num_samples": 2, "max_concurrent": 2})
+    code = _search(["--space", space, "--storage-path", tmp_path / "st", "--name", "cmp", "--methods", "ce,itra_c",
+                    "--objective", "acc_ce"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "methods side by side" in out and "tiny-ce" in out and "tiny-itra_c" in out
+    for m in ("ce", "itra_c"):
+        s = json.loads((tmp_path / "st" / f"cmp-{m}" / "summary.json").read_text())
+        assert s["trials"] == 2 and s["pareto_front"]
+        assert s["best_config"]["loss"]["name"] == m
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--space", "nosuchspace"], "unknown space 'nosuchspace'"),
+    (["--space", "demo", "--set", "loss.lam=-1"], "loss.lam cannot be negative"),
+    (["--space", "demo", "--num-samples", "0"], "--num-samples and --max-concurrent must be at least 1"),
+    (["--space", "demo", "--methods", "ce,focal"], "unknown method 'focal'"),
+    (["--space", "demo", "--resume"], "--resume needs --name"),
+    (["--space", "demo", "--set", "data.name=cifar10", "--set", "data.root=/nonexistent"], "dataset 'cifar10' not found"),
+    (["--space", "demo", "--scheduler", "pbt"], "invalid choice"),
+])
+def test_bad_input_exits_2_with_one_line_before_ray(tmp_path, capsys, args, message):
+    code = _search([*args, "--storage-path", tmp_path / "st"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "st").exists()
+
+
+def test_existing_experiment_needs_resume(tmp_path, capsys):
+    (tmp_path / "st" / "taken").mkdir(parents=True)
+    assert _search(["--space", "demo", "--storage-path", tmp_path / "st", "--name", "taken"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_unreachable_cluster_address_is_bad_input(tmp_path):
+    env = {**os.environ, "RAY_gcs_rpc_server_connect_timeout_s": "3"}
+    proc = subprocess.run([sys.executable, "-m", "itra_tune.search", "--space", "demo", "--address", "127.0.0.1:1",
+                           "--storage-path", str(tmp_path / "st")], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "cannot join the Ray cluster" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_resume_after_the_driver_is_killed(space_file, tmp_path):
+    space = space_file(budget={"num_samples": 4, "max_concurrent": 2},
+                       base={"data": {"name": "synthetic", "batch_size": 32, "subset": 1280}, "model": {"name": "mlp"},
+                             "loss": {"name": "itra_c"}, "train": {"epochs": 6, "compactness_samples": 64}})
+    cmd = [sys.executable, "-m", "itra_tune.search", "--space", str(space), "--storage-path", str(tmp_path / "st"),
+           "--name", "killed", "--seed", "1"]
+    exp = tmp_path / "st" / "killed"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill once some trial has finished epochs and a snapshot exists
+        done = [d for d in exp.glob("trial_*") if len(_progress(d)) >= 3]
+        if done and list(exp.glob("experiment_state-*.json")):
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the search made no progress before the deadline")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {d.name: [r["epoch"] for r in _progress(d)] for d in exp.glob("trial_*")}
+
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    summary = json.loads((exp / "summary.json").read_text())
+    assert summary["trials"] == 4 and summary["completed"] == 4
+    for row in _trials(exp):
+        epochs = [r["epoch"] for r in _progress(exp / row["trial"])]
+        assert epochs.count(1) == 1, f"{row['trial']} ran from scratch twice: {epochs}"
+        assert epochs[: len(before.get(row["trial"], []))] == before.get(row["trial"], [])
+
+
+@pytest.mark.slow
+def test_address_joins_a_head_started_by_the_test(space_file, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = tmp_path / "head"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    ray_bin = Path(sys.executable).parent / "ray"
+    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                             f"--port={port}", "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        space = space_file(budget={"num_samples": 2, "max_concurrent": 2})
+        proc = subprocess.run([sys.executable, "-m", "itra_tune.search", "--space", str(space), "--address",
+                               f"127.0.0.1:{port}", "--storage-path", str(tmp_path / "st"), "--name", "remote"],
+                              capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        pids = {r["pid"] for d in (tmp_path / "st" / "remote").glob("trial_*") for r in _progress(d)}
+        logs = " ".join(p.name for p in temp.glob("session_*/logs/worker-*"))
+        assert pids and all(f"-{pid}." in logs for pid in pids)  # the trials ran in the head's own workers
+    finally:
+        head.send_signal(signal.SIGTERM)
+        head.wait(timeout=60)
