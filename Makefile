@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m itra_tune.train --space demo
+	$(PY) -m itra_tune.search --space demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

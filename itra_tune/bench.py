@@ -6,6 +6,7 @@
    ITRA-c step spent in the matching loss itself (beyond pushing S2 through the network).
 2. Class-conditional MMD (forward and backward): the vectorized form against a per-class loop.
 3. The on-device image loader against torchvision's DataLoader, in samples per second.
+4. Orchestration overhead per trial: near-empty trials through Tuner + OptunaSearch against a plain loop.
 
 Variants are timed in interleaved rounds and the median round is reported, so machine noise hits all
 variants alike. Single times on a shared machine mean little; the ratios are the result.
@@ -33,7 +34,7 @@ def _sync(device: torch.device) -> None:
 def interleaved(fns: dict[str, Callable[[], object]], reps: int, device: torch.device) -> dict[str, float]:
     """Median seconds per call of each function, timed in ``reps`` interleaved rounds after one warm-up."""
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for k, fn in fns.items():
+    for fn in fns.values():
         fn()
     _sync(device)
     for _ in range(reps):
@@ -107,7 +108,7 @@ def bench_mmd(device: torch.device, reps: int, m: int = 256, dim: int = 512) -> 
         h2 = torch.randn(m, dim, generator=g).to(device).requires_grad_()
         y1, y2 = torch.randint(0, k, (m,), generator=g).to(device), torch.randint(0, k, (m,), generator=g).to(device)
 
-        def run(fn):
+        def run(fn, h1=h1, y1=y1, h2=h2, y2=y2, k=k):
             return lambda: fn(h1, y1, h2, y2, k).backward()
 
         t = interleaved({"vectorized": run(mmd.class_conditional_mmd),
@@ -162,9 +163,60 @@ def bench_loader(device: torch.device, n: int = 10_000, batch: int = 128, worker
     print(f"  on-device / DataLoader = {rate['on_device'] / rate['dataloader']:.1f}x")
 
 
+def _near_empty_trial(config: dict) -> None:
+    from ray import tune
+
+    tune.report({"val_acc": float(config["x"]), "epoch": 1})
+
+
+def bench_search(trials: int = 50) -> None:
+    """Per-trial orchestration overhead of Tuner + OptunaSearch, against the same work in a plain loop."""
+    import os
+
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    print(f"\n[4] orchestration overhead, {trials} near-empty trials")
+    t0 = time.perf_counter()
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    for _ in range(trials):
+        trial = study.ask()
+        study.tell(trial, trial.suggest_float("x", 0.0, 1.0))
+    loop = time.perf_counter() - t0
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    import tempfile
+
+    def run(reuse: bool, n: int) -> float:
+        searcher = ConcurrencyLimiter(OptunaSearch(metric="val_acc", mode="max", seed=0), max_concurrent=2)
+        with tempfile.TemporaryDirectory() as d:
+            tuner = tune.Tuner(_near_empty_trial, param_space={"x": tune.uniform(0, 1)},
+                               tune_config=tune.TuneConfig(search_alg=searcher, num_samples=n, reuse_actors=reuse),
+                               run_config=tune.RunConfig(storage_path=d, verbose=0))
+            t = time.perf_counter()
+            tuner.fit()
+            return time.perf_counter() - t
+
+    reused = run(True, trials)
+    fresh_n = max(5, trials // 5)
+    fresh = run(False, fresh_n)
+    ray.shutdown()
+    per = (reused - loop) / trials
+    print(f"  plain Optuna loop           {loop / trials * 1e3:8.1f} ms/trial")
+    print(f"  Tuner, reuse_actors=True    {reused / trials * 1e3:8.1f} ms/trial  -> overhead {per * 1e3:.0f} ms/trial "
+          f"(target <= 300 ms)")
+    print(f"  Tuner, reuse_actors=False   {fresh / fresh_n * 1e3:8.1f} ms/trial  ({fresh_n} trials)")
+    print(f"  fresh actors / reused actors = {(fresh / fresh_n) / (reused / trials):.1f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m itra_tune.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="step,mmd,loader", help="comma-separated subset of step, mmd, loader")
+    p.add_argument("--only", default="step,mmd,loader,search",
+                   help="comma-separated subset of step, mmd, loader, search")
     p.add_argument("--reps", type=int, default=5, help="timed rounds per variant (median reported)")
     p.add_argument("--batch", type=int, default=128, help="m1 = m2 for the step benchmark")
     p.add_argument("--device", default="auto")
@@ -177,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_mmd(device, max(args.reps, 5))
     if "loader" in parts:
         bench_loader(device)
+    if "search" in parts:
+        bench_search()
     if "step" in parts:
         bench_step(device, args.batch, args.reps)
     return 0

@@ -45,9 +45,9 @@ def parser() -> cli.Parser:
     p.add_argument("--scheduler", choices=spaces.SCHEDULERS, help="early stopping (default: the space's)")
     p.add_argument("--objective", choices=("single", "acc_ce"), default="single",
                    help="acc_ce: validation accuracy (max) and CE (min) together; reports the Pareto front")
-    p.add_argument("--methods", help="comma-separated losses to compare with one search each, e.g. ce,lsr,center,itra_c")
+    p.add_argument("--methods", help="losses to compare, one search each, e.g. ce,lsr,center,itra_c")
     p.add_argument("--address", help="join an existing Ray cluster (default: start a local one)")
-    p.add_argument("--storage-path", help=f"where experiments live; shared storage on a cluster (default {DEFAULT_STORAGE})")
+    p.add_argument("--storage-path", help=f"where experiments live, shared on a cluster (default {DEFAULT_STORAGE})")
     p.add_argument("--name", help="experiment name (default <space>-<time>); with --resume, the one to continue")
     p.add_argument("--resume", action="store_true", help="continue the experiment --name after a crash or kill")
     p.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler")
@@ -144,7 +144,8 @@ def build_scheduler(space: spaces.Space, epochs: int) -> Any:
     common = {"metric": space.metric, "mode": space.mode}
     name = space.scheduler["name"]
     if name == "asha":
-        return ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=min(int(opts.get("grace_period", 1)), epochs),
+        grace = min(int(opts.get("grace_period", 1)), epochs)
+        return ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=grace,
                              reduction_factor=opts.get("reduction_factor", 2), **common)
     if name == "hyperband":
         return HyperBandScheduler(time_attr="epoch", max_t=epochs, reduction_factor=opts.get("reduction_factor", 3),

@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -92,7 +94,8 @@ def test_pareto_objective_and_method_comparison(ray_local, space_file, tmp_path,
     (["--space", "demo", "--num-samples", "0"], "--num-samples and --max-concurrent must be at least 1"),
     (["--space", "demo", "--methods", "ce,focal"], "unknown method 'focal'"),
     (["--space", "demo", "--resume"], "--resume needs --name"),
-    (["--space", "demo", "--set", "data.name=cifar10", "--set", "data.root=/nonexistent"], "dataset 'cifar10' not found"),
+    (["--space", "demo", "--set", "data.name=cifar10", "--set", "data.root=/nonexistent"],
+     "dataset 'cifar10' not found"),
     (["--space", "demo", "--scheduler", "pbt"], "invalid choice"),
 ])
 def test_bad_input_exits_2_with_one_line_before_ray(tmp_path, capsys, args, message):
@@ -153,13 +156,20 @@ def test_address_joins_a_head_started_by_the_test(space_file, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    temp = tmp_path / "head"
+    temp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # Ray's unix sockets need a short path
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     ray_bin = Path(sys.executable).parent / "ray"
     head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                              f"--port={port}", "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
+        deadline = time.time() + 90
+        while time.time() < deadline:  # the head answers on its port once it is up
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
         space = space_file(budget={"num_samples": 2, "max_concurrent": 2})
         proc = subprocess.run([sys.executable, "-m", "itra_tune.search", "--space", str(space), "--address",
                                f"127.0.0.1:{port}", "--storage-path", str(tmp_path / "st"), "--name", "remote"],
@@ -170,4 +180,5 @@ def test_address_joins_a_head_started_by_the_test(space_file, tmp_path):
         assert pids and all(f"-{pid}." in logs for pid in pids)  # the trials ran in the head's own workers
     finally:
         head.send_signal(signal.SIGTERM)
-        head.wait(timeout=60)
+        head.wait(timeout=90)
+        shutil.rmtree(temp, ignore_errors=True)
