@@ -369,6 +369,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv_resume = " ".join(["python -m itra_tune.search", "--space", str(args.space), "--name", stem, "--resume"]
                                + (["--methods", args.methods] if args.methods else []))
         print_summary(summary, sp, name, argv_resume)
+        if summary["trials"] < sp.num_samples:  # Ctrl-C: Tune saved its state and returned early
+            print(f"interrupted after {summary['trials']} of {sp.num_samples} trials; continue with: {argv_resume}",
+                  file=sys.stderr)
+            return 130
         summaries.append(summary)
     if len(summaries) > 1:
         print_comparison(summaries)
