@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,30 @@ def method_space(space: spaces.Space, method: str) -> spaces.Space:
         own = [METHOD_KNOBS[method]]
     base = config_mod.apply_overrides(space.base, [f"loss.name={method}"])
     return replace(space, name=f"{space.name}-{method}", base=base, params=tuple(shared + own))
+
+
+SETTINGS_FILE = "search_settings.json"
+
+
+def save_settings(space: spaces.Space, objective: str, path: Path) -> None:
+    """Record the prepared search beside Tune's state, so --resume continues exactly this search."""
+    raw = asdict(space)
+    raw["path"] = str(space.path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / SETTINGS_FILE).write_text(json.dumps({"space": raw, "objective": objective}, indent=2))
+
+
+def load_settings(path: Path) -> tuple[spaces.Space, str]:
+    """The search as it was started: its space, budget and base configuration, and its objective."""
+    try:
+        raw = json.loads((path / SETTINGS_FILE).read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"--resume: {path / SETTINGS_FILE} is missing or unreadable; "
+                          f"this folder was not made by itra_tune.search") from None
+    sp = raw["space"]
+    sp["path"] = Path(sp["path"])
+    sp["params"] = tuple(spaces.Param(**{**p, "choices": tuple(p["choices"])}) for p in sp["params"])
+    return spaces.Space(**sp), raw["objective"]
 
 
 # --- Tune and Optuna -------------------------------------------------------------------------------
@@ -202,7 +226,6 @@ def run_one(space: spaces.Space, cfg: config_mod.Config, args: Any, name: str, s
     if args.resume:
         return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
                                   resume_errored=args.max_failures > 0).fit()
-    metric, mode = objectives(space, args.objective)
     run_config = tune.RunConfig(
         name=name,
         storage_path=str(storage),
@@ -231,7 +254,7 @@ def _trial_name(trial: Any) -> str:
 def _reporter(space: spaces.Space) -> Any:
     from ray.tune import CLIReporter
 
-    params = {f"{p.key}": p.key.split(".")[-1] for p in space.params}
+    params = {p.key: p.key.split(".")[-1] for p in space.params}
     return CLIReporter(parameter_columns=params, max_report_frequency=15,
                        metric_columns={"epoch": "epoch", "val_acc": "val_acc", "val_ce": "val_ce",
                                        "match_loss": "match"})
@@ -301,8 +324,9 @@ def summarize(results: Any, space: spaces.Space, cfg: config_mod.Config, path: P
                                "experiment_path": str(path), "wall_time_s": round(wall, 1), "trials": len(rows),
                                **counts, "best": best}
     if best is not None:
-        params = {k: best[k] for k in (p.key for p in space.params) if k in best}
-        best_cfg = config_mod.override(config_mod.from_dict(space.base), params)
+        from itra_tune.trainable import trial_config
+
+        best_cfg = trial_config({"base": space.base, **{p.key: best[p.key] for p in space.params if p.key in best}})
         summary["best_config"] = best_cfg.to_dict()
         (path / "best_config.yaml").write_text(yaml.safe_dump(best_cfg.to_dict(), sort_keys=False))
     if objective == "acc_ce":
@@ -352,20 +376,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError("--resume needs --name, the experiment to continue (see the last search's summary)")
     stem = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     names = [f"{stem}-{m}" if m else stem for _, m in plan]
-    for n in names:
+    objectives_of = {}
+    for i, n in enumerate(names):
         exists = (storage / n).is_dir()
         if args.resume and not exists:
             raise ConfigError(f"--resume: no experiment {n!r} in {storage}; check --name and --storage-path")
         if not args.resume and exists:
             raise ConfigError(f"experiment {n!r} already exists in {storage}; add --resume or choose another --name")
+        if args.resume:  # the search as started, whatever this command line says
+            sp, objectives_of[n] = load_settings(storage / n)
+            plan[i] = (sp, plan[i][1])
     init_ray(args.address, space)
 
     summaries = []
     for (sp, _method), name in zip(plan, names):
         sp_cfg = config_mod.from_dict(sp.base, str(sp.path))
+        objective = objectives_of.get(name, args.objective)
+        if not args.resume:
+            save_settings(sp, objective, storage / name)
         t0 = time.perf_counter()
         results = run_one(sp, sp_cfg, args, name, storage)
-        summary = summarize(results, sp, sp_cfg, storage / name, time.perf_counter() - t0, args.objective)
+        summary = summarize(results, sp, sp_cfg, storage / name, time.perf_counter() - t0, objective)
         argv_resume = " ".join(["python -m itra_tune.search", "--space", str(args.space), "--name", stem, "--resume"]
                                + (["--methods", args.methods] if args.methods else []))
         print_summary(summary, sp, name, argv_resume)

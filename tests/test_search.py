@@ -120,35 +120,61 @@ def test_unreachable_cluster_address_is_bad_input(tmp_path):
     assert "cannot join the Ray cluster" in proc.stderr.strip().splitlines()[-1]
 
 
+def _start_and_wait(cmd: list[str], exp: Path, epochs_done: int = 3) -> subprocess.Popen:
+    """Start a search driver and return once some trial has reported epochs and a snapshot exists."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        done = [d for d in exp.glob("trial_*") if len(_progress(d)) >= epochs_done]
+        if done and list(exp.glob("experiment_state-*.json")):
+            return proc
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail("the search made no progress before the deadline")
+
+
+def _long_space(space_file):
+    return space_file(budget={"num_samples": 4, "max_concurrent": 2},
+                      base={"data": {"name": "synthetic", "batch_size": 32, "subset": 1280}, "model": {"name": "mlp"},
+                            "loss": {"name": "itra_c"}, "train": {"epochs": 6, "compactness_samples": 64}})
+
+
 @pytest.mark.slow
 def test_resume_after_the_driver_is_killed(space_file, tmp_path):
-    space = space_file(budget={"num_samples": 4, "max_concurrent": 2},
-                       base={"data": {"name": "synthetic", "batch_size": 32, "subset": 1280}, "model": {"name": "mlp"},
-                             "loss": {"name": "itra_c"}, "train": {"epochs": 6, "compactness_samples": 64}})
-    cmd = [sys.executable, "-m", "itra_tune.search", "--space", str(space), "--storage-path", str(tmp_path / "st"),
-           "--name", "killed", "--seed", "1"]
+    base = [sys.executable, "-m", "itra_tune.search", "--space", str(_long_space(space_file)),
+            "--storage-path", str(tmp_path / "st"), "--name", "killed", "--seed", "1"]
     exp = tmp_path / "st" / "killed"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline:  # kill once some trial has finished epochs and a snapshot exists
-        done = [d for d in exp.glob("trial_*") if len(_progress(d)) >= 3]
-        if done and list(exp.glob("experiment_state-*.json")):
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail("the search made no progress before the deadline")
+    # the first run narrows the space's budget; the resume names neither setting and must keep both
+    proc = _start_and_wait(base + ["--num-samples", "3", "--set", "train.epochs=5"], exp)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = {d.name: [r["epoch"] for r in _progress(d)] for d in exp.glob("trial_*")}
 
-    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(base + ["--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     summary = json.loads((exp / "summary.json").read_text())
-    assert summary["trials"] == 4 and summary["completed"] == 4
+    assert summary["trials"] == 3 and summary["completed"] == 3
+    assert summary["best_config"]["train"]["epochs"] == 5
     for row in _trials(exp):
         epochs = [r["epoch"] for r in _progress(exp / row["trial"])]
         assert epochs.count(1) == 1, f"{row['trial']} ran from scratch twice: {epochs}"
         assert epochs[: len(before.get(row["trial"], []))] == before.get(row["trial"], [])
+        assert max(epochs) == 5
+
+
+@pytest.mark.slow
+def test_ctrl_c_reports_the_interrupted_search_and_resume_finishes_it(space_file, tmp_path):
+    cmd = [sys.executable, "-m", "itra_tune.search", "--space", str(_long_space(space_file)),
+           "--storage-path", str(tmp_path / "st"), "--name", "intr"]
+    proc = _start_and_wait(cmd, tmp_path / "st" / "intr", epochs_done=1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err[-3000:]
+    assert "continue with: python -m itra_tune.search --space" in err and "--name intr --resume" in err
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "st" / "intr" / "summary.json").read_text())["trials"] == 4
 
 
 @pytest.mark.slow
