@@ -8,6 +8,7 @@ over the same training split (the paper's Eq. 3). ImageNet-style folders go thro
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 from collections.abc import Callable, Iterator
@@ -60,9 +61,15 @@ class Images:
         if augment and self.flip:
             flip = torch.rand(x.shape[0], device=x.device, generator=gen) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        mean, std = self._stats
         return (x - mean) / std, self.y[idx]
+
+    @functools.cached_property
+    def _stats(self) -> tuple[Tensor, Tensor]:
+        # made once on the data's device, not per batch (a host-to-device copy each time on CUDA)
+        shape = (1, -1, 1, 1)
+        return (torch.tensor(self.mean, device=self.x.device).view(shape),
+                torch.tensor(self.std, device=self.x.device).view(shape))
 
 
 def random_crop(x: Tensor, pad: int, gen: torch.Generator | None = None) -> Tensor:

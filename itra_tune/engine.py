@@ -156,7 +156,7 @@ def compactness(model: models.Classifier, x: Tensor, y: Tensor) -> float:
     Lower is more compact.
     """
     model.eval()
-    h = model.features(x).float()  # (2n, D)
+    h = torch.cat([model.features(chunk).float() for chunk in x.split(256)])  # (2n, D)
     n = h.shape[0] // 2
     d = torch.cdist(h[:n], h[n:2 * n])  # (n, n)
     same = y[:n, None] == y[None, n:2 * n]
