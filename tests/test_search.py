@@ -208,3 +208,19 @@ def test_address_joins_a_head_started_by_the_test(space_file, tmp_path):
         head.send_signal(signal.SIGTERM)
         head.wait(timeout=90)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_scheduler_choices_map_to_tune_schedulers(space_file):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
+
+    from itra_tune import spaces
+    from itra_tune.search import build_scheduler
+
+    expected = {"asha": ASHAScheduler, "hyperband": HyperBandScheduler, "median": MedianStoppingRule,
+                "none": FIFOScheduler}
+    for name, cls in expected.items():
+        space = spaces.load(space_file(scheduler={"name": name, "grace_period": 1}))
+        scheduler = build_scheduler(space, epochs=4)
+        assert type(scheduler) is cls
+        if name != "none":
+            assert scheduler.metric == "val_acc" and scheduler._mode == "max"
