@@ -3,6 +3,7 @@
     cfg = itra_tune.load_config("my.yaml")
     result = itra_tune.train(cfg)          # the engine, no cluster needed
     result.best["val_acc"]
+    cfg = itra_tune.best_config("cifar100")   # the winner of the newest search, from MLflow
 
 Attributes load on first use, so ``import itra_tune`` stays cheap.
 """
@@ -16,6 +17,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "train": ("itra_tune.train", None),  # the module itself is callable: itra_tune.train(config, ...)
+    "best_config": ("itra_tune.best", "best_config"),
+    "load_best_model": ("itra_tune.best", "load_best_model"),
     "fit": ("itra_tune.engine", "fit"),
     "load_config": ("itra_tune.config", "load"),
     "Config": ("itra_tune.config", "Config"),

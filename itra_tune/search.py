@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -19,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ray import tune
 
-from itra_tune import cli, engine, spaces
+from itra_tune import cli, engine, plots, spaces, tracking
 from itra_tune import config as config_mod
 from itra_tune import data as data_mod
 from itra_tune.config import ConfigError
@@ -54,6 +56,8 @@ def parser() -> cli.Parser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base configuration")
     p.add_argument("--smoke", action="store_true", help="a handful of short trials, to try a space")
     p.add_argument("--max-failures", type=int, default=0, help="retries of a failing trial from its checkpoint")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.add_argument("--register", action="store_true", help="register the best model as itra-<space> in MLflow")
     return p
 
 
@@ -104,15 +108,18 @@ def method_space(space: spaces.Space, method: str) -> spaces.Space:
 SETTINGS_FILE = "search_settings.json"
 
 
-def save_settings(space: spaces.Space, objective: str, path: Path) -> None:
+def save_settings(space: spaces.Space, objective: str, path: Path, parent_run_id: str) -> Path:
     """Record the prepared search beside Tune's state, so --resume continues exactly this search."""
     raw = asdict(space)
     raw["path"] = str(space.path)
     path.mkdir(parents=True, exist_ok=True)
-    (path / SETTINGS_FILE).write_text(json.dumps({"space": raw, "objective": objective}, indent=2))
+    out = path / SETTINGS_FILE
+    out.write_text(json.dumps({"space": raw, "objective": objective, "mlflow_parent_run_id": parent_run_id},
+                              indent=2))
+    return out
 
 
-def load_settings(path: Path) -> tuple[spaces.Space, str]:
+def load_settings(path: Path) -> tuple[spaces.Space, str, str]:
     """The search as it was started: its space, budget and base configuration, and its objective."""
     try:
         raw = json.loads((path / SETTINGS_FILE).read_text())
@@ -122,7 +129,44 @@ def load_settings(path: Path) -> tuple[spaces.Space, str]:
     sp = raw["space"]
     sp["path"] = Path(sp["path"])
     sp["params"] = tuple(spaces.Param(**{**p, "choices": tuple(p["choices"])}) for p in sp["params"])
-    return spaces.Space(**sp), raw["objective"]
+    return spaces.Space(**sp), raw["objective"], raw["mlflow_parent_run_id"]
+
+
+class TrackingCallback(tune.Callback):
+    """Live MLflow logging from the driver: a child run per trial, metrics per epoch.
+
+    Holds plain data only, so it pickles into Tune's experiment state; the client is made on first use.
+    """
+
+    def __init__(self, uri: str, experiment: str, parent_run_id: str) -> None:
+        self.uri, self.experiment, self.parent_run_id = uri, experiment, parent_run_id
+        self._tracker: tracking.Tracker | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_tracker": None}
+
+    @property
+    def tracker(self) -> tracking.Tracker | None:
+        if self._tracker is None:
+            try:
+                self._tracker = tracking.Tracker(self.uri, self.experiment, self.parent_run_id)
+            except Exception:  # noqa: BLE001 - the server is away: the end of the search back-fills
+                return None
+        return self._tracker
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.tracker is not None:
+            self.tracker.trial_started(trial.trial_id, _trial_name(trial), _trial_params(trial.config))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if self.tracker is not None:
+            self.tracker.epoch(trial.trial_id, result)
+
+
+def _trial_params(tune_config: dict[str, Any]) -> dict[str, Any]:
+    from itra_tune.trainable import trial_config
+
+    return trial_config(tune_config).flat()
 
 
 # --- Tune and Optuna -------------------------------------------------------------------------------
@@ -215,10 +259,9 @@ def _probe(address: str) -> None:
                           f"`ray start --head` or drop --address") from None
 
 
-def run_one(space: spaces.Space, cfg: config_mod.Config, args: Any, name: str, storage: Path) -> Any:
+def run_one(space: spaces.Space, cfg: config_mod.Config, args: Any, name: str, storage: Path,
+            callback: TrackingCallback) -> Any:
     """Run (or resume) one experiment and return its ResultGrid."""
-    from ray import tune
-
     from itra_tune.trainable import train_trial
 
     trainable = tune.with_resources(train_trial, {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial})
@@ -233,6 +276,7 @@ def run_one(space: spaces.Space, cfg: config_mod.Config, args: Any, name: str, s
                                                 checkpoint_score_order=space.mode),
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
         progress_reporter=_reporter(space),
+        callbacks=[callback],
         verbose=1,
     )
     tuner = tune.Tuner(
@@ -359,6 +403,15 @@ def print_summary(s: dict[str, Any], space: spaces.Space, name: str, resume_cmd:
     for r in s.get("pareto_front", []):
         print(f"  pareto: {r['trial']}  val_acc {100 * r['val_acc']:.2f}%  val_ce {r['val_ce']:.4f}")
     print(f"results: {s['experiment_path']} (summary.json, trials.csv, best_config.yaml)")
+    t = s.get("tracking", {})
+    if t.get("error"):
+        print(f"MLflow: not completed ({t['error']}); the results above are safe, and the resume command "
+              f"below back-fills MLflow once {t['uri']} answers")
+    elif t:
+        backfill = f", {t['failed_live_writes']} live writes back-filled" if t.get("failed_live_writes") else ""
+        reg = f", registered as {t['registered']}" if t.get("registered") else ""
+        print(f"MLflow:  experiment {t['experiment']!r}, parent run {t['parent_run_id']} at {t['uri']}{backfill}{reg}"
+              f"\n         browse with `mlflow ui --backend-store-uri {t['uri']}`")
     print(f"resume:  {resume_cmd}")
 
 
@@ -370,13 +423,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     space, cfg = prepare(args)
     storage = Path(args.storage_path or DEFAULT_STORAGE).expanduser().resolve()
+    uri = tracking.resolve_uri(args.tracking_uri)
+    tracking.check_reachable(uri)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else [None]
     plan = [(method_space(space, m), m) if m else (space, None) for m in methods]
     if args.resume and not args.name:
         raise ConfigError("--resume needs --name, the experiment to continue (see the last search's summary)")
     stem = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     names = [f"{stem}-{m}" if m else stem for _, m in plan]
-    objectives_of = {}
+    saved: dict[str, tuple[str, str]] = {}  # name -> (objective, parent run id), for a resumed search
     for i, n in enumerate(names):
         exists = (storage / n).is_dir()
         if args.resume and not exists:
@@ -384,23 +439,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.resume and exists:
             raise ConfigError(f"experiment {n!r} already exists in {storage}; add --resume or choose another --name")
         if args.resume:  # the search as started, whatever this command line says
-            sp, objectives_of[n] = load_settings(storage / n)
-            plan[i] = (sp, plan[i][1])
+            sp, objective, parent = load_settings(storage / n)
+            plan[i], saved[n] = (sp, plan[i][1]), (objective, parent)
     init_ray(args.address, space)
+    argv_resume = " ".join(["python -m itra_tune.search", "--space", str(args.space), "--name", stem, "--resume"]
+                           + (["--methods", args.methods] if args.methods else [])
+                           + (["--tracking-uri", args.tracking_uri] if args.tracking_uri else []))
 
     summaries = []
     for (sp, _method), name in zip(plan, names):
         sp_cfg = config_mod.from_dict(sp.base, str(sp.path))
-        objective = objectives_of.get(name, args.objective)
-        if not args.resume:
-            save_settings(sp, objective, storage / name)
+        objective, parent = saved.get(name, (args.objective, ""))
+        if not parent:
+            tracker = tracking.Tracker(uri, sp.name, run_name=name, params=_search_params(sp, args, objective),
+                                       artifacts=[sp.path])
+            parent = tracker.parent
+            tracker.c.log_artifact(parent, str(save_settings(sp, objective, storage / name, parent)))
         t0 = time.perf_counter()
-        results = run_one(sp, sp_cfg, args, name, storage)
+        results = run_one(sp, sp_cfg, args, name, storage, TrackingCallback(uri, sp.name, parent))
         summary = summarize(results, sp, sp_cfg, storage / name, time.perf_counter() - t0, objective)
-        argv_resume = " ".join(["python -m itra_tune.search", "--space", str(args.space), "--name", stem, "--resume"]
-                               + (["--methods", args.methods] if args.methods else []))
+        interrupted = summary["trials"] < sp.num_samples  # Ctrl-C: Tune saved its state and returned early
+        summary["tracking"] = record(results, summary, sp, sp_cfg, uri, parent, storage / name,
+                                     args.register and not interrupted, interrupted)
+        (storage / name / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         print_summary(summary, sp, name, argv_resume)
-        if summary["trials"] < sp.num_samples:  # Ctrl-C: Tune saved its state and returned early
+        if interrupted:
             print(f"interrupted after {summary['trials']} of {sp.num_samples} trials; continue with: {argv_resume}",
                   file=sys.stderr)
             return 130
@@ -408,6 +471,89 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(summaries) > 1:
         print_comparison(summaries)
     return cli.EXIT_OK if all(s.get("best") for s in summaries) else cli.EXIT_FAILED
+
+
+def _search_params(space: spaces.Space, args: Any, objective: str) -> dict[str, Any]:
+    return {"space": space.name, "metric": space.metric, "mode": space.mode, "objective": objective,
+            "num_samples": space.num_samples, "max_concurrent": space.max_concurrent, "seed": args.seed,
+            "scheduler": space.scheduler.get("name"), "searched": ",".join(p.key for p in space.params),
+            "code_version": config_mod.code_version()}
+
+
+def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: config_mod.Config, uri: str,
+           parent: str, path: Path, register: bool, interrupted: bool) -> dict[str, Any]:
+    """Complete the search in MLflow: back-fill, statuses, best models, pictures, the best configuration.
+
+    Returns what happened, for the summary; a tracking server that is still away is reported, not raised.
+    """
+    out: dict[str, Any] = {"uri": uri, "experiment": space.name, "parent_run_id": parent}
+    try:
+        tracker = tracking.Tracker(uri, space.name, parent)
+        rows = {r["trial"]: r for r in trial_rows(results, space, cfg.train.epochs)}
+        histories, best_run = {}, None
+        example = _example_input(cfg)
+        for res in results:
+            name = Path(res.path).name
+            row = rows[name]
+            history = _history(res)
+            histories[name] = history
+            model_dir = None
+            ckpt = res.get_best_checkpoint(space.metric, space.mode) if history else None
+            with tempfile.TemporaryDirectory() as tmp:
+                if ckpt is not None and not row["status"].startswith("failed"):
+                    model_dir = _export_model(ckpt, res.config, example, Path(tmp) / "model")
+                run_id = tracker.finish_trial(name.removeprefix("trial_"), name, _trial_params(res.config), history,
+                                              row["status"], model_dir)
+            if summary.get("best") and summary["best"]["trial"] == name:
+                best_run = run_id
+        files = [f for f in (path / "trials.csv", path / "best_config.yaml") if f.exists()]
+        tracker.finish(best_run, files, _figures(list(rows.values()), histories, space, summary), interrupted)
+        out.update(best_run_id=best_run, failed_live_writes=tracker.failures)
+        if register and best_run is not None:
+            out["registered"] = tracking.register(tracker.c, best_run, f"itra-{space.name}")
+    except Exception as e:  # noqa: BLE001 - the trials are safe on disk; say how to finish the record later
+        out["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    return out
+
+
+def _history(result: Any) -> list[dict[str, Any]]:
+    df = result.metrics_dataframe
+    return [] if df is None or not len(df) else [h for h in df.to_dict("records") if not _nan(h.get("val_acc"))]
+
+
+def _example_input(cfg: config_mod.Config) -> Any:
+    import torch
+
+    d = data_mod.build(cfg.data, torch.device("cpu"), cfg.seed, paired=False)
+    return d.sample("test", 2)[0], d.num_classes, d.input_shape
+
+
+def _export_model(ckpt: Any, tune_config: dict[str, Any], example: Any, out: Path) -> Path:
+    """The trial's best checkpoint as an MLflow model folder."""
+    from itra_tune import checkpoint, models
+    from itra_tune.trainable import STATE_FILE, trial_config
+
+    x, num_classes, input_shape = example
+    cfg = trial_config(tune_config)
+    model = models.build(cfg.model.name, num_classes, input_shape)
+    with ckpt.as_directory() as d:
+        model.load_state_dict(checkpoint.load(Path(d) / STATE_FILE)["model"])
+    return tracking.save_model(model, x, out)
+
+
+def _figures(rows: list[dict[str, Any]], histories: dict[str, list[dict[str, Any]]], space: spaces.Space,
+             summary: dict[str, Any]) -> dict[str, Any]:
+    ranked = sorted((r for r in rows if space.metric in r and not r["status"].startswith("failed")),
+                    key=lambda r: rank_key(r, space), reverse=True)
+    top = {r["trial"]: histories[r["trial"]] for r in ranked[:5] if histories.get(r["trial"])}
+    log_axes = frozenset(p.key for p in space.params if p.log)
+    figs = {"plots/params_vs_metric.png": plots.params_vs_metric(rows, [p.key for p in space.params], space.metric,
+                                                                 log_axes)}
+    if top:
+        figs["plots/learning_curves_top5.png"] = plots.learning_curves(top)
+        best = ranked[0]["trial"]
+        figs["plots/compactness_best.png"] = plots.compactness_curves({best: top[best]})
+    return figs
 
 
 def print_comparison(summaries: list[dict[str, Any]]) -> None:

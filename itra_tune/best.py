@@ -1,0 +1,32 @@
+"""The best configuration and model of a search, for production code. Never imports Ray.
+
+    cfg = itra_tune.best_config("cifar100")       # the winner of the newest search of that space
+    model = itra_tune.load_best_model("cifar100")   # its best checkpoint, as the trained module
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from itra_tune import config as config_mod
+from itra_tune import tracking
+
+
+def best_config(space: str, tracking_uri: str | None = None) -> config_mod.Config:
+    """The best trial's configuration from the newest finished search of ``space`` in MLflow.
+
+    Args:
+        space: the space's name (its MLflow experiment).
+        tracking_uri: where the search tracked; default ``$MLFLOW_TRACKING_URI`` or ./mlflow.db.
+    """
+    c, run = tracking.latest_search(space, tracking_uri)
+    return config_mod.load(tracking.download(c, run.info.run_id, "best_config.yaml"))
+
+
+def load_best_model(space: str, tracking_uri: str | None = None) -> Any:
+    """The best trial's best checkpoint as a torch module with ``features`` and ``head``, in eval mode."""
+    import mlflow.pytorch
+
+    c, run = tracking.latest_search(space, tracking_uri)
+    local = tracking.download(c, run.data.tags[tracking.BEST_TAG], "model")
+    return mlflow.pytorch.load_model(str(local), map_location="cpu").eval()

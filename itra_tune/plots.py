@@ -1,0 +1,60 @@
+"""Pictures of a search, as matplotlib figures (the tracking module logs them on the parent run)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+Rows = list[dict[str, Any]]
+
+
+def params_vs_metric(rows: Rows, params: list[str], metric: str, log_axes: frozenset[str] = frozenset()) -> Any:
+    """Each searched parameter against the trial's best metric, coloured by bandwidth scheme (Fig. 2 style)."""
+    ok = [r for r in rows if metric in r and not str(r.get("status", "")).startswith("failed")]
+    fig, axes = plt.subplots(1, max(1, len(params)), figsize=(4 * max(1, len(params)), 3.4), squeeze=False)
+    schemes = sorted({str(r.get("loss.bandwidth", r.get("bandwidth", "-"))) for r in ok})
+    colours = {s: plt.cm.tab10(i) for i, s in enumerate(schemes)}
+    for ax, p in zip(axes[0], params):
+        for s in schemes:
+            pts = [(r[p], r[metric]) for r in ok if p in r and str(r.get("loss.bandwidth", "-")) == s]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.scatter([str(x) if isinstance(x, str) else x for x in xs], ys, color=colours[s], label=s)
+        ax.set_xlabel(p)
+        ax.set_ylabel(metric)
+        if p in log_axes:
+            ax.set_xscale("log")
+    if len(schemes) > 1:
+        axes[0][0].legend(title="bandwidth", fontsize=8)
+    fig.suptitle(f"searched parameters against {metric} (best epoch of each trial)")
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves(histories: dict[str, Rows]) -> Any:
+    """Validation accuracy and CE per epoch for the given trials (the top of the search)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, rows in histories.items():
+        epochs = [r["epoch"] for r in rows]
+        a.plot(epochs, [r["val_acc"] for r in rows], marker="o", label=name)
+        b.plot(epochs, [r["val_ce"] for r in rows], marker="o", label=name)
+    a.set(xlabel="epoch", ylabel="val_acc", title="validation accuracy")
+    b.set(xlabel="epoch", ylabel="val_ce", title="validation cross-entropy")
+    a.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def compactness_curves(histories: dict[str, Rows]) -> Any:
+    """Feature compactness per epoch (the paper's Figure 1, left): lower is more compact."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for name, rows in histories.items():
+        ax.plot([r["epoch"] for r in rows], [r["compactness"] for r in rows], marker="o", label=name)
+    ax.set(xlabel="epoch", ylabel="same-class / all-pairs distance", title="feature compactness (test)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
