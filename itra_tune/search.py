@@ -506,6 +506,7 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
                                               row["status"], model_dir)
             if summary.get("best") and summary["best"]["trial"] == name:
                 best_run = run_id
+        out["orphaned_runs_dropped"] = tracker.drop_orphans({Path(r.path).name.removeprefix("trial_") for r in results})
         files = [f for f in (path / "trials.csv", path / "best_config.yaml") if f.exists()]
         tracker.finish(best_run, files, _figures(list(rows.values()), histories, space, summary), interrupted)
         out.update(best_run_id=best_run, failed_live_writes=tracker.failures)

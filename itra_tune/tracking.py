@@ -122,8 +122,11 @@ class Tracker:
             self._safe(lambda: self._log_params(run.info.run_id, params))
 
     def epoch(self, trial_id: str, metrics: dict[str, Any]) -> None:
-        if trial_id in self._children and self._safe(lambda: self._log_epoch(trial_id, metrics)) is not None:
-            self._logged[trial_id].add(int(metrics["epoch"]))
+        step = int(metrics["epoch"])
+        if trial_id not in self._children or step in self._logged[trial_id]:
+            return  # a resumed trial re-runs the epochs after its checkpoint: identically, so log them once
+        if self._safe(lambda: self._log_epoch(trial_id, metrics)) is not None:
+            self._logged[trial_id].add(step)
 
     # --- at the end of the search: back-fill, statuses, models, pictures --------------------------------
 
@@ -144,6 +147,16 @@ class Tracker:
             self.c.log_artifacts(run_id, str(model_dir), "model")
         self.c.set_terminated(run_id, "FAILED" if status.startswith("failed") else "FINISHED")
         return run_id
+
+    def drop_orphans(self, trial_ids: set[str]) -> int:
+        """Soft-delete child runs of trials the search no longer has (lost with a killed driver's last
+        moments: Tune starts them afresh under new ids). They stay recoverable in MLflow's trash."""
+        orphans = [tid for tid in self._children if tid not in trial_ids]
+        for tid in orphans:
+            self.c.set_tag(self._children[tid], STATUS_TAG, "orphaned: its trial was lost when the driver was killed")
+            self.c.set_terminated(self._children[tid], "KILLED")
+            self.c.delete_run(self._children.pop(tid))
+        return len(orphans)
 
     def finish(self, best_run_id: str | None, files: Iterable[Path], figures: dict[str, Any],
                interrupted: bool = False) -> None:

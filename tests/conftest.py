@@ -58,3 +58,68 @@ def space_file(tmp_path):
         return p
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_tracking(tmp_path_factory):
+    """Searches in tests track to a throw-away SQLite store, never to ./mlflow.db of the checkout."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield uri
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+def start_mlflow_server(db: str, artifacts: str, port: int):
+    """A real `mlflow server` on 127.0.0.1; returns the process once /health answers."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    proc = subprocess.Popen([str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{db}",
+                             "--artifacts-destination", artifacts, "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("mlflow server did not answer /health within 90 s")
+
+
+def stop_mlflow_server(proc) -> None:
+    import signal
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on 127.0.0.1 for the session; yields its URI."""
+    d = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    proc = start_mlflow_server(str(d / "mlflow.db"), str(d / "artifacts"), port)
+    yield f"http://127.0.0.1:{port}"
+    stop_mlflow_server(proc)

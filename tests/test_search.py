@@ -142,8 +142,9 @@ def _long_space(space_file):
 
 @pytest.mark.slow
 def test_resume_after_the_driver_is_killed(space_file, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     base = [sys.executable, "-m", "itra_tune.search", "--space", str(_long_space(space_file)),
-            "--storage-path", str(tmp_path / "st"), "--name", "killed", "--seed", "1"]
+            "--storage-path", str(tmp_path / "st"), "--name", "killed", "--seed", "1", "--tracking-uri", uri]
     exp = tmp_path / "st" / "killed"
     # the first run narrows the space's budget; the resume names neither setting and must keep both
     proc = _start_and_wait(base + ["--num-samples", "3", "--set", "train.epochs=5"], exp)
@@ -161,6 +162,18 @@ def test_resume_after_the_driver_is_killed(space_file, tmp_path):
         assert epochs.count(1) == 1, f"{row['trial']} ran from scratch twice: {epochs}"
         assert epochs[: len(before.get(row["trial"], []))] == before.get(row["trial"], [])
         assert max(epochs) == 5
+    # MLflow: one parent, one finished child run per trial, every epoch logged once
+    from mlflow import MlflowClient
+
+    c = MlflowClient(uri)
+    runs = c.search_runs([c.get_experiment_by_name("tiny").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in children) == sorted(r["trial"] for r in _trials(exp))
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert [m.step for m in c.get_metric_history(child.info.run_id, "val_acc")] == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.slow

@@ -1,0 +1,138 @@
+"""MLflow tracking of searches (a real `mlflow server` on 127.0.0.1, and the SQLite default), and the
+best-config API that production code uses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import free_port, start_mlflow_server, stop_mlflow_server  # noqa: I001
+from mlflow import MlflowClient
+
+import itra_tune
+from itra_tune import cli, tracking
+from itra_tune.search import main
+
+PROG = "python -m itra_tune.search"
+
+
+def _runs(c: MlflowClient, experiment: str):
+    exp = c.get_experiment_by_name(experiment)
+    runs = c.search_runs([exp.experiment_id])
+    parents = [r for r in runs if tracking.PARENT_TAG not in r.data.tags]
+    children = [r for r in runs if tracking.PARENT_TAG in r.data.tags]
+    return parents, children
+
+
+def test_search_tracks_to_a_server_and_best_config_round_trips(ray_local, mlflow_server, space_file, tmp_path,
+                                                                capsys):
+    space = space_file(name="tracked")
+    code = cli.run(PROG, main, ["--space", str(space), "--storage-path", str(tmp_path / "st"), "--name", "t",
+                                "--tracking-uri", mlflow_server, "--register", "--seed", "2"])
+    assert code == 0
+    assert "parent run" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "st" / "t" / "summary.json").read_text())
+    c = MlflowClient(mlflow_server)
+    parents, children = _runs(c, "tracked")
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.info.run_id == summary["tracking"]["parent_run_id"]
+    assert parent.data.params["num_samples"] == "4"
+    assert set(parent.data.params["searched"].split(",")) == {"loss.lam", "loss.bandwidth"}
+    artifacts = {a.path for a in c.list_artifacts(parent.info.run_id)}
+    assert {"best_config.yaml", "trials.csv", "tracked.yaml", "search_settings.json", "plots"} <= artifacts
+    assert {a.path for a in c.list_artifacts(parent.info.run_id, "plots")} == {
+        "plots/params_vs_metric.png", "plots/learning_curves_top5.png", "plots/compactness_best.png"}
+    for child in children:
+        assert child.data.tags[tracking.PARENT_TAG] == parent.info.run_id
+        assert child.info.status == "FINISHED" and child.data.tags[tracking.STATUS_TAG] == "completed"
+        assert float(child.data.params["loss.lam"]) == pytest.approx(float(child.data.params["loss.lam"]))
+        for metric in tracking.EPOCH_METRICS:
+            assert [m.step for m in c.get_metric_history(child.info.run_id, metric)] == [1, 2]
+        assert "model/MLmodel" in {a.path for a in c.list_artifacts(child.info.run_id, "model")}
+    best_run = parent.data.tags[tracking.BEST_TAG]
+    assert c.get_run(best_run).info.run_name == summary["best"]["trial"]
+    versions = c.search_model_versions("name = 'itra-tracked'")
+    assert [v.run_id for v in versions] == [best_run]
+
+    cfg = itra_tune.best_config("tracked", tracking_uri=mlflow_server)
+    assert cfg.to_dict() == summary["best_config"]
+    model = itra_tune.load_best_model("tracked", tracking_uri=mlflow_server)
+    x = torch.randn(3, 1, 8, 8)
+    assert model.features(x).shape == (3, 128) and model(x).shape == (3, 10)
+
+    # the promise: the best configuration, trained outside the search, gives the metrics the trial logged
+    result = itra_tune.train(cfg)
+    logged = c.get_metric_history(best_run, "val_acc")
+    assert [r["val_acc"] for r in result.history] == [m.value for m in sorted(logged, key=lambda m: m.step)]
+    test_ce = sorted(c.get_metric_history(best_run, "test_ce"), key=lambda m: m.step)
+    assert [r["test_ce"] for r in result.history] == pytest.approx([m.value for m in test_ce], rel=1e-6)
+    if summary["best"]["best_epoch"] == 2:  # the logged model is the last epoch's: same predictions
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), result.model.cpu().eval()(x))
+
+
+def test_default_store_is_sqlite_in_the_working_folder(ray_local, space_file, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(tmp_path)
+    space = space_file(name="local", budget={"num_samples": 2, "max_concurrent": 2})
+    assert cli.run(PROG, main, ["--space", str(space), "--name", "d"]) == 0
+    assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "runs" / "search" / "d").is_dir()
+    parents, children = _runs(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "local")
+    assert len(parents) == 1 and len(children) == 2
+    assert itra_tune.best_config("local").loss.name == "itra_c"  # the same default, read back
+
+
+def test_unreachable_tracking_server_is_bad_input(tmp_path, capsys):
+    code = cli.run(PROG, main, ["--space", "demo", "--tracking-uri", f"http://127.0.0.1:{free_port()}",
+                                "--storage-path", str(tmp_path / "st")])
+    err = capsys.readouterr().err
+    assert code == 2 and "the MLflow server does not answer" in err and err.count("\n") == 1
+    assert not (tmp_path / "st").exists()
+
+
+def test_best_config_of_an_unknown_space(tmp_path):
+    with pytest.raises(itra_tune.ConfigError, match="no MLflow experiment 'nothing-here'"):
+        itra_tune.best_config("nothing-here", tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}")
+
+
+@pytest.mark.slow
+def test_tracking_server_outage_mid_search_is_back_filled(space_file, tmp_path):
+    db, art, port = str(tmp_path / "srv.db"), str(tmp_path / "art"), free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_mlflow_server(db, art, port)
+    space = space_file(name="outage", budget={"num_samples": 3, "max_concurrent": 2},
+                       base={"data": {"name": "synthetic", "batch_size": 32, "subset": 1280}, "model": {"name": "mlp"},
+                             "loss": {"name": "itra_c"}, "train": {"epochs": 8, "compactness_samples": 64}})
+    exp = tmp_path / "st" / "o"
+    search = subprocess.Popen([sys.executable, "-m", "itra_tune.search", "--space", str(space), "--storage-path",
+                               str(tmp_path / "st"), "--name", "o", "--tracking-uri", uri],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not any((d / "result.json").exists() for d in exp.glob("trial_*")):
+            time.sleep(0.5)
+        stop_mlflow_server(server)  # the server goes away while trials train
+        time.sleep(8)
+        server = start_mlflow_server(db, art, port)  # and comes back before the search ends
+        out, _ = search.communicate(timeout=600)
+        assert search.returncode == 0, out[-3000:]
+    finally:
+        if search.poll() is None:
+            search.kill()
+        stop_mlflow_server(server)
+    server = start_mlflow_server(db, art, port)
+    try:
+        c = MlflowClient(uri)
+        parents, children = _runs(c, "outage")
+        assert len(parents) == 1 and len(children) == 3
+        for child in children:
+            steps = [m.step for m in c.get_metric_history(child.info.run_id, "val_acc")]
+            assert sorted(set(steps)) == list(range(1, 9)), steps
+            assert child.info.status == "FINISHED"
+    finally:
+        stop_mlflow_server(server)
