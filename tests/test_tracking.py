@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+import yaml
 from conftest import free_port, start_mlflow_server, stop_mlflow_server  # noqa: I001
 from mlflow import MlflowClient
 
@@ -71,6 +72,17 @@ def test_search_tracks_to_a_server_and_best_config_round_trips(ray_local, mlflow
     assert [r["val_acc"] for r in result.history] == [m.value for m in sorted(logged, key=lambda m: m.step)]
     test_ce = sorted(c.get_metric_history(best_run, "test_ce"), key=lambda m: m.step)
     assert [r["test_ce"] for r in result.history] == pytest.approx([m.value for m in test_ce], rel=1e-6)
+    # production: the winner over seeds on the full training set, from the command line
+    from itra_tune.train import main as train_main
+
+    out = tmp_path / "prod"
+    assert train_main(["--space", "tracked", "--best", "--tracking-uri", mlflow_server, "--full-train",
+                       "--seeds", "2", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "over 2 seeds: test_acc" in printed and "±" in printed
+    for seed in (cfg.seed, cfg.seed + 1):
+        saved = yaml.safe_load((out / f"seed_{seed}" / "config.yaml").read_text())
+        assert saved["loss"]["lam"] == cfg.loss.lam and saved["data"]["val_fraction"] == 0.0
     if summary["best"]["best_epoch"] == 2:  # the logged model is the last epoch's: same predictions
         with torch.no_grad():
             torch.testing.assert_close(model(x), result.model.cpu().eval()(x))

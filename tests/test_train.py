@@ -93,3 +93,26 @@ def test_diverging_run_exits_1(tmp_path, capsys):
     p = _write(tmp_path, optim={"lr": 1e12, "momentum": 0.0})
     code = cli.run("python -m itra_tune.train", main, ["--config", str(p), "--out", str(tmp_path / "o"), "--quiet"])
     assert code == 1 and "training loss became" in capsys.readouterr().err
+
+
+def test_over_seeds_reports_mean_and_std_of_the_final_epoch(tiny_config, tmp_path):
+    import statistics
+
+    res = itra_tune.train.over_seeds(tiny_config(seed=5), 3, out_dir=tmp_path / "s", full_train=True)
+    assert res["seeds"] == [5, 6, 7]
+    finals = [r.history[-1]["test_acc"] for r in res["results"]]
+    assert len(set(finals)) > 1  # the seeds really differ
+    assert res["test_acc"] == pytest.approx((statistics.fmean(finals), statistics.stdev(finals)))
+    saved = yaml.safe_load((tmp_path / "s" / "seed_6" / "config.yaml").read_text())
+    assert saved["seed"] == 6 and saved["data"]["val_fraction"] == 0.0
+    # with no validation split, best.pt is the last epoch: nothing is selected on the test split
+    assert checkpoint.load(tmp_path / "s" / "seed_6" / "best.pt")["metrics"]["epoch"] == 2
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--config", "x.yaml", "--best"], "--best needs --space"),
+    (["--space", "demo", "--seeds", "0"], "--seeds must be at least 1"),
+])
+def test_bad_production_flags(capsys, args, message):
+    assert cli.run("python -m itra_tune.train", main, args) == 2
+    assert message in capsys.readouterr().err
