@@ -4,6 +4,7 @@ best-config API that production code uses."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -148,3 +149,34 @@ def test_tracking_server_outage_mid_search_is_back_filled(space_file, tmp_path):
             assert child.info.status == "FINISHED"
     finally:
         stop_mlflow_server(server)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_mlflow_ui_shows_the_search_with_nested_trial_runs(ray_local, mlflow_server, space_file, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    space = space_file(name="ui", budget={"num_samples": 2, "max_concurrent": 2})
+    assert cli.run(PROG, main, ["--space", str(space), "--storage-path", str(tmp_path / "st"), "--name", "ui-search",
+                                "--tracking-uri", mlflow_server]) == 0
+    c = MlflowClient(mlflow_server)
+    exp_id = c.get_experiment_by_name("ui").experiment_id
+    _, children = _runs(c, "ui")
+    trial_names = sorted(r.info.run_name for r in children)
+    assert len(trial_names) == 2
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"),
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(f"{mlflow_server}/#/experiments/{exp_id}/runs")
+        parent = page.get_by_role("link", name="ui-search", exact=True)
+        parent.wait_for(timeout=60_000)
+        for name in trial_names:  # nested: hidden until the parent row is expanded
+            assert page.get_by_role("link", name=name, exact=True).count() == 0
+        parent.locator("xpath=ancestor::*[@role='gridcell'][1]").locator("button").first.click()
+        for name in trial_names:
+            page.get_by_role("link", name=name, exact=True).wait_for(timeout=30_000)
+        shot = tmp_path / "mlflow_ui.png"
+        page.screenshot(path=str(shot))
+        browser.close()
+    assert shot.stat().st_size > 10_000
