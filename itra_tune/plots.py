@@ -58,3 +58,58 @@ def compactness_curves(histories: dict[str, Rows]) -> Any:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def _study(rows: Rows, params: list[Any], metric: str, mode: str) -> Any:
+    """An Optuna study rebuilt from the search's trials, for Optuna's own pictures."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    def dist(p: Any) -> Any:
+        if p.kind == "categorical":
+            return CategoricalDistribution(list(p.choices))
+        if p.kind == "int":
+            return IntDistribution(int(p.low), int(p.high), log=p.log)
+        return FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    dists = {p.key: dist(p) for p in params}
+    for r in rows:
+        if metric in r and not str(r.get("status", "")).startswith("failed") and all(k in r for k in dists):
+            study.add_trial(optuna.trial.create_trial(params={k: r[k] for k in dists}, distributions=dists,
+                                                      value=float(r[metric])))
+    return study
+
+
+def optuna_figures(rows: Rows, params: list[Any], metric: str, mode: str) -> dict[str, Any]:
+    """Parallel coordinates and parameter importance (Optuna's visualization), when there is enough to show."""
+    import warnings
+
+    from optuna.visualization import matplotlib as ovm
+
+    study = _study(rows, params, metric, mode)
+    if len(study.trials) < 2:
+        return {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
+        figs = {"plots/parallel_coordinates.png": ovm.plot_parallel_coordinate(study, target_name=metric).figure}
+        if len(params) > 1:
+            figs["plots/param_importances.png"] = ovm.plot_param_importances(study, target_name=metric).figure
+    for fig in figs.values():
+        fig.set_size_inches(10, 4.5)
+        fig.tight_layout()
+    return figs
+
+
+def tsne(features: Any, labels: Any, title: str) -> Any:
+    """A t-SNE map of features coloured by class (the paper's Figure 3)."""
+    from sklearn.manifold import TSNE
+
+    xy = TSNE(n_components=2, init="pca", perplexity=30, random_state=0).fit_transform(features)
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    points = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=6)
+    ax.legend(*points.legend_elements(), title="class", fontsize=7, loc="best", markerscale=0.8)
+    ax.set(title=title, xticks=[], yticks=[])
+    fig.tight_layout()
+    return fig

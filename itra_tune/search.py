@@ -19,6 +19,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from ray import tune
 
@@ -469,6 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
         summaries.append(summary)
     if len(summaries) > 1:
+        compare_compactness(summaries)
         print_comparison(summaries)
     return cli.EXIT_OK if all(s.get("best") for s in summaries) else cli.EXIT_FAILED
 
@@ -490,8 +492,9 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
     try:
         tracker = tracking.Tracker(uri, space.name, parent)
         rows = {r["trial"]: r for r in trial_rows(results, space, cfg.train.epochs)}
-        histories, best_run = {}, None
-        example = _example_input(cfg)
+        histories, best_run, best_model = {}, None, None
+        data = data_mod.build(cfg.data, torch.device("cpu"), cfg.seed, paired=False)
+        example = data.sample("test", 2)[0], data.num_classes, data.input_shape
         for res in results:
             name = Path(res.path).name
             row = rows[name]
@@ -501,14 +504,24 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
             ckpt = res.get_best_checkpoint(space.metric, space.mode) if history else None
             with tempfile.TemporaryDirectory() as tmp:
                 if ckpt is not None and not row["status"].startswith("failed"):
-                    model_dir = _export_model(ckpt, res.config, example, Path(tmp) / "model")
+                    model_dir, model = _export_model(ckpt, res.config, example, Path(tmp) / "model")
+                    if summary.get("best") and summary["best"]["trial"] == name:
+                        best_model = model
                 run_id = tracker.finish_trial(name.removeprefix("trial_"), name, _trial_params(res.config), history,
                                               row["status"], model_dir)
             if summary.get("best") and summary["best"]["trial"] == name:
                 best_run = run_id
         out["orphaned_runs_dropped"] = tracker.drop_orphans({Path(r.path).name.removeprefix("trial_") for r in results})
         files = [f for f in (path / "trials.csv", path / "best_config.yaml") if f.exists()]
-        tracker.finish(best_run, files, _figures(list(rows.values()), histories, space, summary), interrupted)
+        figures = _figures(list(rows.values()), histories, space)
+        if best_model is not None:
+            x, y = data.sample("test", 1000)
+            with torch.no_grad():
+                h = best_model.eval().features(x).numpy()
+            figures["plots/tsne_best_test_features.png"] = plots.tsne(
+                h, y.numpy(), f"t-SNE of test features, best trial ({cfg.loss.name})")
+        tracker.finish(best_run, files, figures, interrupted)
+        summary["best_history"] = histories.get(summary["best"]["trial"]) if summary.get("best") else None
         out.update(best_run_id=best_run, failed_live_writes=tracker.failures)
         if register and best_run is not None:
             out["registered"] = tracking.register(tracker.c, best_run, f"itra-{space.name}")
@@ -522,15 +535,8 @@ def _history(result: Any) -> list[dict[str, Any]]:
     return [] if df is None or not len(df) else [h for h in df.to_dict("records") if not _nan(h.get("val_acc"))]
 
 
-def _example_input(cfg: config_mod.Config) -> Any:
-    import torch
-
-    d = data_mod.build(cfg.data, torch.device("cpu"), cfg.seed, paired=False)
-    return d.sample("test", 2)[0], d.num_classes, d.input_shape
-
-
-def _export_model(ckpt: Any, tune_config: dict[str, Any], example: Any, out: Path) -> Path:
-    """The trial's best checkpoint as an MLflow model folder."""
+def _export_model(ckpt: Any, tune_config: dict[str, Any], example: Any, out: Path) -> tuple[Path, Any]:
+    """The trial's best checkpoint as an MLflow model folder, and the loaded model."""
     from itra_tune import checkpoint, models
     from itra_tune.trainable import STATE_FILE, trial_config
 
@@ -539,11 +545,11 @@ def _export_model(ckpt: Any, tune_config: dict[str, Any], example: Any, out: Pat
     model = models.build(cfg.model.name, num_classes, input_shape)
     with ckpt.as_directory() as d:
         model.load_state_dict(checkpoint.load(Path(d) / STATE_FILE)["model"])
-    return tracking.save_model(model, x, out)
+    return tracking.save_model(model, x, out), model
 
 
-def _figures(rows: list[dict[str, Any]], histories: dict[str, list[dict[str, Any]]], space: spaces.Space,
-             summary: dict[str, Any]) -> dict[str, Any]:
+def _figures(rows: list[dict[str, Any]], histories: dict[str, list[dict[str, Any]]],
+             space: spaces.Space) -> dict[str, Any]:
     ranked = sorted((r for r in rows if space.metric in r and not r["status"].startswith("failed")),
                     key=lambda r: rank_key(r, space), reverse=True)
     top = {r["trial"]: histories[r["trial"]] for r in ranked[:5] if histories.get(r["trial"])}
@@ -554,7 +560,25 @@ def _figures(rows: list[dict[str, Any]], histories: dict[str, list[dict[str, Any
         figs["plots/learning_curves_top5.png"] = plots.learning_curves(top)
         best = ranked[0]["trial"]
         figs["plots/compactness_best.png"] = plots.compactness_curves({best: top[best]})
+    figs.update(plots.optuna_figures(rows, list(space.params), space.metric, space.mode))
     return figs
+
+
+def compare_compactness(summaries: list[dict[str, Any]]) -> None:
+    """In a method comparison with ce: each method's best trial against the best CE trial (Figure 1, left)."""
+    ce = next((s for s in summaries if s["space"].endswith("-ce") and s.get("best_history")), None)
+    if ce is None:
+        return
+    for s in summaries:
+        t = s.get("tracking", {})
+        if s is ce or not s.get("best_history") or t.get("error"):
+            continue
+        fig = plots.compactness_curves({f"{s['space']} (best)": s["best_history"],
+                                        f"{ce['space']} (best)": ce["best_history"]})
+        try:
+            tracking.client(t["uri"]).log_figure(t["parent_run_id"], fig, "plots/compactness_vs_ce.png")
+        except Exception as e:  # noqa: BLE001 - a picture is not worth failing a finished search
+            print(f"MLflow: could not log the compactness comparison ({type(e).__name__})", file=sys.stderr)
 
 
 def print_comparison(summaries: list[dict[str, Any]]) -> None:

@@ -86,6 +86,11 @@ def test_pareto_objective_and_method_comparison(ray_local, space_file, tmp_path,
         s = json.loads((tmp_path / "st" / f"cmp-{m}" / "summary.json").read_text())
         assert s["trials"] == 2 and s["pareto_front"]
         assert s["best_config"]["loss"]["name"] == m
+    from mlflow import MlflowClient
+
+    t = s["tracking"]  # itra_c's: its best trial's compactness against the best CE trial's
+    plots = {a.path for a in MlflowClient(t["uri"]).list_artifacts(t["parent_run_id"], "plots")}
+    assert "plots/compactness_vs_ce.png" in plots
 
 
 @pytest.mark.parametrize(("args", "message"), [

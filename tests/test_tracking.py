@@ -48,7 +48,8 @@ def test_search_tracks_to_a_server_and_best_config_round_trips(ray_local, mlflow
     artifacts = {a.path for a in c.list_artifacts(parent.info.run_id)}
     assert {"best_config.yaml", "trials.csv", "tracked.yaml", "search_settings.json", "plots"} <= artifacts
     assert {a.path for a in c.list_artifacts(parent.info.run_id, "plots")} == {
-        "plots/params_vs_metric.png", "plots/learning_curves_top5.png", "plots/compactness_best.png"}
+        "plots/params_vs_metric.png", "plots/learning_curves_top5.png", "plots/compactness_best.png",
+        "plots/parallel_coordinates.png", "plots/param_importances.png", "plots/tsne_best_test_features.png"}
     for child in children:
         assert child.data.tags[tracking.PARENT_TAG] == parent.info.run_id
         assert child.info.status == "FINISHED" and child.data.tags[tracking.STATUS_TAG] == "completed"
