@@ -4,10 +4,14 @@ best-config API that production code uses."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,3 +185,54 @@ def test_mlflow_ui_shows_the_search_with_nested_trial_runs(ray_local, mlflow_ser
         page.screenshot(path=str(shot))
         browser.close()
     assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_trials_on_a_second_node_log_to_the_tracking_server(mlflow_server, space_file, tmp_path):
+    port = free_port()
+    temp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # Ray's unix sockets need a short path
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    common = ["--block", "--node-ip-address=127.0.0.1", "--include-dashboard=false"]
+    # the head offers no CPU: every trial has to run on the second node
+    head = subprocess.Popen([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=0", f"--temp-dir={temp}",
+                             *common], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    nodes = [head]
+    try:
+        _wait_port(port)
+        nodes.append(subprocess.Popen([ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2",
+                                       "--node-ip-address=127.0.0.1", "--block"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+        space = space_file(name="cluster", budget={"num_samples": 2, "max_concurrent": 2})
+        cwd = tmp_path / "driver"
+        cwd.mkdir()
+        proc = subprocess.run([sys.executable, "-m", "itra_tune.search", "--space", str(space), "--address",
+                               f"127.0.0.1:{port}", "--storage-path", str(tmp_path / "st"), "--name", "two-nodes",
+                               "--tracking-uri", mlflow_server], capture_output=True, text=True, timeout=600,
+                              env=env, cwd=cwd)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    finally:
+        for n in reversed(nodes):
+            n.send_signal(signal.SIGTERM)
+            n.wait(timeout=90)
+        shutil.rmtree(temp, ignore_errors=True)
+    assert list(cwd.iterdir()) == []  # no mlflow.db or mlruns/ beside the driver
+    c = MlflowClient(mlflow_server)
+    _, children = _runs(c, "cluster")
+    assert len(children) == 2
+    for child in children:
+        assert [m.step for m in c.get_metric_history(child.info.run_id, "val_acc")] == [1, 2]
+        assert "model/MLmodel" in {a.path for a in c.list_artifacts(child.info.run_id, "model")}
+
+
+def _wait_port(port: int, seconds: float = 90) -> None:
+    import socket
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
