@@ -12,6 +12,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 Rows = list[dict[str, Any]]
 
 
+def close(figures: Any) -> None:
+    """Free figures once logged: pyplot keeps every figure alive until it is closed."""
+    for fig in figures:
+        plt.close(fig)
+
+
 def params_vs_metric(rows: Rows, params: list[str], metric: str, log_axes: frozenset[str] = frozenset()) -> Any:
     """Each searched parameter against the trial's best metric, coloured by bandwidth scheme (Fig. 2 style)."""
     ok = [r for r in rows if metric in r and not str(r.get("status", "")).startswith("failed")]

@@ -520,7 +520,10 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
                 h = best_model.eval().features(x).numpy()
             figures["plots/tsne_best_test_features.png"] = plots.tsne(
                 h, y.numpy(), f"t-SNE of test features, best trial ({cfg.loss.name})")
-        tracker.finish(best_run, files, figures, interrupted)
+        try:
+            tracker.finish(best_run, files, figures, interrupted)
+        finally:
+            plots.close(figures.values())
         summary["best_history"] = histories.get(summary["best"]["trial"]) if summary.get("best") else None
         out.update(best_run_id=best_run, failed_live_writes=tracker.failures)
         if register and best_run is not None:
@@ -579,6 +582,8 @@ def compare_compactness(summaries: list[dict[str, Any]]) -> None:
             tracking.client(t["uri"]).log_figure(t["parent_run_id"], fig, "plots/compactness_vs_ce.png")
         except Exception as e:  # noqa: BLE001 - a picture is not worth failing a finished search
             print(f"MLflow: could not log the compactness comparison ({type(e).__name__})", file=sys.stderr)
+        finally:
+            plots.close([fig])
 
 
 def print_comparison(summaries: list[dict[str, Any]]) -> None:
