@@ -25,8 +25,5 @@ def best_config(space: str, tracking_uri: str | None = None) -> config_mod.Confi
 
 def load_best_model(space: str, tracking_uri: str | None = None) -> Any:
     """The best trial's best checkpoint as a torch module with ``features`` and ``head``, in eval mode."""
-    import mlflow.pytorch
-
     c, run = tracking.latest_search(space, tracking_uri)
-    local = tracking.download(c, run.data.tags[tracking.BEST_TAG], "model")
-    return mlflow.pytorch.load_model(str(local), map_location="cpu").eval()
+    return tracking.load_model(c, run.data.tags[tracking.BEST_TAG]).eval()

@@ -232,3 +232,14 @@ def latest_search(space: str, uri: str | None = None) -> tuple[Any, Any]:
 
 def download(c: Any, run_id: str, artifact: str) -> Path:
     return Path(c.download_artifacts(run_id, artifact, tempfile.mkdtemp(prefix="itra_tune_")))
+
+
+def load_model(c: Any, run_id: str) -> Any:
+    """A run's ``model`` artifact as the torch module it was saved from, on the CPU."""
+    import mlflow.pytorch
+
+    return mlflow.pytorch.load_model(str(download(c, run_id, "model")), map_location="cpu")
+
+
+def log_figure(uri: str, run_id: str, fig: Any, artifact: str) -> None:
+    client(uri).log_figure(run_id, fig, artifact)

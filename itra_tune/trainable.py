@@ -25,6 +25,11 @@ def trial_config(tune_config: dict[str, Any]) -> config_mod.Config:
     return config_mod.override(config_mod.from_dict(tune_config["base"], "trial"), params, "trial")
 
 
+def trial_params(tune_config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's whole configuration as dotted keys, as MLflow records it."""
+    return trial_config(tune_config).flat()
+
+
 def train_trial(tune_config: dict[str, Any]) -> None:
     """Tune function trainable: ``engine.fit`` with a report and checkpoint after every epoch.
 
