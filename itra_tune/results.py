@@ -25,7 +25,7 @@ from itra_tune.trainable import trial_config, trial_params
 def trial_rows(results: Any, space: spaces.Space, epochs: int) -> list[dict[str, Any]]:
     """One row per trial: parameters, status, and the metrics of its best epoch by the space's metric."""
     rows = []
-    for r in results:
+    for r in started(results):
         df = r.metrics_dataframe
         params = {k: v for k, v in r.config.items() if k != "base"}
         row: dict[str, Any] = {"trial": Path(r.path).name, **params}
@@ -43,6 +43,12 @@ def trial_rows(results: Any, space: spaces.Space, epochs: int) -> list[dict[str,
             row.update({k: best[k] for k in engine.METRICS if k in best}, best_epoch=int(best["epoch"]))
         rows.append(row)
     return rows
+
+
+def started(results: Any) -> list[Any]:
+    """The trials that began. A search stopped by Ctrl-C can hold one Tune created but never ran: it has no
+    configuration or results yet, and ``--resume`` starts it."""
+    return [r for r in results if r.config is not None]
 
 
 def _nan(v: Any) -> bool:
@@ -143,7 +149,7 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
         histories, best_run, best_model = {}, None, None
         data = data_mod.build(cfg.data, torch.device("cpu"), cfg.seed, paired=False)
         example = data.sample("test", 2)[0], data.num_classes, data.input_shape
-        for res in results:
+        for res in started(results):
             name = Path(res.path).name
             row = rows[name]
             history = _history(res)
@@ -159,7 +165,8 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
                                               row["status"], model_dir)
             if summary.get("best") and summary["best"]["trial"] == name:
                 best_run = run_id
-        out["orphaned_runs_dropped"] = tracker.drop_orphans({Path(r.path).name.removeprefix("trial_") for r in results})
+        out["orphaned_runs_dropped"] = tracker.drop_orphans({Path(r.path).name.removeprefix("trial_")
+                                                             for r in results})
         files = [f for f in (path / "trials.csv", path / "best_config.yaml") if f.exists()]
         figures = _figures(list(rows.values()), histories, space)
         if best_model is not None:

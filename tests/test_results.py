@@ -1,0 +1,33 @@
+"""Reading a search's results: rows, statuses, the best trial, the Pareto front."""
+
+from __future__ import annotations
+
+import pandas as pd
+from ray.tune import Result
+
+from itra_tune import results, spaces
+
+
+def _result(path, params, epochs, error=None):
+    history = [{"epoch": e, "val_acc": acc, "val_ce": ce, "test_acc": acc, "test_ce": ce, "match_loss": 0.1,
+                "compactness": 0.5, "train_ce": ce} for e, (acc, ce) in enumerate(epochs, 1)]
+    metrics = {**history[-1], "config": {"base": {}, **params}} if history else {"config": {"base": {}, **params}}
+    return Result(metrics=metrics, checkpoint=None, error=error, path=str(path),
+                  metrics_dataframe=pd.DataFrame(history) if history else None)
+
+
+def test_rows_statuses_best_and_pareto(space_file, tmp_path):
+    space = spaces.load(space_file())
+    grid = [
+        _result(tmp_path / "trial_a", {"loss.lam": 0.2}, [(0.5, 1.0), (0.8, 0.6)]),  # completed
+        _result(tmp_path / "trial_b", {"loss.lam": 0.9}, [(0.8, 0.5)]),  # stopped early, ties a on acc
+        _result(tmp_path / "trial_c", {"loss.lam": 2.0}, [(0.9, 0.4)], error=RuntimeError("loss became nan")),
+        # Ctrl-C can leave a trial Tune created but never started: no configuration, no results
+        Result(metrics=None, checkpoint=None, error=None, path=str(tmp_path / "trial_d")),
+    ]
+    rows = results.trial_rows(grid, space, epochs=2)
+    assert [r["trial"] for r in rows] == ["trial_a", "trial_b", "trial_c"]
+    assert [r["status"][:13] for r in rows] == ["completed", "stopped early", "failed: loss "]
+    best = results.best_row(rows, space)
+    assert best["trial"] == "trial_b"  # equal val_acc with a, lower val_ce; c failed and is never best
+    assert [r["trial"] for r in results.pareto_front(rows)] == ["trial_b"]
