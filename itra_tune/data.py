@@ -4,6 +4,7 @@ Small image sets (everything but ImageNet) are held whole on the training device
 batches are cropped, flipped and normalized there, so no loader worker stands between trials sharing a
 machine and the GPU. The second mini-batch S2 of ITRA comes from its own, independently shuffled stream
 over the same training split (the paper's Eq. 3). ImageNet-style folders go through torch's DataLoader.
+Text datasets (``itra_tune.text``) are token ids held the same way and padded per batch.
 """
 
 from __future__ import annotations
@@ -20,13 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from itra_tune import text
 from itra_tune.config import ConfigError, DataConfig
+from itra_tune.text import DatasetMissing
 
-Batch = tuple[Tensor, Tensor]  # (x (B, C, H, W) float, y (B,) int64)
-
-
-class DatasetMissing(ConfigError):
-    """A dataset's files are not where the configuration says."""
+Batch = tuple[Tensor, Tensor]  # (x (B, C, H, W) float or (B, L) token ids, y (B,) int64)
 
 
 # --- one labelled set of images, held as one tensor ------------------------------------------------
@@ -45,6 +44,10 @@ class Images:
 
     def __len__(self) -> int:
         return self.y.shape[0]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
 
     def to(self, device: torch.device) -> Images:
         return Images(self.x.to(device), self.y.to(device), self.mean, self.std, self.crop_pad, self.flip)
@@ -302,9 +305,14 @@ DATASETS: dict[str, Callable[..., tuple[Images, Images]]] = {
 }
 
 
+def is_text(name: str) -> bool:
+    return name in text.DATASETS
+
+
 def check_name(name: str) -> None:
-    if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))} (data.name)")
+    if name not in DATASETS and name not in text.DATASETS:
+        known = ", ".join(sorted([*DATASETS, *text.DATASETS]))
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {known} (data.name)")
 
 
 def check_available(cfg: DataConfig) -> None:
@@ -316,6 +324,8 @@ def check_available(cfg: DataConfig) -> None:
             if not (root / "imagenet" / part).is_dir():
                 raise DatasetMissing(f"dataset 'imagenet' not found: expected class folders under "
                                      f"{root / 'imagenet' / part}; point data.root at the folder holding imagenet/")
+    elif is_text(cfg.name):
+        text.files(cfg.name, root)
     elif cfg.name not in ("digits", "synthetic"):
         DATASETS[cfg.name](root, cfg.download)
 
@@ -327,7 +337,8 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tenso
     return perm[n_val:], perm[:n_val]
 
 
-def build(cfg: DataConfig, device: torch.device, seed: int, paired: bool = True) -> Data:
+def build(cfg: DataConfig, device: torch.device, seed: int, paired: bool = True,
+          model_name: str | None = None) -> Data:
     """The data a configuration asks for, on ``device``.
 
     Args:
@@ -335,12 +346,17 @@ def build(cfg: DataConfig, device: torch.device, seed: int, paired: bool = True)
         device: where the batches are made.
         seed: drives shuffling and augmentation (the split has its own ``cfg.split_seed``).
         paired: whether the loss needs a second mini-batch; without one, S1 batches alone.
+        model_name: for text, whose tokenizer to use when ``cfg.tokenizer`` does not say.
     """
     check_name(cfg.name)
     root = Path(cfg.root).expanduser() if cfg.root else _default_root()
     if cfg.name == "imagenet":
         return _imagenet(cfg, root, device, seed, paired)
-    train_full, test = DATASETS[cfg.name](root, cfg.download)
+    if is_text(cfg.name):
+        tokenizer = text.load_tokenizer(cfg.tokenizer or model_name or "")
+        train_full, test = text.load(cfg.name, cfg, root, tokenizer)
+    else:
+        train_full, test = DATASETS[cfg.name](root, cfg.download)
     tr_idx, val_idx = split_indices(len(train_full), cfg.val_fraction, cfg.split_seed)
     if cfg.subset is not None:
         tr_idx = tr_idx[: cfg.subset]
@@ -365,8 +381,11 @@ def build(cfg: DataConfig, device: torch.device, seed: int, paired: bool = True)
         idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].to(images.y.device)
         return images.batch(idx)
 
-    num_classes = int(max(train_full.y.max(), test.y.max())) + 1
-    return Data(num_classes, tuple(train.x.shape[1:]), train_batches, second, Batches(val, eval_bs),
+    if is_text(cfg.name):
+        num_classes = text.DATASETS[cfg.name].num_classes
+    else:
+        num_classes = int(max(train_full.y.max(), test.y.max())) + 1
+    return Data(num_classes, train.input_shape, train_batches, second, Batches(val, eval_bs),
                 Batches(test, eval_bs), sample, gens, len(train))
 
 

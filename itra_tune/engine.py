@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from itra_tune import data as data_mod
-from itra_tune import losses, models
+from itra_tune import losses, models, text
 from itra_tune.config import Config, ConfigError, OptimConfig
 
 Report = Callable[[dict[str, float], dict[str, Any]], None]
@@ -42,6 +42,19 @@ def check(cfg: Config) -> None:
     models.check_name(cfg.model.name)
     losses.check_name(cfg.loss.name)
     resolve_device(cfg.device)
+    text_data, text_model = data_mod.is_text(cfg.data.name), models.is_text(cfg.model.name)
+    if text_data != text_model:
+        wants = "a text model (e.g. model.name=minilm)" if text_data else "an image model (e.g. model.name=resnet18)"
+        raise ConfigError(f"data.name {cfg.data.name!r} needs {wants}, not model.name {cfg.model.name!r}")
+
+
+def check_available(cfg: Config) -> None:
+    """Raise ConfigError now, rather than in every trial, when the data or the model is not at hand."""
+    data_mod.check_available(cfg.data)
+    if models.is_text(cfg.model.name):
+        text.check_model(cfg.model.name)
+        if cfg.data.tokenizer:
+            text.check_model(cfg.data.tokenizer)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,10 +69,22 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def lr_factor(cfg: OptimConfig, epochs: int) -> Callable[[int], float]:
-    """The multiplier of the peak learning rate at each epoch: linear warm-up, then the schedule."""
+def lr_factor(cfg: OptimConfig, epochs: int, steps_per_epoch: int = 1) -> Callable[[int], float]:
+    """The multiplier of the peak learning rate at each optimizer step.
 
-    def factor(epoch: int) -> float:
+    ``linear`` (for fine-tuning transformers): warm-up from 0 over ``warmup_fraction`` of all steps, then
+    linear decay to 0. The others change only at epoch boundaries: warm-up from lr / 10 over
+    ``warmup_epochs``, then cosine, step or constant.
+    """
+    total = epochs * steps_per_epoch
+    warm = int(cfg.warmup_fraction * total)
+
+    def factor(step: int) -> float:
+        if cfg.schedule == "linear":
+            if step < warm:
+                return (step + 1) / (warm + 1)
+            return max(0.0, (total - step) / max(1, total - warm))
+        epoch = step // steps_per_epoch
         if epoch < cfg.warmup_epochs:
             return 0.1 + 0.9 * epoch / cfg.warmup_epochs
         if cfg.schedule == "cosine":
@@ -102,25 +127,27 @@ def train_step_loss(model: models.Classifier, loss_fn: nn.Module, x: Tensor, y: 
         return loss_fn(model.head(h), y, h[:m], h[m:], y[m:])
     x2, y2 = next(second)
     m1 = x.shape[0]
-    h = model.features(torch.cat([x, x2]))  # (m1 + m2, D)
+    both = text.pad_cat(x, x2) if x.dtype == torch.long else torch.cat([x, x2])
+    h = model.features(both)  # (m1 + m2, D)
     return loss_fn(model.head(h[:m1]), y, h[:m1], h[m1:], y2)
 
 
 def train_epoch(model: models.Classifier, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                data: data_mod.Data, split_pairing: bool, device: torch.device, amp: bool,
+                schedule: Any, data: data_mod.Data, split_pairing: bool, device: torch.device, amp: bool,
                 channels_last: bool, progress: Any = None) -> dict[str, float]:
-    """One pass over the training batches; returns mean total, CE, matching and center losses."""
+    """One pass over the training batches, stepping ``schedule`` per step; returns mean losses."""
     model.train()
     sums = torch.zeros(4, device=device)  # total, ce, match, center; synchronised once per epoch
     steps = 0
     for x, y in data.train:
-        if channels_last:
+        if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, amp):
             parts = train_step_loss(model, loss_fn, x, y, data.second, split_pairing)
         optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
         optimizer.step()
+        schedule.step()
         sums += torch.stack([p.detach().float() for p in parts])
         steps += 1
         if progress is not None:
@@ -189,13 +216,15 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
          progress: bool) -> FitResult:
     cuda = device.type == "cuda"
     amp, channels_last = cuda and config.train.amp, cuda and config.train.channels_last
-    data = data_mod.build(config.data, device, config.seed, paired=losses.needs_second_batch(config.loss.name))
+    data = data_mod.build(config.data, device, config.seed, paired=losses.needs_second_batch(config.loss.name),
+                          model_name=config.model.name)
     model = models.build(config.model.name, data.num_classes, data.input_shape, config.model.pretrained).to(device)
     if channels_last and len(data.input_shape) == 3:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = losses.build(config.loss, data.num_classes, model.feature_dim).to(device)
     optimizer = build_optimizer(config, model, loss_fn)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.optim, config.train.epochs))
+    factor = lr_factor(config.optim, config.train.epochs, len(data.train))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     history: list[dict[str, float]] = []
     start = 0
     if resume is not None:
@@ -214,11 +243,11 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
         bar = _bar(progress, len(data.train), f"epoch {epoch + 1}/{config.train.epochs}")
         lr = optimizer.param_groups[0]["lr"]
         try:
-            row = train_epoch(model, loss_fn, optimizer, data, split_pairing, device, amp, channels_last, bar)
+            row = train_epoch(model, loss_fn, optimizer, schedule, data, split_pairing, device, amp,
+                              channels_last, bar)
         finally:
             if bar is not None:
                 bar.close()
-        schedule.step()
         row["val_acc"], row["val_ce"] = evaluate(model, data.val, device, amp)
         row["test_acc"], row["test_ce"] = evaluate(model, data.test, device, amp)
         row["compactness"] = compactness(model, x_c, y_c)

@@ -3,7 +3,8 @@
     model.features(x) -> (B, D)   # penultimate-layer features, the input of the matching loss
     model.head(h)     -> (B, K)   # logits
 
-Only this module knows where a torchvision model keeps its classifier.
+Only this module knows where a torchvision or Hugging Face model keeps its classifier. Text models take
+(B, L) token ids padded with ``text.PAD`` and build their own attention mask.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 from torchvision import models as tvm
 from torchvision.models.vgg import make_layers
 
+from itra_tune import text
 from itra_tune.config import ConfigError
 
 InputShape = tuple[int, ...]  # (C, H, W) of one example
@@ -110,6 +112,70 @@ def mlp(num_classes: int, input_shape: InputShape, pretrained: bool = False) -> 
     return Classifier(body, 128, num_classes)
 
 
+class TextClassifier(Classifier):
+    """A Hugging Face encoder whose sentence vector is what its own classification head would read.
+
+    ``pooling``: ``pooler`` (BERT: the pooler output, tanh of a dense layer on [CLS]), ``first`` (DistilBERT:
+    the first token's hidden state) or ``last`` (XLNet: a tanh summary of the last real token).
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int, pooling: str, dropout: float, pad_id: int) -> None:
+        dim = encoder.config.hidden_size
+        super().__init__(encoder, dim, num_classes)
+        if pooling not in ("pooler", "first", "last"):
+            raise ValueError(f"pooling must be pooler, first or last but got {pooling!r}")
+        self.pooling, self.pad_id = pooling, pad_id
+        self.summary = nn.Sequential(nn.Linear(dim, dim), nn.Tanh()) if pooling == "last" else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+
+    def features(self, x: Tensor) -> Tensor:
+        mask = x != text.PAD  # (B, L)
+        out = self.body(input_ids=x.masked_fill(~mask, self.pad_id), attention_mask=mask.long())
+        if self.pooling == "pooler":
+            return out.pooler_output  # (B, D)
+        hidden = out.last_hidden_state  # (B, L, D)
+        if self.pooling == "first":
+            return hidden[:, 0]
+        last = mask.sum(1) - 1  # batches are right-padded: the last real token (XLNet's <cls>)
+        return self.summary(hidden[torch.arange(x.shape[0], device=x.device), last])
+
+    def head(self, h: Tensor) -> Tensor:
+        return self.fc(self.dropout(h))
+
+
+def text_classifier(encoder: nn.Module, num_classes: int) -> TextClassifier:
+    """Wrap a transformers encoder (BertModel, DistilBertModel, XLNetModel, ...) with the usual pooling."""
+    cfg = encoder.config
+    kind = cfg.model_type
+    if kind == "xlnet":
+        pooling, dropout = "last", cfg.summary_last_dropout
+    elif kind == "distilbert":
+        pooling, dropout = "first", cfg.seq_classif_dropout
+    else:
+        pooling = "pooler" if getattr(encoder, "pooler", None) is not None else "first"
+        dropout = getattr(cfg, "classifier_dropout", None)
+        dropout = getattr(cfg, "hidden_dropout_prob", 0.1) if dropout is None else dropout
+    pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+    return TextClassifier(encoder, num_classes, pooling, dropout, pad_id)
+
+
+def _hugging_face(checkpoint: str) -> Callable[..., Classifier]:
+    def build(num_classes: int, input_shape: InputShape, pretrained: bool = False) -> Classifier:
+        from transformers import AutoConfig, AutoModel
+
+        path = text.checkpoint_path(checkpoint)
+        try:
+            if pretrained:
+                encoder = AutoModel.from_pretrained(path)
+            else:
+                encoder = AutoModel.from_config(AutoConfig.from_pretrained(path))
+        except OSError:
+            raise text.ModelMissing(text.missing_model_message(checkpoint)) from None
+        return text_classifier(encoder, num_classes)
+
+    return build
+
+
 MODELS: dict[str, Callable[..., Classifier]] = {
     "resnet18": _cifar_resnet(tvm.resnet18),
     "resnet101": _cifar_resnet(tvm.resnet101),
@@ -119,15 +185,23 @@ MODELS: dict[str, Callable[..., Classifier]] = {
     "resnet50_imagenet": _imagenet_resnet(tvm.resnet50, "IMAGENET1K_V2"),
     "small_cnn": small_cnn,
     "mlp": mlp,
+    **{name: _hugging_face(name) for name in text.CHECKPOINTS},
 }
 
 
+def is_text(name: str) -> bool:
+    """Whether model ``name`` reads token ids: a Hugging Face checkpoint, alias or folder."""
+    return name not in MODELS or name in text.CHECKPOINTS
+
+
 def check_name(name: str) -> None:
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))} (model.name)")
+    if name not in MODELS and not text.is_checkpoint_name(name):
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}, a Hugging Face "
+                          "checkpoint as hf:NAME or org/NAME, or a local checkpoint folder (model.name)")
 
 
 def build(name: str, num_classes: int, input_shape: InputShape, pretrained: bool = False) -> Classifier:
     """Build a registered model with ``features``/``head`` for inputs of ``input_shape``."""
     check_name(name)
-    return MODELS[name](num_classes, tuple(input_shape), pretrained)
+    builder = MODELS.get(name) or _hugging_face(name)
+    return builder(num_classes, tuple(input_shape), pretrained)

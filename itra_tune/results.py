@@ -147,7 +147,7 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
         tracker = tracking.Tracker(uri, space.name, parent)
         rows = {r["trial"]: r for r in trial_rows(results, space, cfg.train.epochs)}
         histories, best_run, best_model = {}, None, None
-        data = data_mod.build(cfg.data, torch.device("cpu"), cfg.seed, paired=False)
+        data = data_mod.build(cfg.data, torch.device("cpu"), cfg.seed, paired=False, model_name=cfg.model.name)
         example = data.sample("test", 2)[0], data.num_classes, data.input_shape
         for res in started(results):
             name = Path(res.path).name

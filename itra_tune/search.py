@@ -21,7 +21,6 @@ from ray import tune
 
 from itra_tune import cli, engine, spaces, tracking
 from itra_tune import config as config_mod
-from itra_tune import data as data_mod
 from itra_tune import results as results_mod
 from itra_tune.config import ConfigError
 from itra_tune.trainable import train_trial, trial_params
@@ -88,7 +87,7 @@ def prepare(args: Any) -> tuple[spaces.Space, config_mod.Config]:
     scheduler = dict(space.scheduler, name=args.scheduler) if args.scheduler else space.scheduler
     space = replace(space, base=cfg.to_dict(), scheduler=scheduler, **budget)
     engine.check(cfg)
-    data_mod.check_available(cfg.data)
+    engine.check_available(cfg)
     return space, cfg
 
 

@@ -69,6 +69,7 @@ def train(config: Config, out_dir: str | Path | None = None, progress: bool = Fa
     if full_train:
         config = config_mod.override(config, {"data.val_fraction": 0.0})
     engine.check(config)
+    engine.check_available(config)
     state = checkpoint.load(resume) if resume is not None else None
     report = RunDir(Path(out_dir), config) if out_dir is not None else None
     return engine.fit(config, report=report, resume=state, progress=progress)
@@ -139,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.seeds > 1:
         return _main_seeds(cfg, name, args)
     engine.check(cfg)
+    engine.check_available(cfg)
     if args.resume and not Path(args.resume).is_file():
         raise config_mod.ConfigError(f"--resume {args.resume}: no such checkpoint; pass a last.pt of an earlier run")
     out = Path(args.out) if args.out else Path("runs") / "train" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -165,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main_seeds(cfg: Config, name: str, args: Any) -> int:
     engine.check(cfg)
+    engine.check_available(cfg)
     out = Path(args.out) if args.out else Path("runs") / "train" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"training {name} over {args.seeds} seeds -> {out}", flush=True)
     try:
