@@ -19,6 +19,7 @@ _LAZY = {
     "train": ("itra_tune.train", None),  # the module itself is callable: itra_tune.train(config, ...)
     "best_config": ("itra_tune.best", "best_config"),
     "load_best_model": ("itra_tune.best", "load_best_model"),
+    "load_exported": ("itra_tune.export", "load"),
     "fit": ("itra_tune.engine", "fit"),
     "load_config": ("itra_tune.config", "load"),
     "Config": ("itra_tune.config", "Config"),

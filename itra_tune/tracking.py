@@ -169,11 +169,7 @@ class Tracker:
         self.c.set_terminated(self.parent, "KILLED" if interrupted else "FINISHED")
 
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:6000]) for k, v in flat("", params).items()]
-        for i in range(0, len(items), 100):
-            self.c.log_batch(run_id, params=items[i:i + 100])
+        log_params(self.c, run_id, params)
 
     def _log_epoch(self, trial_id: str, metrics: dict[str, Any]) -> bool:
         from mlflow.entities import Metric
@@ -197,6 +193,33 @@ def save_model(model: Any, example: Any, path: Path) -> Path:
     mlflow.pytorch.save_model(model.cpu(), str(path), signature=signature, serialization_format="pickle",
                               pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "itra_tune"])
     return path
+
+
+def log_params(c: Any, run_id: str, params: dict[str, Any]) -> None:
+    """Nested parameters as dotted keys, in batches of MLflow's limit of 100."""
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in flat("", params).items()]
+    for i in range(0, len(items), 100):
+        c.log_batch(run_id, params=items[i:i + 100])
+
+
+def log_production(uri: str, experiment: str, run_name: str, params: dict[str, Any], metrics: dict[str, float],
+                   model_dir: Path, export_dir: Path, register_as: str | None) -> tuple[str, str | None]:
+    """One finished run holding a retrained model (``model``) and its export (``export``); optionally
+    registered. Returns the run id and ``name/version`` (or None)."""
+    from mlflow.entities import Metric
+
+    c = client(uri)
+    run = c.create_run(experiment_id(c, experiment), run_name=run_name, tags={STATUS_TAG: "production"})
+    run_id = run.info.run_id
+    log_params(c, run_id, params)
+    ts = int(time.time() * 1000)
+    c.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
+    c.log_artifacts(run_id, str(model_dir), "model")
+    c.log_artifacts(run_id, str(export_dir), "export")
+    c.set_terminated(run_id, "FINISHED")
+    return run_id, register(c, run_id, register_as) if register_as else None
 
 
 def register(c: Any, run_id: str, name: str) -> str:

@@ -1,43 +1,76 @@
-"""Search a space, then retrain its best configuration on the whole training set and report the test split.
+"""To production: search a space, retrain the winner on the full training set over seeds, register the model in
+MLflow's registry and export it for serving code.
 
-    .venv/bin/python pipelines/search_then_retrain.py --space demo [--smoke] [--out runs/prod/demo]
+    python pipelines/search_then_retrain.py --space demo [--smoke] [--seeds 3] [--out runs/prod/demo]
 
 The search selects on the validation split; the retrain folds that split back into training
-(``data.val_fraction=0``), so its reported validation figures are the test split's.
+(``data.val_fraction=0``) and reports the test split as mean and std over the seeds. The model of the
+configuration's own seed (reproducible with ``itra_tune.train(config)``) is registered as ``itra-<space>`` and
+exported to ``<out>/export``: ``itra_tune.load_exported("<out>/export")`` rebuilds it in one call, and
+``model.ts.pt`` (TorchScript, where the model traces) loads with ``torch.jit.load`` alone.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 import itra_tune
-from itra_tune import cli, config, search
+from itra_tune import cli, config, export, search, tracking
+from itra_tune import data as data_mod
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--space", default="demo")
-    p.add_argument("--smoke", action="store_true")
+    p = cli.Parser(prog="python pipelines/search_then_retrain.py", description=__doc__.splitlines()[0])
+    p.add_argument("--space", default="demo", help="a name from search_spaces/ or a YAML path (default demo)")
+    p.add_argument("--smoke", action="store_true", help="the space's smoke budget")
+    p.add_argument("--seeds", type=int, default=3, help="retraining seeds (default 3)")
     p.add_argument("--storage-path", default=str(search.DEFAULT_STORAGE))
-    p.add_argument("--out", help="folder of the retrained model (default runs/prod/<space>-<time>)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.add_argument("--no-register", action="store_true", help="skip the MLflow Model Registry")
+    p.add_argument("--out", help="folder of the retrained runs and the export (default runs/prod/<space>-<time>)")
     args = p.parse_args(argv)
-    name = f"{Path(args.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    code = cli.run("search", search.main, ["--space", args.space, "--name", name, "--storage-path",
-                                           args.storage_path] + (["--smoke"] if args.smoke else []))
+    if args.seeds < 1:
+        raise config.ConfigError(f"--seeds must be at least 1 but got {args.seeds}")
+    uri = tracking.resolve_uri(args.tracking_uri)
+    space = Path(args.space).stem
+    name = f"{space}-{time.strftime('%Y%m%d-%H%M%S')}"
+    code = cli.run("python -m itra_tune.search", search.main,
+                   ["--space", args.space, "--name", name, "--storage-path", args.storage_path, "--tracking-uri", uri]
+                   + (["--smoke"] if args.smoke else []))
     if code != 0:
         return code
-    best = Path(args.storage_path) / name / "best_config.yaml"
-    cfg = config.load(best, ["data.val_fraction=0"])
+    cfg = config.load(Path(args.storage_path) / name / "best_config.yaml")
     out = Path(args.out or Path("runs") / "prod" / name)
-    result = itra_tune.train(cfg, out_dir=out)
-    last = result.history[-1]
-    print(f"retrained on the full training set: test_acc {100 * last['test_acc']:.2f}%  "
-          f"test_ce {last['test_ce']:.4f}; model and configuration in {out}")
+
+    print(f"retraining the best configuration on the full training set, {args.seeds} seeds -> {out}", flush=True)
+    res = itra_tune.train.over_seeds(cfg, args.seeds, out, full_train=True)
+    (acc, acc_sd), (ce, ce_sd) = res["test_acc"], res["test_ce"]
+    own = res["results"][0]  # the configuration's own seed
+    model, last = own.model, own.history[-1]
+    metrics = {"test_acc_mean": acc, "test_acc_std": acc_sd, "test_ce_mean": ce, "test_ce_std": ce_sd,
+               "test_acc": last["test_acc"], "test_ce": last["test_ce"]}
+    example = data_mod.build(cfg.data, torch.device("cpu"), cfg.seed, paired=False,
+                             model_name=cfg.model.name).sample("test", 8)[0]
+    exported = export.save(model, config.override(cfg, {"data.val_fraction": 0.0}), out / "export", example,
+                           metrics)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = tracking.save_model(model, example, Path(tmp) / "model")
+        run_id, registered = tracking.log_production(
+            uri, space, f"{name}-production", params=cfg.flat() | {"seeds": args.seeds}, metrics=metrics,
+            model_dir=model_dir, export_dir=exported, register_as=None if args.no_register else f"itra-{space}")
+    print(f"full training set, {args.seeds} seeds: test_acc {100 * acc:.2f} ± {100 * acc_sd:.2f}%  "
+          f"test_ce {ce:.4f} ± {ce_sd:.4f}")
+    print(f"MLflow: run {run_id} in experiment {space!r}" + (f", registered as {registered}" if registered else ""))
+    print(f"export: {exported} (load with itra_tune.load_exported({str(exported)!r}); "
+          f"TorchScript: {export.json_meta(exported)['torchscript']})")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run("python pipelines/search_then_retrain.py", main))

@@ -1,4 +1,4 @@
-"""pipelines/: search then retrain the winner on the whole training set."""
+"""pipelines/: reproduce a table of the paper; search, retrain over seeds, register and export."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 
 import yaml
-
-from itra_tune import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,18 +18,100 @@ def _load(name: str):
     return module
 
 
-def test_search_then_retrain_with_smoke_settings(ray_local, space_file, tmp_path, capsys):
-    space = space_file(smoke={"num_samples": 2, "train.epochs": 1})
+def test_reproduce_reports_every_method_over_seeds_under_one_parent_run(ray_local, space_file, tmp_path):
+    from mlflow import MlflowClient
+
+    from itra_tune import tracking
+
+    space = space_file(name="row", search={"data.batch_size": {"type": "categorical", "choices": [32, 64]},
+                                           "loss.lam": {"type": "float", "low": 0.1, "high": 1.0}})
+    out, uri = tmp_path / "report", tracking.resolve_uri()
+    code = _load("reproduce").main(["--space", str(space), "--seeds", "3", "--num-samples", "2", "--epochs", "1",
+                                    "--storage-path", str(tmp_path / "st"), "--out", str(out)])
+    assert code == 0
+    report = (out / "report.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| ") and "±" in line][1:]  # after the header
+    assert [r.split("|")[1].strip() for r in rows] == ["ce", "lsr", "center", "itra_c"]
+    assert "3 seeds" in report and "Protocol: **full**" in report and "python pipelines/reproduce.py" in report
+    data = json.loads((out / "report.json").read_text())["rows"]["row"]
+    for method, r in data.items():
+        accs = [s["acc"] for s in r["per_seed"]]
+        assert len(accs) == 3
+        assert abs(r["acc"][0] - sum(accs) / 3) < 1e-9 and r["acc"][1] >= 0
+        assert r["config"]["loss"]["name"] == method and r["config"]["train"]["epochs"] == 1
+    assert {p.name for p in out.glob("*.png")} == {"row_methods.png", "row_test_ce.png"}
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("reproduce-row")
+    parent = [r for r in c.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parent) == 1
+    children = c.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent[0].info.run_id}'")
+    assert len(children) == 4 * 3  # a run per method and seed
+    assert all(ch.data.metrics["test_acc"] > 0 for ch in children)
+    artifacts = {a.path for a in c.list_artifacts(parent[0].info.run_id)}
+    assert {"report.md", "report.json", "row_methods.png", "row_test_ce.png"} <= artifacts
+    assert all(c.get_run(parent[0].info.run_id).data.tags.get(f"search.row.{m}")
+               for m in ("ce", "lsr", "center", "itra_c"))
+
+
+def test_reproduce_refuses_an_unknown_row_before_anything_runs(tmp_path, capsys):
+    from itra_tune import cli
+
+    module = _load("reproduce")
+    argv = ["--table", "1", "--rows", "mnist", "--out", str(tmp_path / "out")]
+    assert cli.run("python pipelines/reproduce.py", module.main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'mnist' is not a row of Table 1; choose from kmnist, fmnist" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_production_export_loads_in_a_fresh_process_with_the_registered_models_predictions(
+        ray_local, space_file, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    import mlflow.pytorch
+    import torch
+
+    from itra_tune import export, tracking
+
+    space = space_file(name="prod", smoke={"num_samples": 2, "train.epochs": 1})
     out = tmp_path / "prod"
-    code = _load("search_then_retrain").main(["--space", str(space), "--smoke", "--storage-path",
+    code = _load("search_then_retrain").main(["--space", str(space), "--smoke", "--seeds", "2", "--storage-path",
                                               str(tmp_path / "st"), "--out", str(out)])
     assert code == 0
-    (exp,) = (tmp_path / "st").iterdir()
-    summary = json.loads((exp / "summary.json").read_text())
-    assert summary["trials"] == 2  # --smoke: the space's smoke budget
-    assert summary["best_config"]["train"]["epochs"] == 1
-    retrained = yaml.safe_load((out / "config.yaml").read_text())
+    printed = capsys.readouterr().out
+    assert "full training set, 2 seeds: test_acc" in printed and "registered as itra-prod/1" in printed
+    retrained = yaml.safe_load((out / "seed_0" / "config.yaml").read_text())
     assert retrained["data"]["val_fraction"] == 0.0  # the validation split folded back into training
-    assert retrained["loss"]["lam"] == summary["best"]["loss.lam"]
-    assert checkpoint.load(out / "best.pt")["config"]["loss"]["lam"] == summary["best"]["loss.lam"]
-    assert "retrained on the full training set: test_acc" in capsys.readouterr().out
+    meta = export.json_meta(out / "export")
+    assert meta["torchscript"] == "model.ts.pt" and meta["metrics"]["test_acc_std"] >= 0
+
+    x = torch.randn(16, 1, 8, 8)
+    torch.save(x, tmp_path / "x.pt")
+    registered = mlflow.pytorch.load_model("models:/itra-prod/1", map_location="cpu").eval()
+    with torch.no_grad():
+        expected = registered(x)
+    script = (
+        "import sys, torch, itra_tune\n"
+        "x = torch.load(sys.argv[2])\n"
+        "model = itra_tune.load_exported(sys.argv[1])\n"
+        "scripted = torch.jit.load(sys.argv[1] + '/model.ts.pt')\n"
+        "with torch.no_grad():\n"
+        "    torch.save({'model': model(x), 'scripted': scripted(x)}, sys.argv[3])\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(out / "export"), str(tmp_path / "x.pt"),
+                    str(tmp_path / "y.pt")], check=True, env={**__import__("os").environ,
+                                                             "MLFLOW_TRACKING_URI": tracking.resolve_uri()})
+    got = torch.load(tmp_path / "y.pt")
+    assert torch.equal(got["model"], expected)
+    assert torch.allclose(got["scripted"], expected, atol=1e-6)
+
+
+def test_load_exported_names_a_folder_that_is_not_an_export(tmp_path):
+    import pytest
+
+    import itra_tune
+
+    with pytest.raises(itra_tune.ConfigError, match="not an itra_tune export"):
+        itra_tune.load_exported(tmp_path)

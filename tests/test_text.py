@@ -139,8 +139,7 @@ def test_batches_are_padded_to_their_own_longest_row(tmp_path):
 
 
 def _encoders():
-    from transformers import (BertConfig, BertModel, DistilBertConfig, DistilBertModel, XLNetConfig,
-                              XLNetModel)
+    from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel, XLNetConfig, XLNetModel
 
     return {
         "bert": (lambda: BertModel(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1,

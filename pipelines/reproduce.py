@@ -1,0 +1,253 @@
+"""Reproduce a table of the paper: for each row, search every method with the same budget on the validation
+split, retrain each method's winner on the full training set over several seeds, and report the test figures
+beside the paper's own.
+
+    python pipelines/reproduce.py --table 1 --rows fmnist --reduced     # one row, CPU-sized protocol
+    python pipelines/reproduce.py --table 2                              # every row, the spaces' protocol
+    python pipelines/reproduce.py --space my_space.yaml --seeds 3         # a row of your own
+
+Writes ``report.md``, ``report.json`` and the plots to ``--out``, and logs everything to MLflow under one
+parent run in the experiment ``reproduce-table<N>``: a child run per retrained seed (metrics per epoch) and a
+child run per searched method (linking the search's own parent run and experiment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import itra_tune
+from itra_tune import cli, plots, search, spaces, tracking
+from itra_tune import config as config_mod
+from itra_tune.config import ConfigError
+
+HERE = Path(__file__).resolve().parent
+TABLES = HERE / "paper_tables.yaml"
+METHODS = ("ce", "lsr", "center", "itra_c")
+REDUCED = {"epochs": 5, "subset": 12000, "num_samples": 4}  # defaults of --reduced, each its own flag too
+
+
+def parser() -> argparse.ArgumentParser:
+    p = cli.Parser(prog="python pipelines/reproduce.py", description=__doc__.splitlines()[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--table", type=int, choices=(1, 2, 3, 4), help="a table of the paper")
+    src.add_argument("--space", help="one row of your own: a space name or YAML file (no paper numbers)")
+    p.add_argument("--rows", help="comma-separated rows of the table (default all), e.g. fmnist")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"default {','.join(METHODS)}")
+    p.add_argument("--seeds", type=int, default=3, help="retraining seeds per method (at least 3 for a report)")
+    p.add_argument("--reduced", action="store_true",
+                   help=f"fewer epochs, a training subset and fewer trials (default {REDUCED})")
+    p.add_argument("--epochs", type=int, help="epochs per trial and retrain (with --reduced: default "
+                                                f"{REDUCED['epochs']})")
+    p.add_argument("--subset", type=int, help=f"training examples (with --reduced: default {REDUCED['subset']})")
+    p.add_argument("--num-samples", type=int, help="trials per method (default: the space's; with --reduced "
+                                                   f"{REDUCED['num_samples']})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every row's base")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.add_argument("--storage-path", default=str(search.DEFAULT_STORAGE), help="where the searches live")
+    p.add_argument("--out", help="report folder (default runs/reproduce/<table>-<time>)")
+    return p
+
+
+def plan(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
+    """(experiment, title, {row: paper numbers per method or None}), checked before anything runs."""
+    if args.space:
+        name = Path(args.space).stem
+        spaces.load(args.space)
+        return f"reproduce-{name}", f"Space {name}", {args.space: None}
+    tables = yaml.safe_load(TABLES.read_text())
+    table = tables[args.table]
+    rows = table["rows"]
+    if args.rows:
+        wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
+        unknown = [r for r in wanted if r not in rows]
+        if unknown:
+            raise ConfigError(f"--rows: {unknown[0]!r} is not a row of Table {args.table}; "
+                              f"choose from {', '.join(rows)}")
+        rows = {r: rows[r] for r in wanted}
+    for row in rows:
+        spaces.load(row)
+    return f"reproduce-table{args.table}", table["title"], rows
+
+
+def protocol(args: argparse.Namespace) -> dict[str, Any]:
+    """What ran, for the report: the budget and the overrides given to every search and retrain."""
+    reduced = args.reduced
+    epochs = args.epochs or (REDUCED["epochs"] if reduced else None)
+    subset = args.subset or (REDUCED["subset"] if reduced else None)
+    samples = args.num_samples or (REDUCED["num_samples"] if reduced else None)
+    sets = list(args.set) + [f"train.epochs={epochs}"] * bool(epochs) + [f"data.subset={subset}"] * bool(subset)
+    return {"name": "reduced" if reduced else "full", "epochs": epochs or "the space's", "subset": subset or "all",
+            "trials_per_method": samples or "the space's", "seeds": args.seeds, "overrides": sets,
+            "selection": "validation split; retrain on train + validation; figures on the test split"}
+
+
+def search_row(row: str, methods: list[str], proto: dict[str, Any], args: argparse.Namespace,
+               stem: str, uri: str) -> dict[str, Path]:
+    """Search every method of one row with the same budget; the folders of their results."""
+    name = f"{stem}-{Path(row).stem}"
+    argv = ["--space", row, "--methods", ",".join(methods), "--name", name, "--storage-path", args.storage_path,
+            "--tracking-uri", uri]
+    if isinstance(proto["trials_per_method"], int):
+        argv += ["--num-samples", str(proto["trials_per_method"])]
+    for item in proto["overrides"]:
+        argv += ["--set", item]
+    code = cli.run("python -m itra_tune.search", search.main, argv)
+    if code != 0:
+        raise SystemExit(code)
+    return {m: Path(args.storage_path) / f"{name}-{m}" for m in methods}
+
+
+def retrain(folder: Path, seeds: int, out: Path, tracker: tracking.Tracker, row: str, method: str) -> dict[str, Any]:
+    """The method's best configuration, retrained on the full training set with ``seeds`` seeds."""
+    summary = json.loads((folder / "summary.json").read_text())
+    cfg = config_mod.load(folder / "best_config.yaml")
+    finals, histories = [], []
+    for i in range(seeds):
+        seed_cfg = config_mod.override(cfg, {"seed": cfg.seed + i})
+        run_key = f"{row}/{method}/seed{seed_cfg.seed}"
+        params = {"row": row, "method": method, **seed_cfg.flat()}
+        tracker.trial_started(run_key, f"{Path(row).stem}-{method}-seed{seed_cfg.seed}", params)
+        result = itra_tune.train(seed_cfg, out_dir=out / Path(row).stem / method / f"seed_{seed_cfg.seed}",
+                                 full_train=True)
+        tracker.finish_trial(run_key, run_key, params, result.history, "completed", None)
+        finals.append(result.history[-1])
+        histories.append(result.history)
+        print(f"  {Path(row).stem} {method} seed {seed_cfg.seed}: test_acc {100 * finals[-1]['test_acc']:.2f}%  "
+              f"test_ce {finals[-1]['test_ce']:.4f}", flush=True)
+
+    def mean_sd(key: str, scale: float = 1.0) -> tuple[float, float]:
+        values = [scale * f[key] for f in finals]
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    tracker.c.set_tag(tracker.parent, f"search.{Path(row).stem}.{method}",
+                      summary.get("tracking", {}).get("parent_run_id", ""))
+    return {"lam": cfg.loss.lam if method in ("center", "itra", "itra_c") else
+            (cfg.loss.eps if method == "lsr" else None),
+            "acc": mean_sd("test_acc", 100.0), "ce": mean_sd("test_ce"), "val_acc": 100 * summary["best"]["val_acc"],
+            "per_seed": [{"acc": 100 * f["test_acc"], "ce": f["test_ce"]} for f in finals],
+            "histories": histories, "config": cfg.to_dict()}
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def report_table(row: str, results: dict[str, Any], paper: dict[str, Any] | None, seeds: int) -> list[str]:
+    """The row in the paper's form: lambda, accuracy and CE (mean ± std over seeds), the paper's, the gap."""
+    lines = [f"### {Path(row).stem}", "",
+             f"| method | λ (ours) | test acc % (mean ± std, {seeds} seeds) | test CE (mean ± std) | "
+             "λ (paper) | acc % (paper) | CE (paper) | acc gap | CE gap |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for method, r in results.items():
+        p = (paper or {}).get(method)
+        p_lam, p_acc, p_ce = p if p else (None, None, None)
+        gap_acc = r["acc"][0] - p_acc if p_acc is not None else None
+        gap_ce = r["ce"][0] - p_ce if p_ce is not None else None
+        label = "ε" if method == "lsr" else "λ"
+        lines.append(
+            f"| {method} | {_cell(r['lam'], '.3g') if r['lam'] is not None else '-'}"
+            f"{f' ({label})' if method == 'lsr' and r['lam'] is not None else ''} "
+            f"| {r['acc'][0]:.2f} ± {r['acc'][1]:.2f} | {r['ce'][0]:.3f} ± {r['ce'][1]:.3f} "
+            f"| {_cell(p_lam, '.3g')} | {_cell(p_acc, '.2f')} | {_cell(p_ce, '.3f')} "
+            f"| {_cell(gap_acc, '+.2f')} | {_cell(gap_ce, '+.3f')} |")
+    return lines + [""]
+
+
+def figures(row: str, results: dict[str, Any], paper: dict[str, Any] | None) -> dict[str, Any]:
+    """Accuracy and CE per method against the paper's, and each method's test CE over epochs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stem = Path(row).stem
+    methods = list(results)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "acc", "test accuracy (%)"), (axes[1], "ce", "test cross-entropy")):
+        means = [results[m][key][0] for m in methods]
+        sds = [results[m][key][1] for m in methods]
+        ax.bar(methods, means, yerr=sds, capsize=4, color="#4c72b0", label="ours (mean ± std over seeds)")
+        idx = 1 if key == "acc" else 2
+        marks = [(i, (paper or {}).get(m)[idx]) for i, m in enumerate(methods) if (paper or {}).get(m)]
+        if marks:
+            ax.scatter([i for i, _ in marks], [v for _, v in marks], marker="D", color="#dd8452", zorder=3,
+                       label="paper")
+        lo = min(means + [v for _, v in marks]) if key == "acc" else 0.0
+        if key == "acc":
+            ax.set_ylim(max(0.0, lo - 3.0), min(100.0, max(means + [v for _, v in marks]) + 2.0))
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{stem}: each method's best configuration, retrained")
+    fig.tight_layout()
+    curves, ax = plt.subplots(figsize=(6, 4))
+    for m in methods:
+        for j, history in enumerate(results[m]["histories"]):
+            ax.plot([h["epoch"] for h in history], [h["test_ce"] for h in history],
+                    color=f"C{methods.index(m)}", alpha=0.8, label=m if j == 0 else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test cross-entropy")
+    ax.set_title(f"{stem}: test loss over epochs, every seed")
+    ax.legend()
+    curves.tight_layout()
+    return {f"{stem}_methods.png": fig, f"{stem}_test_ce.png": curves}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in search.METHOD_KNOBS]
+    if bad:
+        raise ConfigError(f"--methods: unknown method {bad[0]!r}; choose from {', '.join(search.METHOD_KNOBS)}")
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1 but got {args.seeds}")
+    experiment, title, rows = plan(args)
+    proto = protocol(args)
+    uri = tracking.resolve_uri(args.tracking_uri)
+    tracking.check_reachable(uri)
+    stem = f"{experiment.removeprefix('reproduce-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(args.out or Path("runs") / "reproduce" / stem)
+    command = "python pipelines/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    tracker = tracking.Tracker(uri, experiment, run_name=stem,
+                               params={"protocol": proto["name"], "seeds": args.seeds, "methods": ",".join(methods),
+                                       "rows": ",".join(Path(r).stem for r in rows), "command": command})
+    lines = [f"# {title}: reproduction", "",
+             f"Protocol: **{proto['name']}**: epochs {proto['epochs']}, training subset {proto['subset']}, "
+             f"{proto['trials_per_method']} trials per method, {args.seeds} retraining seeds. "
+             f"Selection: {proto['selection']}.", "",
+             f"Command: `{command}`", "",
+             f"MLflow: experiment `{experiment}`, parent run `{tracker.parent}`.", ""]
+    figs: dict[str, Any] = {}
+    report: dict[str, Any] = {"title": title, "protocol": proto, "command": command, "rows": {}}
+    for row, paper in rows.items():
+        print(f"== {Path(row).stem}: searching {', '.join(methods)}", flush=True)
+        folders = search_row(row, methods, proto, args, stem, uri)
+        print(f"== {Path(row).stem}: retraining each winner on the full training set, {args.seeds} seeds", flush=True)
+        results = {m: retrain(folders[m], args.seeds, out, tracker, row, m) for m in methods}
+        lines += report_table(row, results, paper, args.seeds)
+        figs.update(figures(row, results, paper))
+        report["rows"][Path(row).stem] = {
+            m: {k: v for k, v in r.items() if k != "histories"} | {"paper": (paper or {}).get(m)}
+            for m, r in results.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    lines += ["Plots: " + ", ".join(f"`{name}`" for name in figs), ""]
+    (out / "report.md").write_text("\n".join(lines))
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    for name, fig in figs.items():
+        fig.savefig(out / name, dpi=110)
+    tracker.finish(None, [out / "report.md", out / "report.json"], figs)
+    plots.close(figs)
+    print("\n".join(lines))
+    print(f"report: {out / 'report.md'}; MLflow parent run {tracker.parent} in {experiment!r} at {uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run("python pipelines/reproduce.py", main))
