@@ -237,6 +237,22 @@ def init_ray(address: str | None, space: spaces.Space) -> None:
         ray.init(**kwargs)
 
 
+def fit_resources(space: spaces.Space, available: dict[str, float]) -> spaces.Space:
+    """The space with per-trial resources the cluster can grant: a trial asking for more would wait forever.
+
+    No GPU in the cluster runs trials on the CPU; more CPUs per trial than the cluster has become all of them.
+    """
+    gpus, cpus = space.gpus_per_trial, space.cpus_per_trial
+    if gpus > 0 and available.get("GPU", 0) == 0:
+        print(f"note: the Ray cluster has no GPU; trials run on the CPU (gpus_per_trial {gpus} -> 0)", file=sys.stderr)
+        gpus = 0
+    if cpus > available.get("CPU", cpus):
+        print(f"note: the Ray cluster has {available['CPU']:g} CPUs; cpus_per_trial {cpus} -> {available['CPU']:g}",
+              file=sys.stderr)
+        cpus = available["CPU"]
+    return replace(space, gpus_per_trial=gpus, cpus_per_trial=cpus)
+
+
 def _probe(address: str) -> None:
     # ray.init retries an unreachable address for minutes; a plain TCP connect answers in seconds.
     import socket
@@ -318,6 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             sp, objective, parent = load_settings(storage / n)
             plan[i], saved[n] = (sp, plan[i][1]), (objective, parent)
     init_ray(args.address, space)
+    import ray
+
+    available = ray.cluster_resources()
+    plan = [(fit_resources(sp, available), m) for sp, m in plan]
     argv_resume = " ".join(["python -m itra_tune.search", "--space", str(args.space), "--name", stem, "--resume"]
                            + (["--methods", args.methods] if args.methods else [])
                            + (["--tracking-uri", args.tracking_uri] if args.tracking_uri else []))

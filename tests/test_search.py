@@ -242,3 +242,15 @@ def test_scheduler_choices_map_to_tune_schedulers(space_file):
         assert type(scheduler) is cls
         if name != "none":
             assert scheduler.metric == "val_acc" and scheduler._mode == "max"
+
+
+def test_trials_asking_for_resources_the_cluster_lacks_are_fitted_to_it(space_file, capsys):
+    from itra_tune import spaces
+    from itra_tune.search import fit_resources
+
+    space = spaces.load(space_file(resources={"cpus_per_trial": 4, "gpus_per_trial": 0.5}))
+    fitted = fit_resources(space, {"CPU": 2.0})
+    assert (fitted.cpus_per_trial, fitted.gpus_per_trial) == (2.0, 0)
+    assert "no GPU" in capsys.readouterr().err
+    on_gpus = fit_resources(space, {"CPU": 16.0, "GPU": 1.0})
+    assert (on_gpus.cpus_per_trial, on_gpus.gpus_per_trial) == (4, 0.5)
