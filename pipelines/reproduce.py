@@ -46,7 +46,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"fewer epochs, a training subset and fewer trials (default {REDUCED})")
     p.add_argument("--epochs", type=int, help="epochs per trial and retrain (with --reduced: default "
                                                 f"{REDUCED['epochs']})")
-    p.add_argument("--subset", type=int, help=f"training examples (with --reduced: default {REDUCED['subset']})")
+    p.add_argument("--subset", type=int, help=f"training examples, 0 for all (with --reduced: default "
+                                               f"{REDUCED['subset']})")
     p.add_argument("--num-samples", type=int, help="trials per method (default: the space's; with --reduced "
                                                    f"{REDUCED['num_samples']})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every row's base")
@@ -79,10 +80,11 @@ def plan(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
 
 def protocol(args: argparse.Namespace) -> dict[str, Any]:
     """What ran, for the report: the budget and the overrides given to every search and retrain."""
-    reduced = args.reduced
-    epochs = args.epochs or (REDUCED["epochs"] if reduced else None)
-    subset = args.subset or (REDUCED["subset"] if reduced else None)
-    samples = args.num_samples or (REDUCED["num_samples"] if reduced else None)
+    reduced = args.reduced or any(v is not None for v in (args.epochs, args.subset, args.num_samples))
+    epochs = args.epochs or (REDUCED["epochs"] if args.reduced else None)
+    subset = args.subset if args.subset is not None else (REDUCED["subset"] if args.reduced else None)
+    subset = subset or None  # --subset 0: the whole training set
+    samples = args.num_samples or (REDUCED["num_samples"] if args.reduced else None)
     sets = list(args.set) + [f"train.epochs={epochs}"] * bool(epochs) + [f"data.subset={subset}"] * bool(subset)
     return {"name": "reduced" if reduced else "full", "epochs": epochs or "the space's", "subset": subset or "all",
             "trials_per_method": samples or "the space's", "seeds": args.seeds, "overrides": sets,

@@ -32,7 +32,8 @@ def test_reproduce_reports_every_method_over_seeds_under_one_parent_run(ray_loca
     report = (out / "report.md").read_text()
     rows = [line for line in report.splitlines() if line.startswith("| ") and "±" in line][1:]  # after the header
     assert [r.split("|")[1].strip() for r in rows] == ["ce", "lsr", "center", "itra_c"]
-    assert "3 seeds" in report and "Protocol: **full**" in report and "python pipelines/reproduce.py" in report
+    assert "3 seeds" in report and "Protocol: **reduced**: epochs 1" in report
+    assert "Command: `python pipelines/reproduce.py --space" in report
     data = json.loads((out / "report.json").read_text())["rows"]["row"]
     for method, r in data.items():
         accs = [s["acc"] for s in r["per_seed"]]
