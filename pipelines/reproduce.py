@@ -107,8 +107,10 @@ def search_row(row: str, methods: list[str], proto: dict[str, Any], args: argpar
     return {m: Path(args.storage_path) / f"{name}-{m}" for m in methods}
 
 
-def retrain(folder: Path, seeds: int, out: Path, tracker: tracking.Tracker, row: str, method: str) -> dict[str, Any]:
-    """The method's best configuration, retrained on the full training set with ``seeds`` seeds."""
+def retrain(folder: Path, seeds: int, runs: Path, tracker: tracking.Tracker, row: str,
+            method: str) -> dict[str, Any]:
+    """The method's best configuration, retrained on the full training set with ``seeds`` seeds; each seed's
+    run folder (configuration, metrics, checkpoints) goes under ``runs``."""
     summary = json.loads((folder / "summary.json").read_text())
     cfg = config_mod.load(folder / "best_config.yaml")
     finals, histories = [], []
@@ -117,7 +119,7 @@ def retrain(folder: Path, seeds: int, out: Path, tracker: tracking.Tracker, row:
         run_key = f"{row}/{method}/seed{seed_cfg.seed}"
         params = {"row": row, "method": method, **seed_cfg.flat()}
         tracker.trial_started(run_key, f"{Path(row).stem}-{method}-seed{seed_cfg.seed}", params)
-        result = itra_tune.train(seed_cfg, out_dir=out / Path(row).stem / method / f"seed_{seed_cfg.seed}",
+        result = itra_tune.train(seed_cfg, out_dir=runs / method / f"seed_{seed_cfg.seed}",
                                  full_train=True)
         tracker.finish_trial(run_key, run_key, params, result.history, "completed", None)
         finals.append(result.history[-1])
@@ -232,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {Path(row).stem}: searching {', '.join(methods)}", flush=True)
         folders = search_row(row, methods, proto, args, stem, uri)
         print(f"== {Path(row).stem}: retraining each winner on the full training set, {args.seeds} seeds", flush=True)
-        results = {m: retrain(folders[m], args.seeds, out, tracker, row, m) for m in methods}
+        runs = Path(args.storage_path) / f"{stem}-{Path(row).stem}-retrain"  # checkpoints stay out of the report
+        results = {m: retrain(folders[m], args.seeds, runs, tracker, row, m) for m in methods}
         lines += report_table(row, results, paper, args.seeds)
         figs.update(figures(row, results, paper))
         report["rows"][Path(row).stem] = {

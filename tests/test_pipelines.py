@@ -41,6 +41,7 @@ def test_reproduce_reports_every_method_over_seeds_under_one_parent_run(ray_loca
         assert abs(r["acc"][0] - sum(accs) / 3) < 1e-9 and r["acc"][1] >= 0
         assert r["config"]["loss"]["name"] == method and r["config"]["train"]["epochs"] == 1
     assert {p.name for p in out.glob("*.png")} == {"row_methods.png", "row_test_ce.png"}
+    assert not list(out.rglob("*.pt"))  # checkpoints stay with the searches, not in the report
 
     c = MlflowClient(uri)
     exp = c.get_experiment_by_name("reproduce-row")
