@@ -160,7 +160,8 @@ def test_resume_after_the_driver_is_killed(space_file, tmp_path):
     resumed = subprocess.run(base + ["--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     summary = json.loads((exp / "summary.json").read_text())
-    assert summary["trials"] == 3 and summary["completed"] == 3
+    statuses = {row["trial"]: row["status"] for row in _trials(exp)}
+    assert summary["trials"] == 3 and summary["completed"] == 3, (statuses, resumed.stdout[-3000:])
     assert summary["best_config"]["train"]["epochs"] == 5
     for row in _trials(exp):
         epochs = [r["epoch"] for r in _progress(exp / row["trial"])]
