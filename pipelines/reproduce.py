@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
              f"Protocol: **{proto['name']}**: epochs {proto['epochs']}, training subset {proto['subset']}, "
              f"{proto['trials_per_method']} trials per method, {args.seeds} retraining seeds. "
              f"Selection: {proto['selection']}.", "",
+             "Overrides of every row's configuration: "
+             + (", ".join(f"`{o}`" for o in proto["overrides"]) or "none") + ".", "",
              f"Command: `{command}`", "",
              f"MLflow: experiment `{experiment}`, parent run `{tracker.parent}`.", ""]
     figs: dict[str, Any] = {}
