@@ -30,7 +30,7 @@ WEIGHTS, CONFIG, META, SCRIPTED = "model.pt", "config.yaml", "meta.json", "model
 
 def save(model: models.Classifier, cfg: Config, out: str | Path, example: Tensor,
          metrics: dict[str, Any] | None = None) -> Path:
-    """Export ``model`` (trained with ``cfg``) to the folder ``out``, replacing an older export there.
+    """Export ``model`` (trained with ``cfg``; left on the CPU in eval mode) to ``out``, replacing an older export.
 
     Args:
         model: the trained classifier.

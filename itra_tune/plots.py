@@ -41,6 +41,45 @@ def params_vs_metric(rows: Rows, params: list[str], metric: str, log_axes: froze
     return fig
 
 
+def methods_vs_paper(title: str, ours: dict[str, tuple[tuple[float, float], tuple[float, float]]],
+                     paper: dict[str, tuple[float, float]]) -> Any:
+    """Test accuracy and CE per method as bars (mean ± std over seeds), the paper's figures as diamonds.
+
+    Args:
+        ours: method -> ((accuracy %, std), (CE, std)).
+        paper: method -> (accuracy %, CE), for the methods the paper reports.
+    """
+    methods = list(ours)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for k, (ax, label) in enumerate(zip(axes, ("test accuracy (%)", "test cross-entropy"))):
+        means, sds = zip(*(ours[m][k] for m in methods))
+        ax.bar(methods, means, yerr=sds, capsize=4, color="#4c72b0", label="ours (mean ± std over seeds)")
+        marks = [(i, paper[m][k]) for i, m in enumerate(methods) if m in paper]
+        if marks:
+            ax.scatter(*zip(*marks), marker="D", color="#dd8452", zorder=3, label="paper")
+        if k == 0:  # accuracies differ by tenths: zoom in
+            values = list(means) + [v for _, v in marks]
+            ax.set_ylim(max(0.0, min(values) - 3.0), min(100.0, max(values) + 2.0))
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def seed_curves(title: str, histories: dict[str, list[Rows]], metric: str) -> Any:
+    """``metric`` over epochs for every seed of every method, one colour per method."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (method, runs) in enumerate(histories.items()):
+        for j, rows in enumerate(runs):
+            ax.plot([r["epoch"] for r in rows], [r[metric] for r in rows], color=f"C{i}", alpha=0.8,
+                    label=method if j == 0 else None)
+    ax.set(xlabel="epoch", ylabel=metric, title=title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def learning_curves(histories: dict[str, Rows]) -> Any:
     """Validation accuracy and CE per epoch for the given trials (the top of the search)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))

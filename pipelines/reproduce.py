@@ -133,8 +133,7 @@ def retrain(folder: Path, seeds: int, runs: Path, tracker: tracking.Tracker, row
 
     tracker.c.set_tag(tracker.parent, f"search.{Path(row).stem}.{method}",
                       summary.get("tracking", {}).get("parent_run_id", ""))
-    return {"lam": cfg.loss.lam if method in ("center", "itra", "itra_c") else
-            (cfg.loss.eps if method == "lsr" else None),
+    return {"lam": {"ce": None, "lsr": cfg.loss.eps}.get(method, cfg.loss.lam),  # lsr: its epsilon
             "acc": mean_sd("test_acc", 100.0), "ce": mean_sd("test_ce"), "val_acc": 100 * summary["best"]["val_acc"],
             "per_seed": [{"acc": 100 * f["test_acc"], "ce": f["test_ce"]} for f in finals],
             "histories": histories, "config": cfg.to_dict()}
@@ -155,10 +154,8 @@ def report_table(row: str, results: dict[str, Any], paper: dict[str, Any] | None
         p_lam, p_acc, p_ce = p if p else (None, None, None)
         gap_acc = r["acc"][0] - p_acc if p_acc is not None else None
         gap_ce = r["ce"][0] - p_ce if p_ce is not None else None
-        label = "ε" if method == "lsr" else "λ"
         lines.append(
-            f"| {method} | {_cell(r['lam'], '.3g') if r['lam'] is not None else '-'}"
-            f"{f' ({label})' if method == 'lsr' and r['lam'] is not None else ''} "
+            f"| {method} | {_cell(r['lam'], '.3g')}{' (ε)' if method == 'lsr' else ''} "
             f"| {r['acc'][0]:.2f} ± {r['acc'][1]:.2f} | {r['ce'][0]:.3f} ± {r['ce'][1]:.3f} "
             f"| {_cell(p_lam, '.3g')} | {_cell(p_acc, '.2f')} | {_cell(p_ce, '.3f')} "
             f"| {_cell(gap_acc, '+.2f')} | {_cell(gap_ce, '+.3f')} |")
@@ -167,41 +164,13 @@ def report_table(row: str, results: dict[str, Any], paper: dict[str, Any] | None
 
 def figures(row: str, results: dict[str, Any], paper: dict[str, Any] | None) -> dict[str, Any]:
     """Accuracy and CE per method against the paper's, and each method's test CE over epochs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     stem = Path(row).stem
-    methods = list(results)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, label in ((axes[0], "acc", "test accuracy (%)"), (axes[1], "ce", "test cross-entropy")):
-        means = [results[m][key][0] for m in methods]
-        sds = [results[m][key][1] for m in methods]
-        ax.bar(methods, means, yerr=sds, capsize=4, color="#4c72b0", label="ours (mean ± std over seeds)")
-        idx = 1 if key == "acc" else 2
-        marks = [(i, (paper or {}).get(m)[idx]) for i, m in enumerate(methods) if (paper or {}).get(m)]
-        if marks:
-            ax.scatter([i for i, _ in marks], [v for _, v in marks], marker="D", color="#dd8452", zorder=3,
-                       label="paper")
-        lo = min(means + [v for _, v in marks]) if key == "acc" else 0.0
-        if key == "acc":
-            ax.set_ylim(max(0.0, lo - 3.0), min(100.0, max(means + [v for _, v in marks]) + 2.0))
-        ax.set_ylabel(label)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{stem}: each method's best configuration, retrained")
-    fig.tight_layout()
-    curves, ax = plt.subplots(figsize=(6, 4))
-    for m in methods:
-        for j, history in enumerate(results[m]["histories"]):
-            ax.plot([h["epoch"] for h in history], [h["test_ce"] for h in history],
-                    color=f"C{methods.index(m)}", alpha=0.8, label=m if j == 0 else None)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test cross-entropy")
-    ax.set_title(f"{stem}: test loss over epochs, every seed")
-    ax.legend()
-    curves.tight_layout()
-    return {f"{stem}_methods.png": fig, f"{stem}_test_ce.png": curves}
+    ours = {m: (r["acc"], r["ce"]) for m, r in results.items()}
+    theirs = {m: (p[1], p[2]) for m, p in (paper or {}).items() if p and m in results}
+    return {f"{stem}_methods.png": plots.methods_vs_paper(f"{stem}: each method's best configuration, retrained",
+                                                          ours, theirs),
+            f"{stem}_test_ce.png": plots.seed_curves(f"{stem}: test loss over epochs, every seed",
+                                                     {m: r["histories"] for m, r in results.items()}, "test_ce")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, fig in figs.items():
         fig.savefig(out / name, dpi=110)
     tracker.finish(None, [out / "report.md", out / "report.json"], figs)
-    plots.close(figs)
+    plots.close(figs.values())
     print("\n".join(lines))
     print(f"report: {out / 'report.md'}; MLflow parent run {tracker.parent} in {experiment!r} at {uri}")
     return 0
