@@ -22,7 +22,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) -m itra_tune.bench
+	$(PY) -m benchmarks.bench
 
 lint: $(STAMP)
 	$(PY) -m ruff check itra_tune tests pipelines

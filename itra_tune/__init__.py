@@ -16,7 +16,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "train": ("itra_tune.train", None),  # the module itself is callable: itra_tune.train(config, ...)
+    "train": ("itra_tune.production", "train"),  # also itra_tune.train.over_seeds(config, n)
     "best_config": ("itra_tune.best", "best_config"),
     "load_best_model": ("itra_tune.best", "load_best_model"),
     "load_exported": ("itra_tune.export", "load"),
@@ -32,7 +32,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'itra_tune' has no attribute {name!r}")
     module, attr = _LAZY[name]
     mod = importlib.import_module(module)
-    return mod if attr is None else getattr(mod, attr)
+    return getattr(mod, attr)
 
 
 __all__ = list(_LAZY)

@@ -20,10 +20,28 @@ class ConfigError(ValueError):
     """Bad input from the user: the message is one line naming the problem and the fix."""
 
 
-PAIRINGS = ("independent", "split")
+# The vocabularies of the configuration. Each is owned here; the modules that act on a name import it.
+PAIRINGS = ("independent", "split")  # where the second mini-batch S2 comes from (itra_tune.data.pairs)
 SCHEDULES = ("cosine", "step", "none", "linear")
 OPTIMIZERS = ("sgd", "adamw")
-BANDWIDTHS = ("median", "mean", "fixed", "multiscale")  # mirrors itra_tune.mmd.BANDWIDTHS
+BANDWIDTHS = ("median", "mean", "fixed", "multiscale")  # kernel bandwidth schemes of itra_tune.mmd
+
+
+def check_lam(lam: float, key: str = "loss.lam") -> None:
+    """The weight of a matching or center loss: a ConfigError unless ``lam >= 0``."""
+    if not lam >= 0.0:
+        raise ConfigError(f"{key} cannot be negative but got {lam}")
+
+
+def check_bandwidth(scheme: str, sigma: float | None, key: str = "loss") -> None:
+    """A bandwidth scheme and its sigma: a known scheme, sigma positive, and given for ``fixed``."""
+    if scheme not in BANDWIDTHS:
+        raise ConfigError(f"{key}.bandwidth: unknown bandwidth scheme {scheme!r}; "
+                          f"choose one of {', '.join(BANDWIDTHS)}")
+    if sigma is not None and not sigma > 0:
+        raise ConfigError(f"{key}.sigma must be positive or null but got {sigma}")
+    if scheme == "fixed" and sigma is None:
+        raise ConfigError(f"{key}.sigma is required when {key}.bandwidth is 'fixed'")
 
 
 @dataclass(frozen=True)
@@ -184,11 +202,6 @@ def validate(cfg: Config, source: str = "config") -> None:
         (0.0 <= d.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1) but got {d.val_fraction}"),
         (d.subset is None or d.subset > 0, "data.subset", f"must be positive or null but got {d.subset}"),
         (d.pairing in PAIRINGS, "data.pairing", f"unknown pairing {d.pairing!r}; choose one of {', '.join(PAIRINGS)}"),
-        (lo.lam >= 0.0, "loss.lam", f"cannot be negative but got {lo.lam}"),
-        (lo.bandwidth in BANDWIDTHS, "loss.bandwidth",
-         f"unknown bandwidth scheme {lo.bandwidth!r}; choose one of {', '.join(BANDWIDTHS)}"),
-        (lo.sigma is None or lo.sigma > 0, "loss.sigma", f"must be positive or null but got {lo.sigma}"),
-        (lo.bandwidth != "fixed" or lo.sigma is not None, "loss.sigma", "is required when loss.bandwidth is 'fixed'"),
         (0.0 <= lo.eps < 1.0, "loss.eps", f"must be in [0, 1) but got {lo.eps}"),
         (lo.center_lr > 0, "loss.center_lr", f"must be positive but got {lo.center_lr}"),
         (o.name in OPTIMIZERS, "optim.name", f"unknown optimizer {o.name!r}; choose one of {', '.join(OPTIMIZERS)}"),
@@ -205,6 +218,11 @@ def validate(cfg: Config, source: str = "config") -> None:
     for ok, key, message in checks:
         if not ok:
             raise ConfigError(f"{source}: {key} {message}")
+    try:
+        check_lam(lo.lam)
+        check_bandwidth(lo.bandwidth, lo.sigma)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
 
 
 # --- building dataclasses from plain data, with errors that name the key -------------------------
@@ -267,8 +285,9 @@ def _deep_copy(raw: Any) -> Any:
 
 
 __all__ = [
-    "Config", "ConfigError", "DataConfig", "LossConfig", "ModelConfig", "OptimConfig", "TrainConfig",
-    "apply_overrides", "from_dict", "load", "override", "read_yaml", "replace", "validate",
+    "BANDWIDTHS", "PAIRINGS", "Config", "ConfigError", "DataConfig", "LossConfig", "ModelConfig", "OptimConfig",
+    "TrainConfig", "apply_overrides", "check_bandwidth", "check_lam", "code_version", "from_dict", "load",
+    "override", "read_yaml", "replace", "validate",
 ]
 
 

@@ -1,4 +1,5 @@
-"""The training engine: one epoch, evaluation, and ``fit``. It knows nothing of Ray or MLflow.
+"""The training engine: one epoch, evaluation, and ``fit``. It knows nothing of Ray, MLflow or the data's
+modality: the data hands it ``Step``s (S1 and S2 ready for one forward pass) and the models take them as they are.
 
 ``fit(config, report)`` calls ``report(metrics, checkpoint)`` after every epoch, where ``checkpoint`` is
 everything needed to resume bit-for-bit (model, loss, optimizer, schedule, data streams, RNG, history).
@@ -16,10 +17,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from itra_tune import data as data_mod
-from itra_tune import losses, models, text
+from itra_tune import losses, models
 from itra_tune.config import Config, ConfigError, OptimConfig
+from itra_tune.data import Step
 
 Report = Callable[[dict[str, float], dict[str, Any]], None]
 METRICS = ("train_ce", "val_acc", "val_ce", "test_acc", "test_ce", "match_loss", "compactness")
@@ -38,23 +41,20 @@ class FitResult:
 
 def check(cfg: Config) -> None:
     """Raise ConfigError for names no registry knows, before any data is loaded or file written."""
-    data_mod.check_name(cfg.data.name)
+    data_modality = data_mod.modality(cfg.data.name)
     models.check_name(cfg.model.name)
     losses.check_name(cfg.loss.name)
     resolve_device(cfg.device)
-    text_data, text_model = data_mod.is_text(cfg.data.name), models.is_text(cfg.model.name)
-    if text_data != text_model:
-        wants = "a text model (e.g. model.name=minilm)" if text_data else "an image model (e.g. model.name=resnet18)"
+    if data_modality != models.modality(cfg.model.name):
+        wants = "a text model (e.g. model.name=minilm)" if data_modality == "text" else \
+            "an image model (e.g. model.name=resnet18)"
         raise ConfigError(f"data.name {cfg.data.name!r} needs {wants}, not model.name {cfg.model.name!r}")
 
 
 def check_available(cfg: Config) -> None:
     """Raise ConfigError now, rather than in every trial, when the data or the model is not at hand."""
     data_mod.check_available(cfg.data)
-    if models.is_text(cfg.model.name):
-        text.check_model(cfg.model.name)
-        if cfg.data.tokenizer:
-            text.check_model(cfg.data.tokenizer)
+    models.check_available(cfg.model.name)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -69,32 +69,36 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def lr_factor(cfg: OptimConfig, epochs: int, steps_per_epoch: int = 1) -> Callable[[int], float]:
-    """The multiplier of the peak learning rate at each optimizer step.
+def build_schedule(cfg: OptimConfig, optimizer: torch.optim.Optimizer, epochs: int,
+                   steps_per_epoch: int) -> tuple[LRScheduler, bool]:
+    """The learning-rate schedule, from torch's schedulers, and whether it steps per optimizer step.
 
-    ``linear`` (for fine-tuning transformers): warm-up from 0 over ``warmup_fraction`` of all steps, then
-    linear decay to 0. The others change only at epoch boundaries: warm-up from lr / 10 over
-    ``warmup_epochs``, then cosine, step or constant.
+    ``linear`` (for fine-tuning transformers) steps per optimizer step: warm-up from 0 over
+    ``warmup_fraction`` of all steps, then linear decay to 0. The others step per epoch: warm-up from lr / 10
+    over ``warmup_epochs``, then cosine (to 0 at the last epoch), step (times ``gamma`` at each milestone)
+    or constant.
     """
-    total = epochs * steps_per_epoch
-    warm = int(cfg.warmup_fraction * total)
+    from torch.optim import lr_scheduler as ls
 
-    def factor(step: int) -> float:
-        if cfg.schedule == "linear":
-            if step < warm:
-                return (step + 1) / (warm + 1)
-            return max(0.0, (total - step) / max(1, total - warm))
-        epoch = step // steps_per_epoch
-        if epoch < cfg.warmup_epochs:
-            return 0.1 + 0.9 * epoch / cfg.warmup_epochs
-        if cfg.schedule == "cosine":
-            span = max(1, epochs - cfg.warmup_epochs)
-            return 0.5 * (1.0 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
-        if cfg.schedule == "step":
-            return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
-        return 1.0
-
-    return factor
+    if cfg.schedule == "linear":
+        total = epochs * steps_per_epoch
+        warm = int(cfg.warmup_fraction * total)
+        decay = ls.LinearLR(optimizer, 1.0, 0.0, total_iters=max(1, total - warm))
+        if warm == 0:
+            return decay, True
+        rise = ls.LinearLR(optimizer, 1.0 / (warm + 1), 1.0, total_iters=warm)
+        return ls.SequentialLR(optimizer, [rise, decay], milestones=[warm]), True
+    warm = min(cfg.warmup_epochs, epochs)
+    if cfg.schedule == "cosine":
+        main: LRScheduler = ls.CosineAnnealingLR(optimizer, T_max=max(1, epochs - warm))
+    elif cfg.schedule == "step":
+        main = ls.MultiStepLR(optimizer, [max(1, m - warm) for m in cfg.milestones], gamma=cfg.gamma)
+    else:
+        main = ls.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if warm == 0:
+        return main, False
+    rise = ls.LinearLR(optimizer, 0.1, 1.0, total_iters=warm)
+    return ls.SequentialLR(optimizer, [rise, main], milestones=[warm]), False
 
 
 def build_optimizer(cfg: Config, model: nn.Module, loss_fn: nn.Module) -> torch.optim.Optimizer:
@@ -109,45 +113,40 @@ def build_optimizer(cfg: Config, model: nn.Module, loss_fn: nn.Module) -> torch.
                            weight_decay=o.weight_decay)
 
 
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on CUDA when ``enabled``; nothing elsewhere."""
     if device.type == "cuda" and enabled:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def train_step_loss(model: models.Classifier, loss_fn: nn.Module, x: Tensor, y: Tensor,
-                    second: Any, split_pairing: bool) -> losses.Parts:
-    """The loss of one step. With a pair, S1 and S2 go through the network in one forward pass."""
-    if not loss_fn.needs_second_batch:
-        h = model.features(x)
-        return loss_fn(model.head(h), y, h)
-    if split_pairing:  # one batch of 2m; both halves in the CE term (not the paper's protocol)
-        m = x.shape[0] // 2
-        h = model.features(x)  # (2m, D)
-        return loss_fn(model.head(h), y, h[:m], h[m:], y[m:])
-    x2, y2 = next(second)
-    m1 = x.shape[0]
-    both = text.pad_cat(x, x2) if x.dtype == torch.long else torch.cat([x, x2])
-    h = model.features(both)  # (m1 + m2, D)
-    return loss_fn(model.head(h[:m1]), y, h[:m1], h[m1:], y2)
+def train_step_loss(model: models.Classifier, loss_fn: nn.Module, step: Step) -> losses.Parts:
+    """The loss of one step: S1 and S2 through the network in one forward pass, then the loss's parts."""
+    h = model.features(step.x)  # (m1 + m2, D)
+    logits = model.head(h[: step.ce_rows])
+    m1 = step.m1
+    if step.paired:
+        return loss_fn(logits, step.y[: step.ce_rows], h[:m1], h[m1:], step.y[m1:], y1=step.y[:m1])
+    return loss_fn(logits, step.y, h)
 
 
 def train_epoch(model: models.Classifier, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                schedule: Any, data: data_mod.Data, split_pairing: bool, device: torch.device, amp: bool,
+                schedule: LRScheduler | None, data: data_mod.Data, device: torch.device, amp: bool,
                 channels_last: bool, progress: Any = None) -> dict[str, float]:
-    """One pass over the training batches, stepping ``schedule`` per step; returns mean losses."""
+    """One pass over the training Steps, stepping ``schedule`` (when given) per step; returns mean losses."""
     model.train()
     sums = torch.zeros(4, device=device)  # total, ce, match, center; synchronised once per epoch
     steps = 0
-    for x, y in data.train:
-        if channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp):
-            parts = train_step_loss(model, loss_fn, x, y, data.second, split_pairing)
+    for step in data.train:
+        if channels_last and step.x.dim() == 4:
+            step.x = step.x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            parts = train_step_loss(model, loss_fn, step)
         optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
         optimizer.step()
-        schedule.step()
+        if schedule is not None:
+            schedule.step()
         sums += torch.stack([p.detach().float() for p in parts])
         steps += 1
         if progress is not None:
@@ -166,7 +165,7 @@ def evaluate(model: nn.Module, batches: Any, device: torch.device, amp: bool = F
     ce = torch.zeros((), device=device, dtype=torch.float64)
     n = 0
     for x, y in batches:
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(x).float()
         ce += F.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
@@ -223,8 +222,7 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
         model = model.to(memory_format=torch.channels_last)
     loss_fn = losses.build(config.loss, data.num_classes, model.feature_dim).to(device)
     optimizer = build_optimizer(config, model, loss_fn)
-    factor = lr_factor(config.optim, config.train.epochs, len(data.train))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    schedule, per_step = build_schedule(config.optim, optimizer, config.train.epochs, len(data.train))
     history: list[dict[str, float]] = []
     start = 0
     if resume is not None:
@@ -236,18 +234,19 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
         torch.set_rng_state(resume["rng"])
         history, start = list(resume["history"]), int(resume["epoch"])
     x_c, y_c = data.sample("test", 2 * config.train.compactness_samples)
-    split_pairing = config.data.pairing == "split"
 
     for epoch in range(start, config.train.epochs):
         t0 = time.perf_counter()
         bar = _bar(progress, len(data.train), f"epoch {epoch + 1}/{config.train.epochs}")
         lr = optimizer.param_groups[0]["lr"]
         try:
-            row = train_epoch(model, loss_fn, optimizer, schedule, data, split_pairing, device, amp,
+            row = train_epoch(model, loss_fn, optimizer, schedule if per_step else None, data, device, amp,
                               channels_last, bar)
         finally:
             if bar is not None:
                 bar.close()
+        if not per_step:
+            schedule.step()
         row["val_acc"], row["val_ce"] = evaluate(model, data.val, device, amp)
         row["test_acc"], row["test_ce"] = evaluate(model, data.test, device, amp)
         row["compactness"] = compactness(model, x_c, y_c)

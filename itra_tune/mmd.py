@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-BANDWIDTHS = ("median", "mean", "fixed", "multiscale")
+from itra_tune.config import BANDWIDTHS, check_bandwidth
+
+__all__ = ["BANDWIDTHS", "class_conditional_mmd", "gaussian_kernel", "kernel_bandwidth", "mmd", "pairwise_sq_dists"]
 MULTISCALE_POWERS = (-2, -1, 0, 1, 2)  # kernels at s * 2**k, summed (multi-kernel MMD, Long et al. 2015)
 _EPS = 1e-12  # below this MMD^2 is treated as exactly zero: sqrt has no finite slope at 0
 
@@ -133,34 +135,5 @@ def class_conditional_mmd(
     return per_class.sum() / present.sum().clamp_min(1)
 
 
-def class_conditional_mmd_loop(
-    h1: Tensor,
-    y1: Tensor,
-    h2: Tensor,
-    y2: Tensor,
-    num_classes: int,
-    bandwidth: str = "median",
-    sigma: float | None = None,
-) -> Tensor:
-    """Reference for ``class_conditional_mmd``: a Python loop of ``mmd`` calls over the classes.
-
-    Slow by design; it exists to check and to benchmark the vectorized form.
-    """
-    z = torch.cat([h1, h2])
-    s = float(kernel_bandwidth(pairwise_sq_dists(z), bandwidth, sigma))
-    per_class_scheme = "multiscale" if bandwidth == "multiscale" else "fixed"
-    values = [
-        mmd(h1[y1 == c], h2[y2 == c], bandwidth=per_class_scheme, sigma=s)
-        for c in range(num_classes)
-        if (y1 == c).any() and (y2 == c).any()
-    ]
-    return torch.stack(values).mean() if values else z.new_zeros(())
-
-
 def _check_scheme(scheme: str, sigma: float | None) -> None:
-    if scheme not in BANDWIDTHS:
-        raise ValueError(f"unknown bandwidth scheme {scheme!r}; choose one of {', '.join(BANDWIDTHS)}")
-    if scheme == "fixed" and sigma is None:
-        raise ValueError("bandwidth 'fixed' needs sigma (a positive number)")
-    if sigma is not None and not sigma > 0:
-        raise ValueError(f"sigma must be positive but got {sigma}")
+    check_bandwidth(scheme, sigma, key="mmd")  # raises ConfigError, a ValueError

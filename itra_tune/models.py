@@ -4,7 +4,8 @@
     model.head(h)     -> (B, K)   # logits
 
 Only this module knows where a torchvision or Hugging Face model keeps its classifier. Text models take
-(B, L) token ids padded with ``text.PAD`` and build their own attention mask.
+(B, L) token ids padded with ``hf.PAD`` and build their own attention mask; ``itra_tune.hf`` resolves their
+checkpoint names.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 from torchvision import models as tvm
 from torchvision.models.vgg import make_layers
 
-from itra_tune import text
+from itra_tune import hf
 from itra_tune.config import ConfigError
 
 InputShape = tuple[int, ...]  # (C, H, W) of one example
@@ -129,7 +130,7 @@ class TextClassifier(Classifier):
         self.dropout = nn.Dropout(dropout)
 
     def features(self, x: Tensor) -> Tensor:
-        mask = x != text.PAD  # (B, L)
+        mask = x != hf.PAD  # (B, L)
         out = self.body(input_ids=x.masked_fill(~mask, self.pad_id), attention_mask=mask.long())
         if self.pooling == "pooler":
             return out.pooler_output  # (B, D)
@@ -161,17 +162,7 @@ def text_classifier(encoder: nn.Module, num_classes: int) -> TextClassifier:
 
 def _hugging_face(checkpoint: str) -> Callable[..., Classifier]:
     def build(num_classes: int, input_shape: InputShape, pretrained: bool = False) -> Classifier:
-        from transformers import AutoConfig, AutoModel
-
-        path = text.checkpoint_path(checkpoint)
-        try:
-            if pretrained:
-                encoder = AutoModel.from_pretrained(path)
-            else:
-                encoder = AutoModel.from_config(AutoConfig.from_pretrained(path))
-        except OSError:
-            raise text.ModelMissing(text.missing_model_message(checkpoint)) from None
-        return text_classifier(encoder, num_classes)
+        return text_classifier(hf.load_encoder(checkpoint, pretrained), num_classes)
 
     return build
 
@@ -185,17 +176,24 @@ MODELS: dict[str, Callable[..., Classifier]] = {
     "resnet50_imagenet": _imagenet_resnet(tvm.resnet50, "IMAGENET1K_V2"),
     "small_cnn": small_cnn,
     "mlp": mlp,
-    **{name: _hugging_face(name) for name in text.CHECKPOINTS},
+    **{name: _hugging_face(name) for name in hf.CHECKPOINTS},
 }
 
 
-def is_text(name: str) -> bool:
-    """Whether model ``name`` reads token ids: a Hugging Face checkpoint, alias or folder."""
-    return name not in MODELS or name in text.CHECKPOINTS
+def modality(name: str) -> str:
+    """``text`` for a model that reads token ids (a Hugging Face checkpoint, alias or folder), else ``image``."""
+    return "text" if name not in MODELS or name in hf.CHECKPOINTS else "image"
+
+
+def check_available(name: str) -> None:
+    """Raise ModelMissing now, rather than in every trial, when a checkpoint's files cannot be had."""
+    check_name(name)
+    if modality(name) == "text":
+        hf.check(name)
 
 
 def check_name(name: str) -> None:
-    if name not in MODELS and not text.is_checkpoint_name(name):
+    if name not in MODELS and not hf.is_checkpoint_name(name):
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}, a Hugging Face "
                           "checkpoint as hf:NAME or org/NAME, or a local checkpoint folder (model.name)")
 

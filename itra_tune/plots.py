@@ -1,13 +1,14 @@
-"""Pictures of a search, as matplotlib figures (the tracking module logs them on the parent run)."""
+"""Pictures of a search, as matplotlib figures (the tracking module logs them on the parent run).
+
+Figures are only saved to files, never shown; matplotlib picks its file backend by itself where there is no
+display, and this module leaves the choice to whoever imports it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 Rows = list[dict[str, Any]]
 
@@ -108,18 +109,10 @@ def compactness_curves(histories: dict[str, Rows]) -> Any:
 def _study(rows: Rows, params: list[Any], metric: str, mode: str) -> Any:
     """An Optuna study rebuilt from the search's trials, for Optuna's own pictures."""
     import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    def dist(p: Any) -> Any:
-        if p.kind == "categorical":
-            return CategoricalDistribution(list(p.choices))
-        if p.kind == "int":
-            return IntDistribution(int(p.low), int(p.high), log=p.log)
-        return FloatDistribution(p.low, p.high, log=p.log, step=p.step)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
-    dists = {p.key: dist(p) for p in params}
+    dists = {p.key: p.distribution() for p in params}
     for r in rows:
         if metric in r and not str(r.get("status", "")).startswith("failed") and all(k in r for k in dists):
             study.add_trial(optuna.trial.create_trial(params={k: r[k] for k in dists}, distributions=dists,

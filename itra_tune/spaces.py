@@ -15,7 +15,14 @@ from typing import Any
 from itra_tune import config as config_mod
 from itra_tune.config import Config, ConfigError
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+def _shipped() -> Path:
+    """The spaces shipped with the package: inside an installed wheel, or the checkout's top-level folder."""
+    installed = Path(__file__).resolve().parent / "search_spaces"
+    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+SPACES_DIR = _shipped()
 METRICS = {"val_acc": "max", "val_ce": "min", "test_acc": "max", "test_ce": "min", "compactness": "min"}
 SCHEDULERS = ("asha", "median", "hyperband", "none")
 PARAM_KINDS = ("float", "int", "categorical")
@@ -33,6 +40,24 @@ class Param:
     log: bool = False
     step: float | None = None
     choices: tuple[Any, ...] = ()
+
+    def distribution(self) -> Any:
+        """The parameter as an Optuna distribution."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.kind == "categorical":
+            return CategoricalDistribution(list(self.choices))
+        if self.kind == "int":
+            return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
+    def suggest(self, trial: Any) -> Any:
+        """Sample the parameter in an Optuna define-by-run ``trial``."""
+        if self.kind == "categorical":
+            return trial.suggest_categorical(self.key, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return trial.suggest_float(self.key, self.low, self.high, log=self.log, step=self.step)
 
 
 @dataclass(frozen=True)
@@ -103,13 +128,32 @@ def load(name_or_path: str | Path) -> Space:
     smoke = raw.get("smoke") or {}
     if not isinstance(smoke, dict):
         raise ConfigError(f"{src}: smoke must be a mapping of dotted keys to values")
-    for key, lower in (("num_samples", 1), ("max_concurrent", 1)):
-        if budget.get(key, lower) < lower:
-            raise ConfigError(f"{src}: budget.{key} must be at least {lower} but got {budget[key]}")
-    if res.get("cpus_per_trial", 1.0) <= 0 or res.get("gpus_per_trial", 0.0) < 0:
-        raise ConfigError(f"{src}: resources.cpus_per_trial must be positive and gpus_per_trial not negative")
+    check_budget({**budget, **res}, src)
     return Space(name=raw.get("name", path.stem), path=path, base=base, params=params, metric=metric, mode=mode,
                  scheduler={"name": "asha", **sched}, smoke=smoke, **budget, **res)
+
+
+BUDGET_RULES = {  # key: (the file's section, the command line's flag, lowest value, whether the lowest is allowed)
+    "num_samples": ("budget", "--num-samples", 1, True),
+    "max_concurrent": ("budget", "--max-concurrent", 1, True),
+    "cpus_per_trial": ("resources", "--cpus-per-trial", 0, False),
+    "gpus_per_trial": ("resources", "--gpus-per-trial", 0, True),
+}
+
+
+def check_budget(values: dict[str, float], source: str) -> None:
+    """The budget and resources of a search, from a space file (``source`` its path) or the command line.
+
+    Raises:
+        ConfigError naming the file's key or the flag, the rule and the value.
+    """
+    for key, value in values.items():
+        section, flag, lowest, allowed = BUDGET_RULES[key]
+        if value > lowest or (allowed and value == lowest):
+            continue
+        rule = f"must be at least {lowest}" if allowed else f"must be above {lowest}"
+        where = flag if source == "command line" else f"{source}: {section}.{key}"
+        raise ConfigError(f"{where} {rule} but got {value}")
 
 
 def _section(raw: dict[str, Any], name: str, keys: dict[str, type], src: str) -> dict[str, Any]:

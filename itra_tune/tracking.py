@@ -168,6 +168,13 @@ class Tracker:
             self.c.set_tag(self.parent, BEST_TAG, best_run_id)
         self.c.set_terminated(self.parent, "KILLED" if interrupted else "FINISHED")
 
+    def set_parent_tag(self, key: str, value: str) -> None:
+        self.c.set_tag(self.parent, key, value)
+
+    def log_artifact(self, path: Path) -> None:
+        """Attach a file to the search's parent run."""
+        self.c.log_artifact(self.parent, str(path))
+
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
         log_params(self.c, run_id, params)
 
@@ -219,18 +226,15 @@ def log_production(uri: str, experiment: str, run_name: str, params: dict[str, A
     c.log_artifacts(run_id, str(model_dir), "model")
     c.log_artifacts(run_id, str(export_dir), "export")
     c.set_terminated(run_id, "FINISHED")
-    return run_id, register(c, run_id, register_as) if register_as else None
+    return run_id, register(uri, run_id, register_as) if register_as else None
 
 
-def register(c: Any, run_id: str, name: str) -> str:
-    """Register a run's model in the MLflow Model Registry under ``name``; returns ``name/version``."""
-    from mlflow.exceptions import MlflowException
+def register(uri: str, run_id: str, name: str) -> str:
+    """Register a run's model in the MLflow Model Registry under ``name`` (made if new); returns ``name/version``."""
+    import mlflow
 
-    try:
-        c.create_registered_model(name)
-    except MlflowException:
-        pass  # it exists: add a version
-    version = c.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id)
+    mlflow.set_tracking_uri(uri)  # register_model talks to the global tracking and registry URI
+    version = mlflow.register_model(f"runs:/{run_id}/model", name)
     return f"{name}/{version.version}"
 
 

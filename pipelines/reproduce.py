@@ -92,27 +92,28 @@ def protocol(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def search_row(row: str, methods: list[str], proto: dict[str, Any], args: argparse.Namespace,
-               stem: str, uri: str) -> dict[str, Path]:
-    """Search every method of one row with the same budget; the folders of their results."""
-    name = f"{stem}-{Path(row).stem}"
-    argv = ["--space", row, "--methods", ",".join(methods), "--name", name, "--storage-path", args.storage_path,
-            "--tracking-uri", uri]
-    if isinstance(proto["trials_per_method"], int):
-        argv += ["--num-samples", str(proto["trials_per_method"])]
-    for item in proto["overrides"]:
-        argv += ["--set", item]
-    code = cli.run("python -m itra_tune.search", search.main, argv)
-    if code != 0:
-        raise SystemExit(code)
-    return {m: Path(args.storage_path) / f"{name}-{m}" for m in methods}
+               stem: str, uri: str) -> dict[str, dict[str, Any]]:
+    """Search every method of one row with the same budget; each method's search summary."""
+    samples = proto["trials_per_method"]
+    summaries = search.run(row, methods=tuple(methods), name=f"{stem}-{Path(row).stem}",
+                           storage_path=args.storage_path, tracking_uri=uri, overrides=tuple(proto["overrides"]),
+                           num_samples=samples if isinstance(samples, int) else None)
+    if summaries[-1]["interrupted"]:
+        print(f"interrupted; continue the search with: {summaries[-1]['resume_command']}", file=sys.stderr)
+        raise SystemExit(130)
+    failed = [m for m, s in zip(methods, summaries) if not s.get("best")]
+    if failed:
+        print(f"no trial of {Path(row).stem} {failed[0]} finished; see {summaries[0]['experiment_path']}",
+              file=sys.stderr)
+        raise SystemExit(cli.EXIT_FAILED)
+    return dict(zip(methods, summaries))
 
 
-def retrain(folder: Path, seeds: int, runs: Path, tracker: tracking.Tracker, row: str,
+def retrain(summary: dict[str, Any], seeds: int, runs: Path, tracker: tracking.Tracker, row: str,
             method: str) -> dict[str, Any]:
     """The method's best configuration, retrained on the full training set with ``seeds`` seeds; each seed's
     run folder (configuration, metrics, checkpoints) goes under ``runs``."""
-    summary = json.loads((folder / "summary.json").read_text())
-    cfg = config_mod.load(folder / "best_config.yaml")
+    cfg = config_mod.from_dict(summary["best_config"], f"best of {summary['space']}")
     finals, histories = [], []
     for i in range(seeds):
         seed_cfg = config_mod.override(cfg, {"seed": cfg.seed + i})
@@ -131,8 +132,7 @@ def retrain(folder: Path, seeds: int, runs: Path, tracker: tracking.Tracker, row
         values = [scale * f[key] for f in finals]
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
-    tracker.c.set_tag(tracker.parent, f"search.{Path(row).stem}.{method}",
-                      summary.get("tracking", {}).get("parent_run_id", ""))
+    tracker.set_parent_tag(f"search.{Path(row).stem}.{method}", summary.get("tracking", {}).get("parent_run_id", ""))
     return {"lam": {"ce": None, "lsr": cfg.loss.eps}.get(method, cfg.loss.lam),  # lsr: its epsilon
             "acc": mean_sd("test_acc", 100.0), "ce": mean_sd("test_ce"), "val_acc": 100 * summary["best"]["val_acc"],
             "per_seed": [{"acc": 100 * f["test_acc"], "ce": f["test_ce"]} for f in finals],
@@ -203,10 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"title": title, "protocol": proto, "command": command, "rows": {}}
     for row, paper in rows.items():
         print(f"== {Path(row).stem}: searching {', '.join(methods)}", flush=True)
-        folders = search_row(row, methods, proto, args, stem, uri)
+        searched = search_row(row, methods, proto, args, stem, uri)
         print(f"== {Path(row).stem}: retraining each winner on the full training set, {args.seeds} seeds", flush=True)
         runs = Path(args.storage_path) / f"{stem}-{Path(row).stem}-retrain"  # checkpoints stay out of the report
-        results = {m: retrain(folders[m], args.seeds, runs, tracker, row, m) for m in methods}
+        results = {m: retrain(searched[m], args.seeds, runs, tracker, row, m) for m in methods}
         lines += report_table(row, results, paper, args.seeds)
         figs.update(figures(row, results, paper))
         report["rows"][Path(row).stem] = {

@@ -39,12 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     uri = tracking.resolve_uri(args.tracking_uri)
     space = Path(args.space).stem
     name = f"{space}-{time.strftime('%Y%m%d-%H%M%S')}"
-    code = cli.run("python -m itra_tune.search", search.main,
-                   ["--space", args.space, "--name", name, "--storage-path", args.storage_path, "--tracking-uri", uri]
-                   + (["--smoke"] if args.smoke else []))
-    if code != 0:
-        return code
-    cfg = config.load(Path(args.storage_path) / name / "best_config.yaml")
+    (summary,) = search.run(args.space, name=name, storage_path=args.storage_path, tracking_uri=uri, smoke=args.smoke)
+    if summary["interrupted"]:
+        print(f"interrupted; continue the search with: {summary['resume_command']}", file=sys.stderr)
+        return 130
+    if not summary.get("best"):
+        print(f"no trial of the search finished; see {summary['experiment_path']}", file=sys.stderr)
+        return cli.EXIT_FAILED
+    cfg = config.from_dict(summary["best_config"], f"best of {name}")
     out = Path(args.out or Path("runs") / "prod" / name)
 
     print(f"retraining the best configuration on the full training set, {args.seeds} seeds -> {out}", flush=True)

@@ -1,11 +1,30 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Real datasets (Fashion-MNIST, the AG News test split) reach the tests the way they reach users: through
+# $ITRA_TUNE_DATA. CI sets it; a checkout with the project's shared data beside it finds it there.
+_BESIDE = Path(__file__).resolve().parents[2] / "shared" / "data"
+if "ITRA_TUNE_DATA" not in os.environ and _BESIDE.is_dir():
+    os.environ["ITRA_TUNE_DATA"] = str(_BESIDE)
+
+
+@pytest.fixture
+def real_data():
+    """The folder of real datasets (``$ITRA_TUNE_DATA``); ``real_data("fashion_mnist")`` skips when absent."""
+
+    def need(folder: str) -> Path:
+        root = Path(os.environ.get("ITRA_TUNE_DATA", "/nonexistent"))
+        if not (root / folder).is_dir():
+            pytest.skip(f"{folder} is not in $ITRA_TUNE_DATA ({root})")
+        return root
+
+    return need
 
 
 @pytest.fixture

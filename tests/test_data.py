@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +10,7 @@ import torch
 
 from itra_tune import data
 from itra_tune.config import ConfigError, DataConfig
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from itra_tune.data.images import read_idx
 
 
 def test_split_is_seeded_disjoint_and_complete():
@@ -40,15 +38,17 @@ def test_digits_loads_with_validation_split():
     n_val = sum(y.shape[0] for _, y in d.val)
     n_test = sum(y.shape[0] for _, y in d.test)
     assert n_test == 1797 // 5 and d.num_train + n_val == 1797 - n_test
-    x, y = next(iter(d.train))
-    assert x.shape == (32, 1, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.int64
+    step = next(iter(d.train))  # S1 and S2, ready for one forward pass
+    assert step.m1 == step.ce_rows == 32 and step.paired
+    assert step.x.shape == (64, 1, 8, 8) and step.x.dtype == torch.float32 and step.y.dtype == torch.int64
 
 
 def test_second_batch_stream_is_independent_and_covers_the_training_set():
     cfg = DataConfig(name="synthetic", batch_size=50, subset=200, augment=False)
     d = data.build(cfg, torch.device("cpu"), seed=0)
-    x1 = torch.cat([x for x, _ in d.train])  # one epoch of S1: 4 batches
-    x2 = torch.cat([next(d.second)[0] for _ in range(4)])  # the same number of S2 batches
+    steps = list(d.train)  # one epoch: 4 steps, each S1 then S2
+    x1 = torch.cat([s.x[:s.m1] for s in steps])
+    x2 = torch.cat([s.x[s.m1:] for s in steps])
     assert x1.shape == x2.shape == (200, 1, 8, 8)
     # both are permutations of the training set, in different orders
     key = lambda t: sorted(map(tuple, t.view(200, -1)[:, :3].tolist()))
@@ -58,28 +58,31 @@ def test_second_batch_stream_is_independent_and_covers_the_training_set():
 
 def test_stream_state_round_trip_resumes_the_same_batches():
     d = data.build(DataConfig(name="synthetic", batch_size=48, subset=200), torch.device("cpu"), seed=1)
-    next(d.second)
+    second = d.train.second
+    next(second)
     state = d.state_dict()
-    expected = [next(d.second)[1] for _ in range(6)]
+    expected = [next(second)[1] for _ in range(6)]
     d.load_state_dict(state)
-    assert all(torch.equal(next(d.second)[1], e) for e in expected)
+    assert all(torch.equal(next(second)[1], e) for e in expected)
 
 
 def test_split_pairing_gives_double_batches_and_no_stream():
     d = data.build(DataConfig(name="synthetic", batch_size=32, pairing="split"), torch.device("cpu"), 0)
-    assert next(iter(d.train))[0].shape[0] == 64 and d.second is None
+    step = next(iter(d.train))
+    assert step.x.shape[0] == 64 and step.m1 == 32 and step.ce_rows == 64 and d.train.second is None
     d = data.build(DataConfig(name="synthetic", batch_size=32), torch.device("cpu"), 0, paired=False)
-    assert next(iter(d.train))[0].shape[0] == 32 and d.second is None
+    step = next(iter(d.train))
+    assert step.x.shape[0] == step.m1 == 32 and not step.paired and d.train.second is None
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "fashion_mnist").is_dir(), reason="shared Fashion-MNIST not present")
-def test_fmnist_from_the_shared_idx_files():
-    d = data.build(DataConfig(name="fmnist", root=str(SHARED_DATA), val_fraction=0.1, batch_size=128),
+def test_fmnist_from_the_real_idx_files(real_data):
+    root = real_data("fashion_mnist")
+    d = data.build(DataConfig(name="fmnist", root=str(root), val_fraction=0.1, batch_size=128),
                    torch.device("cpu"), seed=0)
     assert d.num_classes == 10 and d.input_shape == (1, 28, 28)
     assert d.num_train == 54000
     assert sum(y.shape[0] for _, y in d.test) == 10000
-    x, _ = next(iter(d.train))
+    x = next(iter(d.train)).x
     assert abs(x.mean().item()) < 0.5 and 0.5 < x.std().item() < 1.5  # normalized
 
 
@@ -89,7 +92,7 @@ def test_idx_reader_on_a_written_file(tmp_path):
     path = tmp_path / "x-idx3-ubyte.gz"
     with gzip.open(path, "wb") as f:
         f.write(header + arr.tobytes())
-    np.testing.assert_array_equal(data._read_idx(path), arr)
+    np.testing.assert_array_equal(read_idx(path), arr)
 
 
 @pytest.mark.parametrize("name", ["fmnist", "kmnist", "cifar10", "cifar100", "stl10", "imagenet"])

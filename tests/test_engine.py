@@ -65,10 +65,23 @@ def test_divergence_raises(tiny_config):
 def test_lr_schedule_shapes():
     from itra_tune.config import OptimConfig
 
-    cos = engine.lr_factor(OptimConfig(schedule="cosine", warmup_epochs=2), epochs=10)
-    assert cos(0) == pytest.approx(0.1) and cos(2) == 1.0 and cos(6) == pytest.approx(0.5)
-    step = engine.lr_factor(OptimConfig(schedule="step", milestones=(3, 6), gamma=0.1), epochs=10)
-    assert [step(e) for e in (0, 3, 6)] == pytest.approx([1.0, 0.1, 0.01])
+    cos = schedule_factors(OptimConfig(schedule="cosine", warmup_epochs=2), epochs=10)
+    assert cos[0] == pytest.approx(0.1) and cos[2] == 1.0 and cos[6] == pytest.approx(0.5) and cos[9] > 0
+    step = schedule_factors(OptimConfig(schedule="step", milestones=(3, 6), gamma=0.1), epochs=10)
+    assert [step[e] for e in (0, 2, 3, 5, 6, 9)] == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+    assert schedule_factors(OptimConfig(schedule="none", warmup_epochs=1), epochs=3) == pytest.approx([0.1, 1, 1, 1])
+
+
+def schedule_factors(cfg, epochs, steps_per_epoch=1):
+    """The multiplier of the peak rate at each step (per-step schedules) or epoch (the others)."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule, per_step = engine.build_schedule(cfg, opt, epochs, steps_per_epoch)
+    factors = []
+    for _ in range(epochs * steps_per_epoch if per_step else epochs):
+        factors.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    return factors + [opt.param_groups[0]["lr"]]
 
 
 def test_compactness_is_lower_for_tighter_classes():

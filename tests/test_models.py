@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from itra_tune import models, text
+from itra_tune import hf, models
 from itra_tune.config import ConfigError
 
 SHAPES = {
@@ -23,8 +23,8 @@ DIMS = {"resnet18": 512, "resnet101": 2048, "vgg13": 512, "mobilenet_v2": 1280, 
 
 
 def test_every_registry_entry_is_covered():
-    # Hugging Face checkpoints: each family is built from a tiny configuration in test_text.py
-    assert set(SHAPES) | set(text.CHECKPOINTS) == set(models.MODELS)
+    # Hugging Face checkpoints: each family is built from a tiny configuration in test_data_text.py
+    assert set(SHAPES) | set(hf.CHECKPOINTS) == set(models.MODELS)
 
 
 @pytest.mark.parametrize(("name", "shape"), [(n, s) for n, shapes in SHAPES.items() for s in shapes])

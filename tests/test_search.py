@@ -1,4 +1,5 @@
-"""``python -m itra_tune.search`` on a real local Ray: end to end, failures, bad input, resume, clusters."""
+"""``python -m itra_tune.search`` (``search.run`` behind its command line) on a real local Ray: end to end,
+failures, bad input, resume, clusters."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from itra_tune import cli
-from itra_tune.search import main
+from itra_tune.search.command import main
 
 PROG = "python -m itra_tune.search"
 
@@ -96,7 +97,7 @@ def test_pareto_objective_and_method_comparison(ray_local, space_file, tmp_path,
 @pytest.mark.parametrize(("args", "message"), [
     (["--space", "nosuchspace"], "unknown space 'nosuchspace'"),
     (["--space", "demo", "--set", "loss.lam=-1"], "loss.lam cannot be negative"),
-    (["--space", "demo", "--num-samples", "0"], "--num-samples and --max-concurrent must be at least 1"),
+    (["--space", "demo", "--num-samples", "0"], "--num-samples must be at least 1 but got 0"),
     (["--space", "demo", "--methods", "ce,focal"], "unknown method 'focal'"),
     (["--space", "demo", "--resume"], "--resume needs --name"),
     (["--space", "demo", "--set", "data.name=cifar10", "--set", "data.root=/nonexistent"],
@@ -227,31 +228,3 @@ def test_address_joins_a_head_started_by_the_test(space_file, tmp_path):
         head.send_signal(signal.SIGTERM)
         head.wait(timeout=90)
         shutil.rmtree(temp, ignore_errors=True)
-
-
-def test_scheduler_choices_map_to_tune_schedulers(space_file):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
-
-    from itra_tune import spaces
-    from itra_tune.search import build_scheduler
-
-    expected = {"asha": ASHAScheduler, "hyperband": HyperBandScheduler, "median": MedianStoppingRule,
-                "none": FIFOScheduler}
-    for name, cls in expected.items():
-        space = spaces.load(space_file(scheduler={"name": name, "grace_period": 1}))
-        scheduler = build_scheduler(space, epochs=4)
-        assert type(scheduler) is cls
-        if name != "none":
-            assert scheduler.metric == "val_acc" and scheduler._mode == "max"
-
-
-def test_trials_asking_for_resources_the_cluster_lacks_are_fitted_to_it(space_file, capsys):
-    from itra_tune import spaces
-    from itra_tune.search import fit_resources
-
-    space = spaces.load(space_file(resources={"cpus_per_trial": 4, "gpus_per_trial": 0.5}))
-    fitted = fit_resources(space, {"CPU": 2.0})
-    assert (fitted.cpus_per_trial, fitted.gpus_per_trial) == (2.0, 0)
-    assert "no GPU" in capsys.readouterr().err
-    on_gpus = fit_resources(space, {"CPU": 16.0, "GPU": 1.0})
-    assert (on_gpus.cpus_per_trial, on_gpus.gpus_per_trial) == (4, 0.5)

@@ -8,8 +8,9 @@ import yaml
 
 from itra_tune import spaces
 from itra_tune.config import ConfigError
-from itra_tune.search import DefineByRun, method_space
-from itra_tune.trainable import trial_config
+from itra_tune.search import method_space
+from itra_tune.search.trainable import trial_config
+from itra_tune.search.tuner import DefineByRun
 
 SHIPPED = sorted(p.stem for p in spaces.SPACES_DIR.glob("*.yaml"))
 

@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 
 import itra_tune
 from itra_tune import cli, tracking
-from itra_tune.search import main
+from itra_tune.search.command import main
 
 PROG = "python -m itra_tune.search"
 
@@ -79,7 +79,7 @@ def test_search_tracks_to_a_server_and_best_config_round_trips(ray_local, mlflow
     test_ce = sorted(c.get_metric_history(best_run, "test_ce"), key=lambda m: m.step)
     assert [r["test_ce"] for r in result.history] == pytest.approx([m.value for m in test_ce], rel=1e-6)
     # production: the winner over seeds on the full training set, from the command line
-    from itra_tune.train import main as train_main
+    from itra_tune.production import main as train_main
 
     out = tmp_path / "prod"
     assert train_main(["--space", "tracked", "--best", "--tracking-uri", mlflow_server, "--full-train",

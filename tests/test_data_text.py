@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from itra_tune import cli, config, engine, losses, models, text
+from itra_tune import cli, config, engine, losses, models
 from itra_tune.config import ConfigError, DataConfig
-from itra_tune.train import main
+from itra_tune.data import text
+from itra_tune.production import main
 
 TOPICS = [  # four classes, each with its own words, plus words shared by all
     "election minister parliament treaty embassy",
@@ -194,11 +195,12 @@ def test_fine_tuning_a_local_checkpoint_with_itra_c_learns(tiny_checkpoint, news
 
 
 def test_linear_schedule_warms_up_then_decays_to_zero():
-    factor = engine.lr_factor(config.OptimConfig(schedule="linear", warmup_fraction=0.2), epochs=2,
-                              steps_per_epoch=5)
-    values = [factor(s) for s in range(10)]
-    assert values[0] < values[1] < values[2] == 1.0
-    assert values[2] > values[5] > values[9] > 0.0 and factor(10) == 0.0
+    from test_engine import schedule_factors
+
+    values = schedule_factors(config.OptimConfig(schedule="linear", warmup_fraction=0.2), epochs=2, steps_per_epoch=5)
+    assert values[0] < values[1] < values[2] == pytest.approx(1.0)
+    assert values[0] == pytest.approx(1 / 3) and values[5] == pytest.approx(5 / 8)
+    assert values[2] > values[5] > values[9] > 0.0 and values[10] == 0.0
 
 
 def test_text_dataset_with_an_image_model_is_refused(news_root, tmp_path):
@@ -226,28 +228,20 @@ def test_missing_model_or_dataset_is_one_line_and_exit_2(tiny_checkpoint, news_r
     assert not out.exists()
 
 
-def test_ag_news_test_folds_split_the_7600_rows(tmp_path):
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not (root / "ag_news" / "test.csv.gz").is_file():
-        pytest.skip("../shared/data/ag_news is not beside the checkout")
+def test_ag_news_test_folds_split_the_7600_rows(tmp_path, real_data):
+    root = real_data("ag_news")
     cfg = DataConfig(name="ag_news_test_folds", root=str(root), max_length=32, cache_dir=str(tmp_path))
-    train, test = text.load("ag_news_test_folds", cfg, root, tokenizer())
+    train, test = text.load_split("ag_news_test_folds", cfg, root, tokenizer())
     assert len(train) == 6080 and len(test) == 1520
     assert not set(train.rows.tolist()) & set(test.rows.tolist())
     assert torch.bincount(test.y, minlength=4).min() > 300  # every class in the test fold
 
 
 @pytest.mark.slow
-def test_minilm_fine_tuned_on_ag_news_with_itra_c_beats_chance(tmp_path):
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not (root / "ag_news" / "test.csv.gz").is_file():
-        pytest.skip("../shared/data/ag_news is not beside the checkout")
+def test_minilm_fine_tuned_on_ag_news_with_itra_c_beats_chance(tmp_path, real_data):
+    real_data("ag_news")  # found through $ITRA_TUNE_DATA, as a user's would be
     raw = {
-        "data": {"name": "ag_news_test_folds", "root": str(root), "batch_size": 16, "subset": 480,
+        "data": {"name": "ag_news_test_folds", "batch_size": 16, "subset": 480,
                  "max_length": 48, "eval_batch_size": 128, "cache_dir": str(tmp_path)},
         "model": {"name": "minilm", "pretrained": True},
         "loss": {"name": "itra_c", "lam": 0.1},

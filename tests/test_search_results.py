@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 from ray.tune import Result
 
-from itra_tune import results, spaces
+from itra_tune import spaces
+from itra_tune.search import results
 
 
 def _result(path, params, epochs, error=None):

@@ -11,7 +11,7 @@ import yaml
 
 import itra_tune
 from itra_tune import checkpoint, cli
-from itra_tune.train import main
+from itra_tune.production import main
 
 
 def _write(tmp_path, **sections):

@@ -1,0 +1,197 @@
+"""Search a space with Ray Tune: ``itra_tune.search.run("cifar100", ...)``, or ``python -m itra_tune.search``.
+
+Optuna (TPE, seeded) samples the space's parameters, a scheduler (ASHA by default) stops weak trials early,
+and a concurrency limit bounds the trials in flight. Each trial is ``engine.fit`` behind
+``trainable.train_trial``. Each search ends with a summary: the best configuration, its validation and test
+metrics, how many trials completed, stopped early or failed, the wall time, and where the results are.
+
+This package is the only part of itra_tune that imports Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from itra_tune import config as config_mod
+from itra_tune import engine, spaces, tracking
+from itra_tune.config import ConfigError
+
+METHOD_KNOBS = {  # each method tunes its own knob in a fair comparison
+    "ce": None,
+    "lsr": spaces.Param("loss.eps", "float", 0.01, 0.3),
+    "center": spaces.Param("loss.lam", "float", 0.005, 0.5, log=True),
+    "itra": None,  # keeps the space's own loss.lam range
+    "itra_c": None,
+}
+DEFAULT_STORAGE = Path("runs") / "search"
+OBJECTIVES = ("single", "acc_ce")
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to run a search; every field has the command line's flag of the same name (``--num-samples`` ...).
+
+    Budget and resources left None take the space's own.
+    """
+
+    num_samples: int | None = None  # trials in all
+    max_concurrent: int | None = None  # trials in flight at once
+    cpus_per_trial: float | None = None
+    gpus_per_trial: float | None = None  # fractions let several small trials share a GPU
+    scheduler: str | None = None  # asha | median | hyperband | none
+    objective: str = "single"  # single: the space's metric; acc_ce: val_acc (max) and val_ce (min), Pareto
+    methods: tuple[str, ...] = ()  # one search per method with the same budget, e.g. ("ce", "itra_c")
+    address: str | None = None  # join this Ray cluster; None starts a local one
+    storage_path: str | None = None  # where experiments live (default runs/search)
+    name: str | None = None  # the experiment (default <space>-<time>); with resume, the one to continue
+    resume: bool = False  # continue the experiment ``name`` as it was started
+    seed: int = 0  # the Optuna sampler's seed
+    overrides: tuple[str, ...] = ()  # key=value overrides of the base configuration
+    smoke: bool = False  # the space's smoke settings: a handful of short trials
+    max_failures: int = 0  # retries of a failing trial from its latest checkpoint
+    tracking_uri: str | None = None  # MLflow; default $MLFLOW_TRACKING_URI, else ./mlflow.db
+    register: bool = False  # register the best model as itra-<space>
+
+
+def run(space: str | Path = "demo", **options: Any) -> list[dict[str, Any]]:
+    """Search ``space`` (a name from ``search_spaces/`` or a YAML path); one summary per searched method.
+
+    Args:
+        space: the space to search.
+        options: the fields of ``Options``.
+
+    Returns:
+        A summary per experiment: ``best`` (the best trial's row: parameters, status, metrics of its selected
+        epoch), ``best_config`` (as plain data), counts of trials by status, ``experiment_path``, ``tracking``
+        (the MLflow record) and ``interrupted`` (Ctrl-C: the rest is not run; resume with ``resume_command``).
+
+    Raises:
+        ConfigError: bad input, before Ray starts or anything is written.
+    """
+    unknown = sorted(set(options) - {f.name for f in fields(Options)})
+    if unknown:
+        raise TypeError(f"search.run() got an unexpected option {unknown[0]!r}")
+    opts = Options(**options)
+    if opts.objective not in OBJECTIVES:
+        raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)} but got {opts.objective!r}")
+    prepared, cfg = prepare(space, opts)
+    storage = Path(opts.storage_path or DEFAULT_STORAGE).expanduser().resolve()
+    uri = tracking.resolve_uri(opts.tracking_uri)
+    tracking.check_reachable(uri)
+    plan = [(method_space(prepared, m), m) for m in opts.methods] or [(prepared, None)]
+    if opts.resume and not opts.name:
+        raise ConfigError("--resume needs --name, the experiment to continue (see the last search's summary)")
+    stem = opts.name or f"{prepared.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    names = [f"{stem}-{m}" if m else stem for _, m in plan]
+    saved: dict[str, tuple[str, str]] = {}  # name -> (objective, parent run id), for a resumed search
+    for i, n in enumerate(names):
+        exists = (storage / n).is_dir()
+        if opts.resume and not exists:
+            raise ConfigError(f"--resume: no experiment {n!r} in {storage}; check --name and --storage-path")
+        if not opts.resume and exists:
+            raise ConfigError(f"experiment {n!r} already exists in {storage}; add --resume or choose another --name")
+        if opts.resume:  # the search as started, whatever the options say now
+            from itra_tune.search.tuner import load_settings
+
+            sp, objective, parent = load_settings(storage / n)
+            plan[i], saved[n] = (sp, plan[i][1]), (objective, parent)
+    return _run_plan(plan, names, saved, storage, uri, opts, resume_command(space, stem, opts))
+
+
+def _run_plan(plan: list[tuple[spaces.Space, str | None]], names: list[str], saved: dict[str, tuple[str, str]],
+              storage: Path, uri: str, opts: Options, resume_cmd: str) -> list[dict[str, Any]]:
+    import ray
+
+    from itra_tune.search import record, results, tuner
+
+    tuner.init_ray(opts.address)
+    available = ray.cluster_resources()
+    summaries = []
+    for (sp, _method), name in zip(plan, names):
+        sp = tuner.fit_resources(sp, available)
+        sp_cfg = config_mod.from_dict(sp.base, str(sp.path))
+        objective, parent = saved.get(name, (opts.objective, ""))
+        if not parent:
+            tracker = tracking.Tracker(uri, sp.name, run_name=name, params=_search_params(sp, opts, objective),
+                                       artifacts=[sp.path])
+            parent = tracker.parent
+            tracker.log_artifact(tuner.save_settings(sp, objective, storage / name, parent))
+        t0 = time.perf_counter()
+        grid = tuner.run_experiment(sp, sp_cfg.train.epochs, name, storage,
+                                    tuner.TrackingCallback(uri, sp.name, parent), objective=objective,
+                                    seed=opts.seed, max_failures=opts.max_failures, resume=opts.resume)
+        summary = results.summarize(grid, sp, sp_cfg, storage / name, time.perf_counter() - t0, objective)
+        summary["interrupted"] = summary["trials"] < sp.num_samples  # Ctrl-C: Tune saved its state, returned
+        summary["resume_command"] = resume_cmd
+        summary["tracking"] = record.record(grid, summary, sp, sp_cfg, uri, parent, storage / name,
+                                            opts.register and not summary["interrupted"])
+        (storage / name / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        results.print_summary(summary, sp)
+        summaries.append(summary)
+        if summary["interrupted"]:
+            break
+    if len(summaries) > 1 and not summaries[-1]["interrupted"]:
+        record.compare_compactness(summaries)
+        results.print_comparison(summaries)
+    return summaries
+
+
+def prepare(space: str | Path, opts: Options) -> tuple[spaces.Space, config_mod.Config]:
+    """The space with the options applied, and its validated base configuration; checks data and model."""
+    sp = spaces.load(space)
+    overrides = list(opts.overrides)
+    budget: dict[str, Any] = {}
+    if opts.smoke:
+        smoke = dict(sp.smoke)
+        budget["num_samples"] = int(smoke.pop("num_samples", 3))
+        overrides = [f"{k}={v}" for k, v in smoke.items()] + overrides
+    for key in ("num_samples", "max_concurrent", "cpus_per_trial", "gpus_per_trial"):
+        if getattr(opts, key) is not None:
+            budget[key] = getattr(opts, key)
+    spaces.check_budget(budget, "command line")
+    cfg = config_mod.from_dict(config_mod.apply_overrides(sp.base, overrides), str(sp.path))
+    if cfg.data.root is not None:  # trials run in their own folders: make a relative data root absolute
+        cfg = config_mod.override(cfg, {"data.root": str(Path(cfg.data.root).expanduser().resolve())})
+    if opts.scheduler is not None and opts.scheduler not in spaces.SCHEDULERS:
+        raise ConfigError(f"scheduler must be one of {', '.join(spaces.SCHEDULERS)} but got {opts.scheduler!r}")
+    scheduler = dict(sp.scheduler, name=opts.scheduler) if opts.scheduler else sp.scheduler
+    sp = replace(sp, base=cfg.to_dict(), scheduler=scheduler, **budget)
+    engine.check(cfg)
+    engine.check_available(cfg)
+    for m in opts.methods:
+        method_space(sp, m)
+    return sp, cfg
+
+
+def method_space(space: spaces.Space, method: str) -> spaces.Space:
+    """The space for one method of a fair comparison: same budget and shared knobs, its own loss knob."""
+    if method not in METHOD_KNOBS:
+        raise ConfigError(f"--methods: unknown method {method!r}; choose from {', '.join(METHOD_KNOBS)}")
+    shared = [p for p in space.params if not p.key.startswith("loss.")]
+    own = [p for p in space.params if p.key.startswith("loss.")] if method.startswith("itra") else []
+    if METHOD_KNOBS[method] is not None:
+        own = [METHOD_KNOBS[method]]
+    base = config_mod.apply_overrides(space.base, [f"loss.name={method}"])
+    return replace(space, name=f"{space.name}-{method}", base=base, params=tuple(shared + own))
+
+
+def resume_command(space: str | Path, stem: str, opts: Options) -> str:
+    """The command line that continues this search."""
+    return " ".join(["python -m itra_tune.search", "--space", str(space), "--name", stem, "--resume"]
+                    + (["--methods", ",".join(opts.methods)] if opts.methods else [])
+                    + (["--storage-path", opts.storage_path] if opts.storage_path else [])
+                    + (["--tracking-uri", opts.tracking_uri] if opts.tracking_uri else []))
+
+
+def _search_params(space: spaces.Space, opts: Options, objective: str) -> dict[str, Any]:
+    return {"space": space.name, "metric": space.metric, "mode": space.mode, "objective": objective,
+            "num_samples": space.num_samples, "max_concurrent": space.max_concurrent, "seed": opts.seed,
+            "scheduler": space.scheduler.get("name"), "searched": ",".join(p.key for p in space.params),
+            "code_version": config_mod.code_version()}
+
+
+__all__ = ["DEFAULT_STORAGE", "METHOD_KNOBS", "Options", "method_space", "prepare", "run"]

@@ -1,0 +1,53 @@
+"""The command line ``python -m itra_tune.search``: flags in, ``search.run`` out, an exit code back."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from itra_tune import cli, spaces
+from itra_tune.search import DEFAULT_STORAGE, OBJECTIVES, run
+
+PROG = "python -m itra_tune.search"
+
+
+def parser() -> cli.Parser:
+    p = cli.Parser(prog=PROG, description="Search a space with Ray Tune, Optuna and MLflow.")
+    p.add_argument("--space", default="demo", help="a name from search_spaces/ or a YAML path (default demo)")
+    p.add_argument("--num-samples", type=int, help="trials to run (default: the space's budget)")
+    p.add_argument("--max-concurrent", type=int, help="trials in flight at once")
+    p.add_argument("--cpus-per-trial", type=float)
+    p.add_argument("--gpus-per-trial", type=float, help="fractions let several small trials share a GPU")
+    p.add_argument("--scheduler", choices=spaces.SCHEDULERS, help="early stopping (default: the space's)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="single",
+                   help="acc_ce: validation accuracy (max) and CE (min) together; reports the Pareto front")
+    p.add_argument("--methods", help="losses to compare, one search each, e.g. ce,lsr,center,itra_c")
+    p.add_argument("--address", help="join an existing Ray cluster (default: start a local one)")
+    p.add_argument("--storage-path", help=f"where experiments live, shared on a cluster (default {DEFAULT_STORAGE})")
+    p.add_argument("--name", help="experiment name (default <space>-<time>); with --resume, the one to continue")
+    p.add_argument("--resume", action="store_true", help="continue the experiment --name after a crash or kill")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base configuration")
+    p.add_argument("--smoke", action="store_true", help="a handful of short trials, to try a space")
+    p.add_argument("--max-failures", type=int, default=0, help="retries of a failing trial from its checkpoint")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.add_argument("--register", action="store_true", help="register the best model as itra-<space> in MLflow")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = vars(parser().parse_args(argv))
+    space = args.pop("space")
+    args["overrides"] = tuple(args.pop("set"))
+    args["methods"] = tuple(m.strip() for m in args["methods"].split(",") if m.strip()) if args["methods"] else ()
+    summaries = run(space, **args)
+    last = summaries[-1]
+    if last["interrupted"]:
+        print(f"interrupted after {last['trials']} of {last['num_samples']} trials; continue with: "
+              f"{last['resume_command']}", file=sys.stderr)
+        return 130
+    return cli.EXIT_OK if all(s.get("best") for s in summaries) else cli.EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(PROG, main))

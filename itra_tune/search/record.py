@@ -1,0 +1,121 @@
+"""The MLflow record of a finished search: back-filled epochs, statuses, each trial's best model, the
+pictures and the best configuration. It gathers what to record from Tune's results; ``tracking`` writes it."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from itra_tune import checkpoint, models, plots, spaces, tracking
+from itra_tune import config as config_mod
+from itra_tune import data as data_mod
+from itra_tune.search.results import is_nan, rank_key, started, trial_rows
+from itra_tune.search.trainable import STATE_FILE, trial_config, trial_params
+
+
+def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: config_mod.Config, uri: str,
+           parent: str, path: Path, register: bool) -> dict[str, Any]:
+    """Complete the search in MLflow: back-fill, statuses, best models, pictures, the best configuration.
+
+    Returns what happened, for the summary; a tracking server that is still away is reported, not raised.
+    """
+    out: dict[str, Any] = {"uri": uri, "experiment": space.name, "parent_run_id": parent}
+    try:
+        tracker = tracking.Tracker(uri, space.name, parent)
+        rows = {r["trial"]: r for r in trial_rows(results, space, cfg.train.epochs)}
+        histories, best_run, best_model = {}, None, None
+        data = data_mod.build(cfg.data, torch.device("cpu"), cfg.seed, paired=False, model_name=cfg.model.name)
+        example = data.sample("test", 2)[0], data.num_classes, data.input_shape
+        for res in started(results):
+            name = Path(res.path).name
+            row = rows[name]
+            history = _history(res)
+            histories[name] = history
+            model_dir = None
+            ckpt = res.get_best_checkpoint(space.metric, space.mode) if history else None
+            with tempfile.TemporaryDirectory() as tmp:
+                if ckpt is not None and not row["status"].startswith("failed"):
+                    model_dir, model = _export_model(ckpt, res.config, example, Path(tmp) / "model")
+                    if summary.get("best") and summary["best"]["trial"] == name:
+                        best_model = model
+                run_id = tracker.finish_trial(name.removeprefix("trial_"), name, trial_params(res.config), history,
+                                              row["status"], model_dir)
+            if summary.get("best") and summary["best"]["trial"] == name:
+                best_run = run_id
+        out["orphaned_runs_dropped"] = tracker.drop_orphans({Path(r.path).name.removeprefix("trial_")
+                                                             for r in results})
+        files = [f for f in (path / "trials.csv", path / "best_config.yaml") if f.exists()]
+        figures = _figures(list(rows.values()), histories, space)
+        if best_model is not None:
+            x, y = data.sample("test", 1000)
+            with torch.no_grad():
+                h = best_model.eval().features(x).numpy()
+            figures["plots/tsne_best_test_features.png"] = plots.tsne(
+                h, y.numpy(), f"t-SNE of test features, best trial ({cfg.loss.name})")
+        try:
+            tracker.finish(best_run, files, figures, summary["interrupted"])
+        finally:
+            plots.close(figures.values())
+        summary["best_history"] = histories.get(summary["best"]["trial"]) if summary.get("best") else None
+        out.update(best_run_id=best_run, failed_live_writes=tracker.failures)
+        if register and best_run is not None:
+            out["registered"] = tracking.register(uri, best_run, f"itra-{space.name}")
+    except Exception as e:  # noqa: BLE001 - the trials are safe on disk; say how to finish the record later
+        out["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    return out
+
+
+def _history(result: Any) -> list[dict[str, Any]]:
+    df = result.metrics_dataframe
+    return [] if df is None or not len(df) else [h for h in df.to_dict("records") if not is_nan(h.get("val_acc"))]
+
+
+def _export_model(ckpt: Any, tune_config: dict[str, Any], example: Any, out: Path) -> tuple[Path, Any]:
+    """The trial's best checkpoint as an MLflow model folder, and the loaded model."""
+    x, num_classes, input_shape = example
+    cfg = trial_config(tune_config)
+    model = models.build(cfg.model.name, num_classes, input_shape)
+    with ckpt.as_directory() as d:
+        model.load_state_dict(checkpoint.load(Path(d) / STATE_FILE)["model"])
+    return tracking.save_model(model, x, out), model
+
+
+def _figures(rows: list[dict[str, Any]], histories: dict[str, list[dict[str, Any]]],
+             space: spaces.Space) -> dict[str, Any]:
+    ranked = sorted((r for r in rows if space.metric in r and not r["status"].startswith("failed")),
+                    key=lambda r: rank_key(r, space), reverse=True)
+    top = {r["trial"]: histories[r["trial"]] for r in ranked[:5] if histories.get(r["trial"])}
+    log_axes = frozenset(p.key for p in space.params if p.log)
+    figs = {"plots/params_vs_metric.png": plots.params_vs_metric(rows, [p.key for p in space.params], space.metric,
+                                                                 log_axes)}
+    if top:
+        figs["plots/learning_curves_top5.png"] = plots.learning_curves(top)
+        best = ranked[0]["trial"]
+        figs["plots/compactness_best.png"] = plots.compactness_curves({best: top[best]})
+    figs.update(plots.optuna_figures(rows, list(space.params), space.metric, space.mode))
+    return figs
+
+
+def compare_compactness(summaries: list[dict[str, Any]]) -> None:
+    """In a method comparison with ce: each method's best trial against the best CE trial (Figure 1, left)."""
+    ce = next((s for s in summaries if s["space"].endswith("-ce") and s.get("best_history")), None)
+    if ce is None:
+        return
+    for s in summaries:
+        t = s.get("tracking", {})
+        if s is ce or not s.get("best_history") or t.get("error"):
+            continue
+        fig = plots.compactness_curves({f"{s['space']} (best)": s["best_history"],
+                                        f"{ce['space']} (best)": ce["best_history"]})
+        try:
+            tracking.log_figure(t["uri"], t["parent_run_id"], fig, "plots/compactness_vs_ce.png")
+        except Exception as e:  # noqa: BLE001 - a picture is not worth failing a finished search
+            print(f"MLflow: could not log the compactness comparison ({type(e).__name__})", file=sys.stderr)
+        finally:
+            plots.close([fig])
+
+

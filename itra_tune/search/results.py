@@ -1,0 +1,143 @@
+"""What a search found: one row per trial, the best, the Pareto front, the summary and its files.
+
+Everything here reads Tune's ResultGrid after ``fit`` returns; nothing here drives Tune or writes to MLflow
+(``itra_tune.search.record`` does).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from itra_tune import config as config_mod
+from itra_tune import engine, spaces
+from itra_tune.search.trainable import trial_config
+
+
+def trial_rows(results: Any, space: spaces.Space, epochs: int) -> list[dict[str, Any]]:
+    """One row per trial: parameters, status, and the metrics of its best epoch by the space's metric."""
+    rows = []
+    for r in started(results):
+        df = r.metrics_dataframe
+        params = {k: v for k, v in r.config.items() if k != "base"}
+        row: dict[str, Any] = {"trial": Path(r.path).name, **params}
+        history = df.to_dict("records") if df is not None and len(df) else []
+        history = [h for h in history if not is_nan(h.get(space.metric))]
+        if r.error is not None:
+            row["status"] = "failed: " + str(r.error).strip().splitlines()[-1][:200]
+        elif history and int(history[-1]["epoch"]) >= epochs:
+            row["status"] = "completed"
+        else:
+            row["status"] = "stopped early"
+        row["epochs"] = int(history[-1]["epoch"]) if history else 0
+        if history:
+            best = max(history, key=lambda h: rank_key(h, space))
+            row.update({k: best[k] for k in engine.METRICS if k in best}, best_epoch=int(best["epoch"]))
+        rows.append(row)
+    return rows
+
+
+def started(results: Any) -> list[Any]:
+    """The trials that began. A search stopped by Ctrl-C can hold one Tune created but never ran: it has no
+    configuration or results yet, and ``--resume`` starts it."""
+    return [r for r in results if r.config is not None]
+
+
+def is_nan(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def best_row(rows: list[dict[str, Any]], space: spaces.Space) -> dict[str, Any] | None:
+    """The best trial that did not fail (Tune's own get_best_result would accept errored ones)."""
+    ok = [r for r in rows if not r["status"].startswith("failed") and space.metric in r]
+    if not ok:
+        return None
+    return max(ok, key=lambda r: rank_key(r, space))
+
+
+def rank_key(row: dict[str, Any], space: spaces.Space) -> tuple[float, float]:
+    """Sort key, larger is better: the space's metric, ties broken by lower validation CE."""
+    sign = 1 if space.mode == "max" else -1
+    return sign * row[space.metric], -row.get("val_ce", 0.0)
+
+
+def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials not dominated on (validation accuracy up, validation CE down)."""
+    ok = [r for r in rows if not r["status"].startswith("failed") and "val_acc" in r]
+
+    def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        return (a["val_acc"] >= b["val_acc"] and a["val_ce"] <= b["val_ce"]
+                and (a["val_acc"] > b["val_acc"] or a["val_ce"] < b["val_ce"]))
+
+    return sorted((r for r in ok if not any(dominates(o, r) for o in ok)), key=lambda r: -r["val_acc"])
+
+
+def summarize(results: Any, space: spaces.Space, cfg: config_mod.Config, path: Path, wall: float,
+              objective: str) -> dict[str, Any]:
+    """The search's summary (the caller adds its MLflow record and writes summary.json); writes trials.csv and
+    best_config.yaml beside Tune's state."""
+    rows = trial_rows(results, space, cfg.train.epochs)
+    best = best_row(rows, space)
+    counts = {s: sum(r["status"].startswith(s) for r in rows) for s in ("completed", "stopped early", "failed")}
+    summary: dict[str, Any] = {"space": space.name, "metric": space.metric, "mode": space.mode,
+                               "experiment_path": str(path), "wall_time_s": round(wall, 1), "trials": len(rows),
+                               "num_samples": space.num_samples, **counts, "best": best}
+    if best is not None:
+        best_cfg = trial_config({"base": space.base, **{p.key: best[p.key] for p in space.params if p.key in best}})
+        summary["best_config"] = best_cfg.to_dict()
+        (path / "best_config.yaml").write_text(yaml.safe_dump(best_cfg.to_dict(), sort_keys=False))
+    if objective == "acc_ce":
+        summary["pareto_front"] = pareto_front(rows)
+    _write_csv(rows, path / "trials.csv")
+    return summary
+
+
+def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def print_summary(s: dict[str, Any], space: spaces.Space) -> None:
+    print(f"\n== {s['space']}: {s['trials']} trials in {s['wall_time_s']:.0f}s: {s['completed']} completed, "
+          f"{s['stopped early']} stopped early, {s['failed']} failed")
+    b = s.get("best")
+    if b is None:
+        print("no trial finished an epoch; see the errors in " + s["experiment_path"])
+    else:
+        params = ", ".join(f"{p.key}={_fmt(b.get(p.key))}" for p in space.params)
+        print(f"best trial {b['trial']} ({params}) at epoch {b['best_epoch']}: val_acc {100 * b['val_acc']:.2f}%  "
+              f"val_ce {b['val_ce']:.4f}  test_acc {100 * b['test_acc']:.2f}%  test_ce {b['test_ce']:.4f}")
+    for r in s.get("pareto_front", []):
+        print(f"  pareto: {r['trial']}  val_acc {100 * r['val_acc']:.2f}%  val_ce {r['val_ce']:.4f}")
+    print(f"results: {s['experiment_path']} (summary.json, trials.csv, best_config.yaml)")
+    t = s.get("tracking", {})
+    if t.get("error"):
+        print(f"MLflow: not completed ({t['error']}); the results above are safe, and the resume command "
+              f"below back-fills MLflow once {t['uri']} answers")
+    elif t:
+        backfill = f", {t['failed_live_writes']} live writes back-filled" if t.get("failed_live_writes") else ""
+        reg = f", registered as {t['registered']}" if t.get("registered") else ""
+        print(f"MLflow:  experiment {t['experiment']!r}, parent run {t['parent_run_id']} at {t['uri']}{backfill}{reg}"
+              f"\n         browse with `mlflow ui --backend-store-uri {t['uri']}`")
+    print(f"resume:  {s['resume_command']}")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def print_comparison(summaries: list[dict[str, Any]]) -> None:
+    print("\n== methods side by side (best trial of each, same budget)")
+    print(f"{'method':<24}{'val_acc':>9}{'val_ce':>9}{'test_acc':>10}{'test_ce':>9}  knobs")
+    for s in summaries:
+        b = s.get("best") or {}
+        knobs = {k: _fmt(v) for k, v in b.items() if k.startswith("loss.")}
+        print(f"{s['space']:<24}{100 * b.get('val_acc', float('nan')):>8.2f}%{b.get('val_ce', float('nan')):>9.4f}"
+              f"{100 * b.get('test_acc', float('nan')):>9.2f}%{b.get('test_ce', float('nan')):>9.4f}  {knobs}")

@@ -1,0 +1,244 @@
+"""Ray Tune and Optuna: the searcher, the schedulers, the cluster, the per-trial resources, live tracking, and
+one experiment run (or resumed) through ``tune.Tuner``. The only module that builds Tune's objects."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from itra_tune import spaces, tracking
+from itra_tune.config import ConfigError
+from itra_tune.search.trainable import train_trial, trial_params
+
+# Ray's environment for a search driver (and the benchmarks): the classic progress table, which honours our
+# columns, and no warning about experiment-state syncing on a local disk.
+RAY_ENV = {
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_AUTH_MODE": "disabled",
+}
+SETTINGS_FILE = "search_settings.json"
+
+
+def set_ray_env() -> None:
+    """Ray's environment defaults for a search, leaving any value the user set alone."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+# --- the cluster ------------------------------------------------------------------------------------
+
+
+def init_ray(address: str | None) -> None:
+    """Join the cluster at ``address``, or start a local one; ConfigError when the address does not answer."""
+    import ray
+
+    set_ray_env()
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if not address:
+        ray.init(**kwargs)
+        return
+    _probe(address)
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"--address {address}: cannot join the Ray cluster ({first}); "
+                          f"start one with `ray start --head` or drop --address") from None
+
+
+def _probe(address: str) -> None:
+    # ray.init retries an unreachable address for minutes; a plain TCP connect answers in seconds.
+    host, sep, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise ConfigError(f"--address {address}: cannot join the Ray cluster ({e.strerror or e}); start one with "
+                          f"`ray start --head` or drop --address") from None
+
+
+def fit_resources(space: spaces.Space, available: dict[str, float]) -> spaces.Space:
+    """The space with per-trial resources the cluster can grant: a trial asking for more would wait forever.
+
+    No GPU in the cluster runs trials on the CPU; more CPUs per trial than the cluster has become all of them.
+    """
+    gpus, cpus = space.gpus_per_trial, space.cpus_per_trial
+    if gpus > 0 and available.get("GPU", 0) == 0:
+        print(f"note: the Ray cluster has no GPU; trials run on the CPU (gpus_per_trial {gpus} -> 0)", file=sys.stderr)
+        gpus = 0
+    if cpus > available.get("CPU", cpus):
+        print(f"note: the Ray cluster has {available['CPU']:g} CPUs; cpus_per_trial {cpus} -> {available['CPU']:g}",
+              file=sys.stderr)
+        cpus = available["CPU"]
+    return replace(space, gpus_per_trial=gpus, cpus_per_trial=cpus)
+
+
+# --- Optuna and the schedulers ------------------------------------------------------------------------
+
+
+class DefineByRun:
+    """An Optuna define-by-run space over dotted configuration keys (a class: Tune pickles the searcher)."""
+
+    def __init__(self, params: Sequence[spaces.Param]) -> None:
+        self.params = tuple(params)
+
+    def __call__(self, trial: Any) -> None:
+        for p in self.params:
+            p.suggest(trial)
+
+
+def objectives(space: spaces.Space, objective: str) -> tuple[Any, Any]:
+    """The metric(s) and mode(s) Optuna optimizes: the space's, or accuracy and CE together (``acc_ce``)."""
+    if objective == "acc_ce":
+        return ["val_acc", "val_ce"], ["max", "min"]
+    return space.metric, space.mode
+
+
+def build_searcher(space: spaces.Space, objective: str, seed: int) -> Any:
+    """Optuna's TPE (seeded) over the space's parameters, at most ``max_concurrent`` trials in flight."""
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    metric, mode = objectives(space, objective)
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, max(1, space.num_samples // 2)))
+    searcher = OptunaSearch(space=DefineByRun(space.params), metric=metric, mode=mode, sampler=sampler)
+    return ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent)
+
+
+def build_scheduler(space: spaces.Space, epochs: int) -> Any:
+    """The space's early-stopping scheduler, counting time in epochs."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
+
+    opts = {k: v for k, v in space.scheduler.items() if k != "name"}
+    common = {"metric": space.metric, "mode": space.mode}
+    name = space.scheduler["name"]
+    if name == "asha":
+        grace = min(int(opts.get("grace_period", 1)), epochs)
+        return ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=grace,
+                             reduction_factor=opts.get("reduction_factor", 2), **common)
+    if name == "hyperband":
+        return HyperBandScheduler(time_attr="epoch", max_t=epochs, reduction_factor=opts.get("reduction_factor", 3),
+                                  **common)
+    if name == "median":
+        return MedianStoppingRule(time_attr="epoch", grace_period=opts.get("grace_period", 1),
+                                  min_samples_required=opts.get("min_samples_required", 2), **common)
+    return FIFOScheduler()
+
+
+# --- the settings a search was started with ----------------------------------------------------------
+
+
+def save_settings(space: spaces.Space, objective: str, path: Path, parent_run_id: str) -> Path:
+    """Record the prepared search beside Tune's state, so --resume continues exactly this search."""
+    raw = asdict(space)
+    raw["path"] = str(space.path)
+    path.mkdir(parents=True, exist_ok=True)
+    out = path / SETTINGS_FILE
+    out.write_text(json.dumps({"space": raw, "objective": objective, "mlflow_parent_run_id": parent_run_id},
+                              indent=2))
+    return out
+
+
+def load_settings(path: Path) -> tuple[spaces.Space, str, str]:
+    """The search as it was started: its space (budget and base configuration), objective and parent run."""
+    try:
+        raw = json.loads((path / SETTINGS_FILE).read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"--resume: {path / SETTINGS_FILE} is missing or unreadable; "
+                          f"this folder was not made by itra_tune.search") from None
+    sp = raw["space"]
+    sp["path"] = Path(sp["path"])
+    sp["params"] = tuple(spaces.Param(**{**p, "choices": tuple(p["choices"])}) for p in sp["params"])
+    return spaces.Space(**sp), raw["objective"], raw["mlflow_parent_run_id"]
+
+
+# --- live tracking ----------------------------------------------------------------------------------
+
+
+class TrackingCallback(tune.Callback):
+    """Live MLflow logging from the driver: a child run per trial, metrics per epoch.
+
+    Holds plain data only, so it pickles into Tune's experiment state; the client is made on first use.
+    """
+
+    def __init__(self, uri: str, experiment: str, parent_run_id: str) -> None:
+        self.uri, self.experiment, self.parent_run_id = uri, experiment, parent_run_id
+        self._tracker: tracking.Tracker | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_tracker": None}
+
+    @property
+    def tracker(self) -> tracking.Tracker | None:
+        if self._tracker is None:
+            try:
+                self._tracker = tracking.Tracker(self.uri, self.experiment, self.parent_run_id)
+            except Exception:  # noqa: BLE001 - the server is away: the end of the search back-fills
+                return None
+        return self._tracker
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.tracker is not None:
+            self.tracker.trial_started(trial.trial_id, trial_name(trial), trial_params(trial.config))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if self.tracker is not None:
+            self.tracker.epoch(trial.trial_id, result)
+
+
+# --- one experiment -------------------------------------------------------------------------------------
+
+
+def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, callback: TrackingCallback, *,
+                   objective: str, seed: int, max_failures: int, resume: bool) -> Any:
+    """Run (or resume) one experiment and return its ResultGrid."""
+    trainable = tune.with_resources(train_trial, {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial})
+    if resume:
+        return tune.Tuner.restore(str(storage / name), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=max_failures > 0).fit()
+    run_config = tune.RunConfig(
+        name=name,
+        storage_path=str(storage),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=space.metric,
+                                                checkpoint_score_order=space.mode),
+        failure_config=tune.FailureConfig(max_failures=max_failures),
+        progress_reporter=_reporter(space),
+        callbacks=[callback],
+        verbose=1,
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"base": space.base},
+        tune_config=tune.TuneConfig(search_alg=build_searcher(space, objective, seed),
+                                    scheduler=build_scheduler(space, epochs),
+                                    num_samples=space.num_samples, reuse_actors=True,
+                                    trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+        run_config=run_config,
+    )
+    return tuner.fit()
+
+
+def trial_name(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _reporter(space: spaces.Space) -> Any:
+    from ray.tune import CLIReporter
+
+    params = {p.key: p.key.split(".")[-1] for p in space.params}
+    return CLIReporter(parameter_columns=params, max_report_frequency=15,
+                       metric_columns={"epoch": "epoch", "val_acc": "val_acc", "val_ce": "val_ce",
+                                       "match_loss": "match"})

@@ -1,0 +1,98 @@
+"""The Ray and Optuna side of a search, unit by unit: no Ray is started here."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from itra_tune import spaces
+from itra_tune.config import ConfigError
+from itra_tune.search import Options, method_space, prepare
+from itra_tune.search.tuner import (
+    DefineByRun,
+    build_scheduler,
+    build_searcher,
+    fit_resources,
+    load_settings,
+    objectives,
+    save_settings,
+)
+
+
+def test_scheduler_choices_map_to_tune_schedulers(space_file):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
+
+    expected = {"asha": ASHAScheduler, "hyperband": HyperBandScheduler, "median": MedianStoppingRule,
+                "none": FIFOScheduler}
+    for name, cls in expected.items():
+        space = spaces.load(space_file(scheduler={"name": name, "grace_period": 1}))
+        scheduler = build_scheduler(space, epochs=4)
+        assert type(scheduler) is cls
+        if name != "none":
+            assert scheduler.metric == "val_acc" and scheduler._mode == "max"
+
+
+def test_trials_asking_for_resources_the_cluster_lacks_are_fitted_to_it(space_file, capsys):
+    space = spaces.load(space_file(resources={"cpus_per_trial": 4, "gpus_per_trial": 0.5}))
+    fitted = fit_resources(space, {"CPU": 2.0})
+    assert (fitted.cpus_per_trial, fitted.gpus_per_trial) == (2.0, 0)
+    assert "no GPU" in capsys.readouterr().err
+    on_gpus = fit_resources(space, {"CPU": 16.0, "GPU": 1.0})
+    assert (on_gpus.cpus_per_trial, on_gpus.gpus_per_trial) == (4, 0.5)
+
+
+def test_define_by_run_samples_every_parameter_within_its_distribution(space_file):
+    space = spaces.load(space_file(search={
+        "loss.lam": {"type": "float", "low": 0.1, "high": 1.0, "log": True},
+        "data.batch_size": {"type": "categorical", "choices": [16, 32]},
+        "train.epochs": {"type": "int", "low": 1, "high": 3},
+    }))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: DefineByRun(space.params)(t) or 0.0, n_trials=20)
+    for t in study.trials:
+        assert 0.1 <= t.params["loss.lam"] <= 1.0 and t.params["data.batch_size"] in (16, 32)
+        assert t.params["train.epochs"] in (1, 2, 3)
+        # the distributions Optuna recorded are the ones the plots rebuild the study with
+        assert t.distributions == {p.key: p.distribution() for p in space.params}
+
+
+def test_searcher_is_seeded_optuna_behind_a_concurrency_limit(space_file):
+    from ray.tune.search import ConcurrencyLimiter
+
+    space = spaces.load(space_file())
+    searcher = build_searcher(space, "single", seed=3)
+    assert isinstance(searcher, ConcurrencyLimiter) and searcher.max_concurrent == 2
+    assert objectives(space, "acc_ce") == (["val_acc", "val_ce"], ["max", "min"])
+
+
+def test_settings_round_trip_restores_the_prepared_space(space_file, tmp_path):
+    space, _ = prepare(space_file(), Options(num_samples=3, overrides=("loss.lam=0.9",)))
+    save_settings(space, "acc_ce", tmp_path / "exp", "run123")
+    again, objective, parent = load_settings(tmp_path / "exp")
+    assert again == space and objective == "acc_ce" and parent == "run123"
+    assert again.num_samples == 3 and again.base["loss"]["lam"] == 0.9
+    with pytest.raises(ConfigError, match="not made by itra_tune.search"):
+        load_settings(tmp_path / "elsewhere")
+
+
+def test_method_space_gives_each_method_its_own_knob_and_the_same_budget(space_file):
+    space = spaces.load(space_file())
+    lsr = method_space(space, "lsr")
+    assert [p.key for p in lsr.params] == ["loss.eps"] and lsr.base["loss"]["name"] == "lsr"
+    assert {p.key for p in method_space(space, "itra_c").params} == {"loss.lam", "loss.bandwidth"}
+    assert method_space(space, "ce").params == () and method_space(space, "ce").num_samples == space.num_samples
+    with pytest.raises(ConfigError, match="unknown method 'focal'"):
+        method_space(space, "focal")
+
+
+@pytest.mark.parametrize("options, message", [
+    (Options(num_samples=0), "--num-samples must be at least 1 but got 0"),
+    (Options(cpus_per_trial=0), "--cpus-per-trial must be above 0"),
+    (Options(gpus_per_trial=-1), "--gpus-per-trial must be at least 0"),
+    (Options(scheduler="pbt"), "scheduler must be one of"),
+    (Options(overrides=("loss.lam=-1",)), "loss.lam cannot be negative"),
+])
+def test_prepare_refuses_bad_options_with_one_line(space_file, options, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        prepare(space_file(), options)
+    assert "\n" not in str(e.value)
