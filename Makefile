@@ -16,16 +16,18 @@ demo: $(STAMP)
 	$(PY) -m itra_tune.search --space demo
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -m "not slow"
 
 test-all: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.bench
 
 lint: $(STAMP)
-	$(PY) -m ruff check itra_tune tests pipelines
+	$(PY) -m ruff check itra_tune tests pipelines benchmarks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

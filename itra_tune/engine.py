@@ -36,7 +36,7 @@ class Diverged(RuntimeError):
 class FitResult:
     model: models.Classifier
     history: list[dict[str, float]]  # one row of metrics per epoch
-    best: dict[str, float]  # the row with the highest val_acc (the earliest among ties)
+    best: dict[str, float]  # the row with the highest val_acc (the earliest among ties); without one, the last
 
 
 def check(cfg: Config) -> None:
@@ -247,7 +247,8 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
                 bar.close()
         if not per_step:
             schedule.step()
-        row["val_acc"], row["val_ce"] = evaluate(model, data.val, device, amp)
+        if data.val is not None:  # without a validation split nothing is selected: no val_* metrics at all
+            row["val_acc"], row["val_ce"] = evaluate(model, data.val, device, amp)
         row["test_acc"], row["test_ce"] = evaluate(model, data.test, device, amp)
         row["compactness"] = compactness(model, x_c, y_c)
         row.update(epoch=epoch + 1, lr=lr, epoch_time=time.perf_counter() - t0)
@@ -258,7 +259,7 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
                 "schedule": schedule.state_dict(), "data": data.state_dict(), "rng": torch.get_rng_state(),
                 "history": history, "epoch": epoch + 1, "config": config.to_dict(),
             })
-    best = max(history, key=lambda r: r["val_acc"]) if history else {}
+    best = max(history, key=lambda r: r.get("val_acc", r["epoch"])) if history else {}
     return FitResult(model, history, best)
 
 

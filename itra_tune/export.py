@@ -43,11 +43,13 @@ def save(model: models.Classifier, cfg: Config, out: str | Path, example: Tensor
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     example = example.cpu()
+    with torch.no_grad():
+        model(example)  # the recorded input shape must be one the model takes: fail before writing anything
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         checkpoint.save({"model": model.state_dict()}, tmp / WEIGHTS)
         (tmp / CONFIG).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        scripted = _torchscript(model, example, tmp / SCRIPTED)
+        scripted = _torchscript(model, example, tmp / SCRIPTED, models.modality(cfg.model.name))
         meta = {"num_classes": model.num_classes, "input_shape": list(example.shape[1:]),
                 "input_dtype": str(example.dtype).removeprefix("torch."), "torchscript": scripted,
                 "code_version": config_mod.code_version(), "metrics": metrics or {}}
@@ -61,9 +63,9 @@ def save(model: models.Classifier, cfg: Config, out: str | Path, example: Tensor
     return out
 
 
-def _torchscript(model: nn.Module, example: Tensor, path: Path) -> str:
+def _torchscript(model: nn.Module, example: Tensor, path: Path, modality: str) -> str:
     """Trace ``model``; keep it only when it reproduces the model's output. Returns the file or why not."""
-    if example.dtype == torch.long:
+    if modality == "text":
         return "not written: a traced transformer would fix the padded length of the example batch"
     try:
         with warnings.catch_warnings(), torch.no_grad():

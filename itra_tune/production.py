@@ -44,9 +44,9 @@ class RunDir:
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         checkpoint.save(state, self.path / "last.pt")
-        # with no validation split, "val" is the test split: select nothing on it, keep the last epoch
-        if metrics["val_acc"] > self.best_acc or self.cfg.data.val_fraction == 0.0:
-            self.best_acc = metrics["val_acc"]
+        # with no validation split nothing is selected: best.pt is the last epoch, never chosen on the test split
+        if "val_acc" not in metrics or metrics["val_acc"] > self.best_acc:
+            self.best_acc = metrics.get("val_acc", self.best_acc)
             checkpoint.save({"model": state["model"], "config": state["config"], "metrics": metrics},
                             self.path / "best.pt")
 
@@ -128,9 +128,9 @@ train.over_seeds = over_seeds  # type: ignore[attr-defined]  # itra_tune.train.o
 
 
 def format_epoch(row: dict[str, float], epochs: int) -> str:
-    return (f"epoch {int(row['epoch']):>3}/{epochs}  train_ce {row['train_ce']:.4f}  "
-            f"match {row['match_loss']:.4f}  val_acc {100 * row['val_acc']:.2f}%  val_ce {row['val_ce']:.4f}  "
-            f"test_acc {100 * row['test_acc']:.2f}%  test_ce {row['test_ce']:.4f}  "
+    val = f"val_acc {100 * row['val_acc']:.2f}%  val_ce {row['val_ce']:.4f}  " if "val_acc" in row else ""
+    return (f"epoch {int(row['epoch']):>3}/{epochs}  train_ce {row['train_ce']:.4f}  match {row['match_loss']:.4f}  "
+            f"{val}test_acc {100 * row['test_acc']:.2f}%  test_ce {row['test_ce']:.4f}  "
             f"compact {row['compactness']:.3f}  {row['epoch_time']:.1f}s")
 
 
@@ -195,6 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"python -m itra_tune.train: run failed: {e}", file=sys.stderr)
         return cli.EXIT_FAILED
     b = result.best
-    print(f"best epoch {int(b['epoch'])}: val_acc {100 * b['val_acc']:.2f}%  test_acc {100 * b['test_acc']:.2f}%  "
-          f"test_ce {b['test_ce']:.4f}; saved {out / 'best.pt'}")
+    if "val_acc" in b:
+        print(f"best epoch {int(b['epoch'])} by validation accuracy: val_acc {100 * b['val_acc']:.2f}%  "
+              f"test_acc {100 * b['test_acc']:.2f}%  test_ce {b['test_ce']:.4f}; saved {out / 'best.pt'}")
+    else:
+        print(f"no validation split: kept the last epoch, test_acc {100 * b['test_acc']:.2f}%  "
+              f"test_ce {b['test_ce']:.4f}; saved {out / 'best.pt'}")
     return cli.EXIT_OK

@@ -98,7 +98,7 @@ class Tracker:
             for run in self.c.search_runs([self.exp_id], f"tags.`{PARENT_TAG}` = '{self.parent}'"):
                 tid = run.data.tags.get(TRIAL_TAG)
                 self._children[tid] = run.info.run_id
-                history = self.c.get_metric_history(run.info.run_id, "val_acc")
+                history = self.c.get_metric_history(run.info.run_id, "test_acc")  # every epoch has it
                 self._logged[tid] = {int(m.step) for m in history}
 
     # --- live, during the search: never raise --------------------------------------------------------

@@ -108,12 +108,3 @@ def test_production_export_loads_in_a_fresh_process_with_the_registered_models_p
     got = torch.load(tmp_path / "y.pt")
     assert torch.equal(got["model"], expected)
     assert torch.allclose(got["scripted"], expected, atol=1e-6)
-
-
-def test_load_exported_names_a_folder_that_is_not_an_export(tmp_path):
-    import pytest
-
-    import itra_tune
-
-    with pytest.raises(itra_tune.ConfigError, match="not an itra_tune export"):
-        itra_tune.load_exported(tmp_path)

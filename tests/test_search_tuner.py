@@ -7,7 +7,7 @@ import pytest
 
 from itra_tune import spaces
 from itra_tune.config import ConfigError
-from itra_tune.search import Options, method_space, prepare
+from itra_tune.search import Options, prepare
 from itra_tune.search.tuner import (
     DefineByRun,
     build_scheduler,
@@ -73,16 +73,6 @@ def test_settings_round_trip_restores_the_prepared_space(space_file, tmp_path):
     assert again.num_samples == 3 and again.base["loss"]["lam"] == 0.9
     with pytest.raises(ConfigError, match="not made by itra_tune.search"):
         load_settings(tmp_path / "elsewhere")
-
-
-def test_method_space_gives_each_method_its_own_knob_and_the_same_budget(space_file):
-    space = spaces.load(space_file())
-    lsr = method_space(space, "lsr")
-    assert [p.key for p in lsr.params] == ["loss.eps"] and lsr.base["loss"]["name"] == "lsr"
-    assert {p.key for p in method_space(space, "itra_c").params} == {"loss.lam", "loss.bandwidth"}
-    assert method_space(space, "ce").params == () and method_space(space, "ce").num_samples == space.num_samples
-    with pytest.raises(ConfigError, match="unknown method 'focal'"):
-        method_space(space, "focal")
 
 
 @pytest.mark.parametrize("options, message", [

@@ -113,11 +113,6 @@ def test_unreachable_tracking_server_is_bad_input(tmp_path, capsys):
     assert not (tmp_path / "st").exists()
 
 
-def test_best_config_of_an_unknown_space(tmp_path):
-    with pytest.raises(itra_tune.ConfigError, match="no MLflow experiment 'nothing-here'"):
-        itra_tune.best_config("nothing-here", tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}")
-
-
 @pytest.mark.slow
 def test_tracking_server_outage_mid_search_is_back_filled(space_file, tmp_path):
     db, art, port = str(tmp_path / "srv.db"), str(tmp_path / "art"), free_port()

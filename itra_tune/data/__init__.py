@@ -35,7 +35,7 @@ class Data:
     """Training, validation and test data, ready for the engine.
 
     ``train`` yields one ``Step`` per optimizer step; ``val`` and ``test`` yield unaugmented (x, y) batches
-    in order; ``sample(split, n)`` gives a fixed random subset of ``val`` or ``test``, for metrics such as
+    in order (``val`` is None when ``data.val_fraction`` is 0); ``sample(split, n)`` gives a fixed random subset of ``val`` or ``test``, for metrics such as
     compactness. ``state_dict`` holds the generators and the S2 stream, so a resumed run draws the same batches.
     """
 
@@ -112,16 +112,17 @@ def build(cfg: DataConfig, device: torch.device, seed: int, paired: bool = True,
     if cfg.subset is not None:
         tr_idx = tr_idx[: cfg.subset]
     train = train_full.subset(tr_idx).to(device)
-    val = train_full.subset(val_idx).to(device) if len(val_idx) else test.to(device)
+    val = train_full.subset(val_idx).to(device) if len(val_idx) else None  # None: nothing held out to select on
     test = test.to(device)
     gens = {name: train.generator(seed * 1000 + i) for i, name in enumerate(("s1", "s2"))}
 
     def sample(split: str, n: int) -> Batch:
-        return {"val": val, "test": test}[split].sample(n, seed)
+        return {"val": val or test, "test": test}[split].sample(n, seed)
 
     num_classes = src.num_classes or max(train_full.num_classes, test.num_classes)
     return Data(num_classes, tuple(train.input_shape), pairs(cfg, train, gens, paired),
-                val.batches(cfg.eval_batch_size), test.batches(cfg.eval_batch_size), sample, gens, len(train))
+                val.batches(cfg.eval_batch_size) if val is not None else None, test.batches(cfg.eval_batch_size),
+                sample, gens, len(train))
 
 
 __all__ = [
