@@ -35,8 +35,9 @@ class Data:
     """Training, validation and test data, ready for the engine.
 
     ``train`` yields one ``Step`` per optimizer step; ``val`` and ``test`` yield unaugmented (x, y) batches
-    in order (``val`` is None when ``data.val_fraction`` is 0); ``sample(split, n)`` gives a fixed random subset of ``val`` or ``test``, for metrics such as
-    compactness. ``state_dict`` holds the generators and the S2 stream, so a resumed run draws the same batches.
+    in order (``val`` is None when ``data.val_fraction`` is 0); ``sample(split, n)`` gives a fixed random
+    subset of ``val`` or ``test``, for metrics such as compactness. ``state_dict`` holds the generators and
+    the S2 stream, so a resumed run draws the same batches.
     """
 
     num_classes: int
