@@ -24,6 +24,10 @@ def best_config(space: str, tracking_uri: str | None = None) -> config_mod.Confi
 
 
 def load_best_model(space: str, tracking_uri: str | None = None) -> Any:
-    """The best trial's best checkpoint as a torch module with ``features`` and ``head``, in eval mode."""
+    """The best trial's best checkpoint as a torch module with ``features`` and ``head``, in eval mode.
+
+    Image models take float32 pixels in [0, 1], (B, C, H, W), and normalize them themselves; text models take
+    int64 token ids padded with -1. ``model(x)`` returns logits.
+    """
     c, run = tracking.latest_search(space, tracking_uri)
-    return tracking.load_model(c, run.data.tags[tracking.BEST_TAG]).eval()
+    return tracking.load_model(tracking.resolve_uri(tracking_uri), tracking.best_model_id(c, run))

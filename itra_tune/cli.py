@@ -7,8 +7,10 @@ problem and the fix, with no traceback, and it is detected before anything is wr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from itra_tune.config import ConfigError
 
@@ -34,3 +36,14 @@ def run(prog: str, main: Callable[[Sequence[str] | None], int], argv: Sequence[s
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def command(tool: str = "python") -> str:
+    """How to call ``tool`` of this interpreter's environment (``python``, ``mlflow``, ...) in a hint that works
+    when pasted: the environment's own ``bin`` folder, relative to the working folder when inside it."""
+    path = Path(sys.executable) if tool == "python" else Path(sys.executable).parent / tool
+    try:
+        rel = path.relative_to(Path.cwd())
+        return str(rel) if str(rel).startswith(".") or os.sep in str(rel) else f".{os.sep}{rel}"
+    except ValueError:
+        return str(path)

@@ -99,6 +99,9 @@ class TrainConfig:
     amp: bool = True  # bfloat16 autocast, on CUDA only
     channels_last: bool = True  # on CUDA only
     compactness_samples: int = 512  # test examples per batch for the compactness metric
+    # torch's intra-op CPU threads while training; null leaves torch's own setting. A search records each trial's
+    # (its CPUs), so retraining its best configuration on a CPU reproduces the trial's metrics exactly.
+    threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,8 @@ def validate(cfg: Config, source: str = "config") -> None:
         (d.max_length > 1, "data.max_length", f"must be at least 2 but got {d.max_length}"),
         (t.epochs > 0, "train.epochs", f"must be a positive integer but got {t.epochs}"),
         (t.compactness_samples > 1, "train.compactness_samples", f"must be at least 2 but got {t.compactness_samples}"),
+        (t.threads is None or t.threads > 0, "train.threads",
+         f"must be a positive integer or null but got {t.threads}"),
     ]
     for ok, key, message in checks:
         if not ok:

@@ -32,11 +32,16 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-@dataclass
+@dataclass(repr=False)
 class FitResult:
     model: models.Classifier
     history: list[dict[str, float]]  # one row of metrics per epoch
     best: dict[str, float]  # the row with the highest val_acc (the earliest among ties); without one, the last
+
+    def __repr__(self) -> str:
+        keep = ("epoch", "val_acc", "val_ce", "test_acc", "test_ce")
+        best = {k: round(v, 4) for k, v in self.best.items() if k in keep}
+        return f"FitResult({type(self.model).__name__}, {len(self.history)} epochs, best={best})"
 
 
 def check(cfg: Config) -> None:
@@ -206,9 +211,15 @@ def fit(config: Config, report: Report | None = None, resume: dict[str, Any] | N
     device = resolve_device(config.device)
     cuda = device.type == "cuda"
     rng_devices = [device.index or 0] if cuda else []
-    with torch.random.fork_rng(devices=rng_devices):  # seeds are arguments; the caller's RNG is untouched
-        torch.manual_seed(config.seed)
-        return _fit(config, device, report, resume, progress)
+    threads = torch.get_num_threads()
+    try:
+        with torch.random.fork_rng(devices=rng_devices):  # seeds are arguments; the caller's RNG is untouched
+            torch.manual_seed(config.seed)
+            if config.train.threads is not None:  # CPU results depend on it: reductions split by thread
+                torch.set_num_threads(config.train.threads)
+            return _fit(config, device, report, resume, progress)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _fit(config: Config, device: torch.device, report: Report | None, resume: dict[str, Any] | None,
@@ -217,7 +228,8 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
     amp, channels_last = cuda and config.train.amp, cuda and config.train.channels_last
     data = data_mod.build(config.data, device, config.seed, paired=losses.needs_second_batch(config.loss.name),
                           model_name=config.model.name)
-    model = models.build(config.model.name, data.num_classes, data.input_shape, config.model.pretrained).to(device)
+    model = models.build(config.model.name, data.num_classes, data.input_shape, config.model.pretrained,
+                         data.normalization).to(device)
     if channels_last and len(data.input_shape) == 3:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = losses.build(config.loss, data.num_classes, model.feature_dim).to(device)

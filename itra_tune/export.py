@@ -1,10 +1,14 @@
-"""A trained model for serving code: its state dict and configuration, plus TorchScript where it traces.
+"""A trained model for serving code: its state dict and configuration, plus a standalone ``torch.export``
+program where the model exports.
 
-    export.save(model, config, "exports/fmnist", example)   # model.pt, config.yaml, meta.json, model.ts.pt
+    export.save(model, config, "exports/fmnist", example)   # model.pt, config.yaml, meta.json, model.pt2
     model = itra_tune.load_exported("exports/fmnist")       # the module with features/head, eval mode
-    scripted = torch.jit.load("exports/fmnist/model.ts.pt")  # no itra_tune needed, where it was written
+    program = torch.export.load("exports/fmnist/model.pt2").module()   # torch alone, no itra_tune
 
-The folder is written beside its final place and renamed into it, so a crash leaves no half-made export.
+Both take what the handed-over model takes: image models float32 pixels in [0, 1], (B, C, H, W), normalized
+inside the model; text models int64 token ids, right-padded with -1. Both return logits (B, K). The weights are
+read with ``weights_only=True``. The folder is written beside its final place and renamed into it, so a crash
+leaves no half-made export.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +28,20 @@ from itra_tune import checkpoint, models
 from itra_tune import config as config_mod
 from itra_tune.config import Config, ConfigError
 
-WEIGHTS, CONFIG, META, SCRIPTED = "model.pt", "config.yaml", "meta.json", "model.ts.pt"
+WEIGHTS, CONFIG, META, STANDALONE = "model.pt", "config.yaml", "meta.json", "model.pt2"
 
 
 def save(model: models.Classifier, cfg: Config, out: str | Path, example: Tensor,
-         metrics: dict[str, Any] | None = None) -> Path:
+         metrics: dict[str, Any] | None = None, standalone: bool = True) -> Path:
     """Export ``model`` (trained with ``cfg``; left on the CPU in eval mode) to ``out``, replacing an older export.
 
     Args:
         model: the trained classifier.
         cfg: its configuration; ``load`` rebuilds the architecture from it.
         out: the export folder.
-        example: a batch of inputs, to trace the TorchScript module and to check it against the model.
+        example: a batch of inputs as the model takes them, to export the program and check it against the model.
         metrics: figures to keep beside it (test accuracy, ...).
+        standalone: also write ``model.pt2`` (``torch.export``, dynamic batch size).
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -49,9 +53,13 @@ def save(model: models.Classifier, cfg: Config, out: str | Path, example: Tensor
     try:
         checkpoint.save({"model": model.state_dict()}, tmp / WEIGHTS)
         (tmp / CONFIG).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        scripted = _torchscript(model, example, tmp / SCRIPTED, models.modality(cfg.model.name))
+        program = _program(model, example, tmp / STANDALONE, models.modality(cfg.model.name)) if standalone \
+            else "not written: not asked for"
         meta = {"num_classes": model.num_classes, "input_shape": list(example.shape[1:]),
-                "input_dtype": str(example.dtype).removeprefix("torch."), "torchscript": scripted,
+                "input_dtype": str(example.dtype).removeprefix("torch."),
+                "input": "token ids (B, L), padded with -1" if example.dtype == torch.long else
+                         "float32 pixels in [0, 1], (B, C, H, W); normalized inside the model",
+                "output": "logits (B, K)", "standalone": program,
                 "code_version": config_mod.code_version(), "metrics": metrics or {}}
         (tmp / META).write_text(json.dumps(meta, indent=2))
         if out.exists():
@@ -63,25 +71,28 @@ def save(model: models.Classifier, cfg: Config, out: str | Path, example: Tensor
     return out
 
 
-def _torchscript(model: nn.Module, example: Tensor, path: Path, modality: str) -> str:
-    """Trace ``model``; keep it only when it reproduces the model's output. Returns the file or why not."""
+def _program(model: nn.Module, example: Tensor, path: Path, modality: str) -> str:
+    """``torch.export`` the model with a dynamic batch size; keep it only when it reproduces the model's output.
+
+    Returns the file name, or why it was not written.
+    """
     if modality == "text":
-        return "not written: a traced transformer would fix the padded length of the example batch"
+        return "not written: text models are loaded with itra_tune.load_exported (padded lengths vary)"
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # torch.jit's deprecation notice
-            traced = torch.jit.trace(model, example)
-            ok = torch.allclose(traced(example), model(example), atol=1e-5)
+        batch = torch.export.Dim("batch", min=1)
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        with torch.no_grad():
+            ok = torch.allclose(program.module()(example), model(example), atol=1e-5)
         if not ok:
-            return "not written: the traced module does not reproduce the model's output"
-        traced.save(str(path))
+            return "not written: the exported program does not reproduce the model's output"
+        torch.export.save(program, str(path))
         return path.name
-    except Exception as e:  # tracing fails on data-dependent control flow: the state dict still serves
-        return f"not written: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    except Exception as e:  # noqa: BLE001 - an unexportable model still serves through its state dict
+        return f"not written: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
 def json_meta(path: str | Path) -> dict[str, Any]:
-    """The export's meta.json: classes, input shape and dtype, TorchScript file (or why not), metrics."""
+    """The export's meta.json: classes, input shape and dtype, the standalone program (or why not), metrics."""
     return json.loads((Path(path) / META).read_text())
 
 

@@ -23,18 +23,41 @@ from itra_tune.config import ConfigError
 InputShape = tuple[int, ...]  # (C, H, W) of one example
 
 
+class Normalize(nn.Module):
+    """The input preprocessing an image model carries: ``(x - mean) / std`` per channel.
+
+    Image models take float32 pixels in [0, 1], (B, C, H, W); the dataset's statistics live here, as buffers
+    saved with the weights, so a model handed over needs nothing from the data code.
+    """
+
+    def __init__(self, channels: int, mean: tuple[float, ...] | None = None,
+                 std: tuple[float, ...] | None = None) -> None:
+        super().__init__()
+        mean = torch.tensor(mean if mean is not None else (0.0,) * channels, dtype=torch.float32)
+        std = torch.tensor(std if std is not None else (1.0,) * channels, dtype=torch.float32)
+        if mean.numel() != channels or std.numel() != channels or not (std > 0).all():
+            raise ValueError(f"Normalize: expected {channels} means and {channels} positive stds, got {mean}, {std}")
+        self.register_buffer("mean", mean.view(1, channels, 1, 1))
+        self.register_buffer("std", std.view(1, channels, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
 class Classifier(nn.Module):
-    """A feature extractor ``body`` (x -> (B, D)) followed by a linear ``fc`` head (D -> K)."""
+    """``preprocess`` (x -> the network's input), a feature extractor ``body`` ((B, D)) and a linear ``fc`` head
+    (D -> K). ``forward`` returns logits."""
 
     def __init__(self, body: nn.Module, feature_dim: int, num_classes: int) -> None:
         super().__init__()
+        self.preprocess: nn.Module = nn.Identity()
         self.body = body
         self.fc = nn.Linear(feature_dim, num_classes)
         self.feature_dim = feature_dim
         self.num_classes = num_classes
 
     def features(self, x: Tensor) -> Tensor:
-        return self.body(x)  # (B, D)
+        return self.body(self.preprocess(x))  # (B, D)
 
     def head(self, h: Tensor) -> Tensor:
         return self.fc(h)  # (B, K)
@@ -198,8 +221,21 @@ def check_name(name: str) -> None:
                           "checkpoint as hf:NAME or org/NAME, or a local checkpoint folder (model.name)")
 
 
-def build(name: str, num_classes: int, input_shape: InputShape, pretrained: bool = False) -> Classifier:
-    """Build a registered model with ``features``/``head`` for inputs of ``input_shape``."""
+def build(name: str, num_classes: int, input_shape: InputShape, pretrained: bool = False,
+          normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> Classifier:
+    """Build a registered model with ``features``/``head`` for inputs of ``input_shape``.
+
+    Args:
+        name: a registered model, or a Hugging Face checkpoint.
+        num_classes, input_shape: K, and (C, H, W) for images or (L,) for token ids.
+        pretrained: torchvision's ImageNet weights, or the checkpoint's own.
+        normalization: per-channel (mean, std) an image model applies to its [0, 1] pixels; None leaves the
+            identity in place, to be filled by ``load_state_dict`` (the statistics are saved with the weights).
+    """
     check_name(name)
     builder = MODELS.get(name) or _hugging_face(name)
-    return builder(num_classes, tuple(input_shape), pretrained)
+    model = builder(num_classes, tuple(input_shape), pretrained)
+    if modality(name) == "image":
+        mean, std = normalization if normalization is not None else (None, None)
+        model.preprocess = Normalize(int(input_shape[0]), mean, std)
+    return model

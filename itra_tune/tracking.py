@@ -1,20 +1,29 @@
 """MLflow conventions, in one place: the only module that knows MLflow.
 
-One experiment per space; one parent run per search; one child run per trial, tagged ``mlflow.parentRunId``
-(nested under its parent in the UI) and ``itra_tune.trial_id`` (so a resumed search finds it again instead of
-making a second). Per-epoch metrics use ``step = epoch``. Every write goes through ``Tracker._safe``: a
-tracking outage never stops training, and ``finish`` back-fills from the search's own results whatever did
-not arrive.
+One experiment per space (tagged for MLflow's model-training view); one parent run per search; one child run
+per trial, tagged ``mlflow.parentRunId`` (nested under its parent in the UI) and ``itra_tune.trial_id`` (so a
+resumed search finds it again instead of making a second). Per-epoch metrics use ``step = epoch``; a trial's
+headline metrics (``best_val_acc``, ``best_test_acc``, ...) are those of its selected epoch, and so are the
+parent's (of the best trial). The best trials' checkpoints are MLflow LoggedModels (``models:/<model_id>``),
+linked to their run and epoch: a pyfunc loaded from ``itra_tune/serving.py`` that rebuilds the network and
+loads its weights with ``weights_only`` (no pickled object is loaded).
+
+Every live write goes through ``Tracker._safe``: a tracking outage never stops training, and the end of the
+search back-fills from the search's own results whatever did not arrive.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +32,21 @@ from itra_tune.config import ConfigError
 TRIAL_TAG = "itra_tune.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 BEST_TAG = "itra_tune.best_run_id"
+BEST_MODEL_TAG = "itra_tune.best_model_id"
 STATUS_TAG = "itra_tune.status"
 EPOCH_METRICS = ("train_ce", "val_acc", "val_ce", "test_acc", "test_ce", "match_loss", "compactness")
+HEADLINE_METRICS = ("val_acc", "val_ce", "test_acc", "test_ce")  # logged as best_<name>: the selected epoch's
+# MLflow 3 opens an experiment in its GenAI view unless it says it holds model training.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+SERVING_CODE = Path(__file__).resolve().parent / "serving.py"
+
+
+def ui_link(uri: str, experiment_id: str) -> str:
+    """Where the MLflow UI shows an experiment's runs and models: the server of an http URI, else the address
+    ``mlflow ui`` serves by default. MLflow 3.17's UI opens experiments in its GenAI view unless the link asks
+    for the model-training one (it reads ``workflowType``, not the experiment's kind tag)."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def resolve_uri(uri: str | None = None) -> str:
@@ -48,15 +70,73 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                       f"`mlflow server --host 127.0.0.1`, or omit --tracking-uri for ./mlflow.db")
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock while a local SQLite store may be created: two searches starting together in a
+    fresh folder would both run MLflow's schema migration on the same new file, and one would fail."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    key = hashlib.sha256(str(Path(uri.removeprefix("sqlite:///")).resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"itra_tune-store-{key}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def client(uri: str) -> Any:
+    """An MlflowClient of ``uri``, its store created (under a lock, for a local SQLite file) and ready."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    with _store_lock(uri):
+        c = MlflowClient(tracking_uri=uri)
+        c.search_experiments(max_results=1)  # the first use of a SQLite store creates and migrates it
+    return c
 
 
 def experiment_id(c: Any, name: str) -> str:
+    """The experiment ``name``, made if new, tagged so the UI opens it on runs and models."""
     exp = c.get_experiment_by_name(name)
-    return exp.experiment_id if exp is not None else c.create_experiment(name)
+    if exp is None:
+        return c.create_experiment(name, tags=EXPERIMENT_KIND)
+    if exp.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND["mlflow.experimentKind"]:
+        for k, v in EXPERIMENT_KIND.items():
+            c.set_experiment_tag(exp.experiment_id, k, v)
+    return exp.experiment_id
+
+
+def headline(row: dict[str, Any]) -> dict[str, float]:
+    """A trial's headline metrics, from its selected epoch's row: ``best_val_acc``, ..., ``best_epoch``."""
+    out = {f"best_{k}": float(row[k]) for k in HEADLINE_METRICS if k in row}
+    if "epoch" in row or "best_epoch" in row:
+        out["best_epoch"] = float(row.get("best_epoch", row.get("epoch")))
+    return out
+
+
+# MLflow's progress bars and "View run ... at" lines, which a search would print once per logged model
+QUIET = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+         "MLFLOW_PRINT_MODEL_URLS_ON_CREATION": "false"}
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in QUIET}
+    os.environ.update(QUIET)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _terminate(c: Any, run_id: str, status: str) -> None:
+    with _quiet():  # MLflow prints the run's address at every termination
+        c.set_terminated(run_id, status)
 
 
 def flat(prefix: str, value: Any) -> dict[str, Any]:
@@ -84,6 +164,7 @@ class Tracker:
         self.uri, self.c = uri, client(uri)
         self.exp_id = experiment_id(self.c, experiment)
         self.failures = 0
+        self.model_ids: dict[str, str] = {}  # run id -> the LoggedModel of its best checkpoint
         self._children: dict[str, str] = {}  # trial id -> run id
         self._logged: dict[str, set[int]] = {}  # trial id -> epochs that reached MLflow
         if parent_run_id is None:
@@ -131,8 +212,9 @@ class Tracker:
     # --- at the end of the search: back-fill, statuses, models, pictures --------------------------------
 
     def finish_trial(self, trial_id: str, name: str, params: dict[str, Any], history: list[dict[str, Any]],
-                     status: str, model_dir: Path | None) -> str:
-        """Make the trial's run complete: missing epochs, its final status, its best model. Returns its run id."""
+                     status: str, selected: dict[str, Any] | None = None, model: ModelFiles | None = None) -> str:
+        """Make the trial's run complete: missing epochs, its headline metrics (those of its ``selected`` epoch's
+        row), its final status and, when given, its best checkpoint as a LoggedModel. Returns its run id."""
         if trial_id not in self._children:  # its start never reached MLflow
             self.trial_started(trial_id, name, params)
             if trial_id not in self._children:
@@ -142,10 +224,12 @@ class Tracker:
                 self._log_epoch(trial_id, row)
                 self._logged[trial_id].add(int(row["epoch"]))
         run_id = self._children[trial_id]
+        if selected:
+            log_metrics(self.c, run_id, headline(selected))
         self.c.set_tag(run_id, STATUS_TAG, status)
-        if model_dir is not None:
-            self.c.log_artifacts(run_id, str(model_dir), "model")
-        self.c.set_terminated(run_id, "FAILED" if status.startswith("failed") else "FINISHED")
+        if model is not None:
+            self.model_ids[run_id] = log_model(self.uri, run_id, model, name)
+        _terminate(self.c, run_id, "FAILED" if status.startswith("failed") else "FINISHED")
         return run_id
 
     def drop_orphans(self, trial_ids: set[str]) -> int:
@@ -154,19 +238,24 @@ class Tracker:
         orphans = [tid for tid in self._children if tid not in trial_ids]
         for tid in orphans:
             self.c.set_tag(self._children[tid], STATUS_TAG, "orphaned: its trial was lost when the driver was killed")
-            self.c.set_terminated(self._children[tid], "KILLED")
+            _terminate(self.c, self._children[tid], "KILLED")
             self.c.delete_run(self._children.pop(tid))
         return len(orphans)
 
     def finish(self, best_run_id: str | None, files: Iterable[Path], figures: dict[str, Any],
-               interrupted: bool = False) -> None:
+               interrupted: bool = False, best: dict[str, Any] | None = None) -> None:
+        """Complete the parent run: files, pictures, the best trial (tag, headline metrics, model id)."""
         for f in files:
             self.c.log_artifact(self.parent, str(f))
         for artifact, fig in figures.items():
             self.c.log_figure(self.parent, fig, artifact)
         if best_run_id is not None:
             self.c.set_tag(self.parent, BEST_TAG, best_run_id)
-        self.c.set_terminated(self.parent, "KILLED" if interrupted else "FINISHED")
+            if best_run_id in self.model_ids:
+                self.c.set_tag(self.parent, BEST_MODEL_TAG, self.model_ids[best_run_id])
+        if best:
+            log_metrics(self.c, self.parent, headline(best))
+        _terminate(self.c, self.parent, "KILLED" if interrupted else "FINISHED")
 
     def set_parent_tag(self, key: str, value: str) -> None:
         self.c.set_tag(self.parent, key, value)
@@ -187,19 +276,35 @@ class Tracker:
         return True
 
 
-def save_model(model: Any, example: Any, path: Path) -> Path:
-    """Save a torch model as an MLflow model (pickle format: loads back as the same class) with a signature."""
-    import mlflow.pytorch
+@dataclass(frozen=True)
+class ModelFiles:
+    """A handed-over model to log: its export folder (``itra_tune.export``), example inputs and the outputs the
+    model gives them (for the signature), and the epoch its weights come from."""
+
+    export_dir: Path
+    inputs: Any  # numpy array: float32 pixels in [0, 1], (B, C, H, W), or int64 token ids (B, L)
+    outputs: dict[str, Any]  # numpy arrays: logits, probabilities, class
+    step: int
+
+
+def log_model(uri: str, run_id: str, model: ModelFiles, name: str = "model") -> str:
+    """Log ``model`` as a LoggedModel of run ``run_id`` at step ``model.step``; returns its model id.
+
+    The MLflow model is a pyfunc from code (``itra_tune/serving.py``) carrying the export folder: loading it
+    rebuilds the network from its configuration and reads the weights with ``weights_only``.
+    """
+    import mlflow
     import torch
     from mlflow.models import infer_signature
 
-    model.eval()
-    with torch.no_grad():
-        out = model(example)
-    signature = infer_signature(example.cpu().numpy(), out.cpu().numpy())
-    mlflow.pytorch.save_model(model.cpu(), str(path), signature=signature, serialization_format="pickle",
-                              pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "itra_tune"])
-    return path
+    mlflow.set_tracking_uri(uri)  # log_model writes to the active run of the global tracking URI
+    signature = infer_signature(model.inputs, model.outputs)
+    with _quiet(), mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name=name, python_model=str(SERVING_CODE), artifacts={"export": str(model.export_dir)},
+            signature=signature, input_example=model.inputs[:2], step=model.step,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "itra_tune"])
+    return info.model_id
 
 
 def log_params(c: Any, run_id: str, params: dict[str, Any]) -> None:
@@ -211,30 +316,35 @@ def log_params(c: Any, run_id: str, params: dict[str, Any]) -> None:
         c.log_batch(run_id, params=items[i:i + 100])
 
 
-def log_production(uri: str, experiment: str, run_name: str, params: dict[str, Any], metrics: dict[str, float],
-                   model_dir: Path, export_dir: Path, register_as: str | None) -> tuple[str, str | None]:
-    """One finished run holding a retrained model (``model``) and its export (``export``); optionally
-    registered. Returns the run id and ``name/version`` (or None)."""
+def log_metrics(c: Any, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
     from mlflow.entities import Metric
 
+    ts = int(time.time() * 1000)
+    c.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+
+
+def log_production(uri: str, experiment: str, run_name: str, params: dict[str, Any], metrics: dict[str, float],
+                   model: ModelFiles, register_as: str | None) -> tuple[str, str, str | None]:
+    """One finished run holding a retrained model as a LoggedModel; optionally registered.
+
+    Returns the run id, the model id and ``name/version`` (or None).
+    """
     c = client(uri)
     run = c.create_run(experiment_id(c, experiment), run_name=run_name, tags={STATUS_TAG: "production"})
     run_id = run.info.run_id
     log_params(c, run_id, params)
-    ts = int(time.time() * 1000)
-    c.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
-    c.log_artifacts(run_id, str(model_dir), "model")
-    c.log_artifacts(run_id, str(export_dir), "export")
-    c.set_terminated(run_id, "FINISHED")
-    return run_id, register(uri, run_id, register_as) if register_as else None
+    log_metrics(c, run_id, metrics)
+    model_id = log_model(uri, run_id, model)
+    _terminate(c, run_id, "FINISHED")
+    return run_id, model_id, register(uri, model_id, register_as) if register_as else None
 
 
-def register(uri: str, run_id: str, name: str) -> str:
-    """Register a run's model in the MLflow Model Registry under ``name`` (made if new); returns ``name/version``."""
+def register(uri: str, model_id: str, name: str) -> str:
+    """Register a LoggedModel in the MLflow Model Registry under ``name`` (made if new); returns ``name/version``."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)  # register_model talks to the global tracking and registry URI
-    version = mlflow.register_model(f"runs:/{run_id}/model", name)
+    version = mlflow.register_model(f"models:/{model_id}", name)
     return f"{name}/{version.version}"
 
 
@@ -258,14 +368,26 @@ def latest_search(space: str, uri: str | None = None) -> tuple[Any, Any]:
 
 
 def download(c: Any, run_id: str, artifact: str) -> Path:
-    return Path(c.download_artifacts(run_id, artifact, tempfile.mkdtemp(prefix="itra_tune_")))
+    with _quiet():
+        return Path(c.download_artifacts(run_id, artifact, tempfile.mkdtemp(prefix="itra_tune_")))
 
 
-def load_model(c: Any, run_id: str) -> Any:
-    """A run's ``model`` artifact as the torch module it was saved from, on the CPU."""
-    import mlflow.pytorch
+def best_model_id(c: Any, parent: Any) -> str:
+    """The LoggedModel of a search's best trial (its parent run's tag)."""
+    model_id = parent.data.tags.get(BEST_MODEL_TAG)
+    if not model_id:
+        raise ConfigError(f"search {parent.info.run_name!r} logged no model for its best trial; rerun it, or "
+                          "retrain its best configuration with itra_tune.train(itra_tune.best_config(space))")
+    return model_id
 
-    return mlflow.pytorch.load_model(str(download(c, run_id, "model")), map_location="cpu")
+
+def load_model(uri: str, model_id: str) -> Any:
+    """A LoggedModel as the torch classifier it holds (``features``, ``head``), in eval mode on the CPU."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    with _quiet():
+        return mlflow.pyfunc.load_model(f"models:/{model_id}").unwrap_python_model().model
 
 
 def log_figure(uri: str, run_id: str, fig: Any, artifact: str) -> None:

@@ -5,15 +5,15 @@ MLflow's registry and export it for serving code.
 
 The search selects on the validation split; the retrain folds that split back into training
 (``data.val_fraction=0``) and reports the test split as mean and std over the seeds. The model of the
-configuration's own seed (reproducible with ``itra_tune.train(config)``) is registered as ``itra-<space>`` and
-exported to ``<out>/export``: ``itra_tune.load_exported("<out>/export")`` rebuilds it in one call, and
-``model.ts.pt`` (TorchScript, where the model traces) loads with ``torch.jit.load`` alone.
+configuration's own seed (reproducible with ``itra_tune.train(config)``) is logged as an MLflow LoggedModel,
+registered as ``itra-<space>`` and exported to ``<out>/export``: ``itra_tune.load_exported("<out>/export")``
+rebuilds it in one call, and ``model.pt2`` (``torch.export``, where the model exports) loads with torch alone.
+All of them take what the data gives a user: image pixels in [0, 1]; they return logits.
 """
 
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -61,16 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     exported = export.save(model, config.override(cfg, {"data.val_fraction": 0.0}), out / "export", example,
                            metrics)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = tracking.save_model(model, example, Path(tmp) / "model")
-        run_id, registered = tracking.log_production(
-            uri, space, f"{name}-production", params=cfg.flat() | {"seeds": args.seeds}, metrics=metrics,
-            model_dir=model_dir, export_dir=exported, register_as=None if args.no_register else f"itra-{space}")
+    with torch.no_grad():
+        logits = model.eval()(example).float()
+    outputs = {"logits": logits.numpy(), "probabilities": logits.softmax(1).numpy(), "class": logits.argmax(1).numpy()}
+    run_id, model_id, registered = tracking.log_production(
+        uri, space, f"{name}-production", params=cfg.flat() | {"seeds": args.seeds}, metrics=metrics,
+        model=tracking.ModelFiles(exported, example.numpy(), outputs, int(last["epoch"])),
+        register_as=None if args.no_register else f"itra-{space}")
     print(f"full training set, {args.seeds} seeds: test_acc {100 * acc:.2f} ± {100 * acc_sd:.2f}%  "
           f"test_ce {ce:.4f} ± {ce_sd:.4f}")
-    print(f"MLflow: run {run_id} in experiment {space!r}" + (f", registered as {registered}" if registered else ""))
+    print(f"MLflow: run {run_id} in experiment {space!r}, model models:/{model_id}"
+          + (f", registered as {registered}" if registered else ""))
     print(f"export: {exported} (load with itra_tune.load_exported({str(exported)!r}); "
-          f"TorchScript: {export.json_meta(exported)['torchscript']})")
+          f"standalone program: {export.json_meta(exported)['standalone']})")
     return 0
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # Real datasets (Fashion-MNIST, the AG News test split) reach the tests the way they reach users: through
 # $ITRA_TUNE_DATA. CI sets it; a checkout with the project's shared data beside it finds it there.
 _BESIDE = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -7,24 +7,38 @@ import torch
 import yaml
 
 import itra_tune
-from itra_tune import config, models, tracking
+from itra_tune import config, export, models, tracking
+
+
+def _model_files(model, cfg, x, folder):
+    with torch.no_grad():
+        logits = model(x)
+    outputs = {"logits": logits.numpy(), "probabilities": logits.softmax(1).numpy(), "class": logits.argmax(1).numpy()}
+    return tracking.ModelFiles(export.save(model, cfg, folder, x, standalone=False), x.numpy(), outputs, step=1)
 
 
 def test_best_config_and_model_of_the_newest_search(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     torch.manual_seed(0)
-    model = models.build("mlp", 10, (1, 8, 8)).eval()
-    x = torch.randn(3, 1, 8, 8)
+    model = models.build("mlp", 10, (1, 8, 8), normalization=((0.3,), (0.4,))).eval()
+    x = torch.rand(3, 1, 8, 8)  # pixels in [0, 1]: the model normalizes them itself
     for lam in (0.2, 0.7):  # two searches of the space: the newer one wins
         cfg = config.override(config.Config(), {"model.name": "mlp", "loss.lam": lam})
         tracker = tracking.Tracker(uri, "space-a", run_name=f"search-{lam}")
         tracker.trial_started("t1", "trial_t1", cfg.flat())
         (tmp_path / "best_config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
-        model_dir = tracking.save_model(model, x, tmp_path / f"model-{lam}")
-        run = tracker.finish_trial("t1", "trial_t1", cfg.flat(), [], "completed", model_dir)
-        tracker.finish(run, [tmp_path / "best_config.yaml"], {})
+        files = _model_files(model, cfg, x, tmp_path / f"export-{lam}")
+        row = {"val_acc": lam, "val_ce": 1.0, "test_acc": lam, "test_ce": 1.0, "best_epoch": 1}
+        run = tracker.finish_trial("t1", "trial_t1", cfg.flat(), [], "completed", row, files)
+        tracker.finish(run, [tmp_path / "best_config.yaml"], {}, best=row)
     assert itra_tune.best_config("space-a", tracking_uri=uri).loss.lam == 0.7
-    assert torch.equal(itra_tune.load_best_model("space-a", tracking_uri=uri)(x), model(x))
+    loaded = itra_tune.load_best_model("space-a", tracking_uri=uri)
+    assert torch.equal(loaded(x), model(x))
+    assert torch.equal(loaded.preprocess.mean, model.preprocess.mean)  # the normalization travels with the weights
+    c = tracking.client(uri)
+    parent = c.search_runs([c.get_experiment_by_name("space-a").experiment_id], "tags.`itra_tune.role` = 'search'",
+                           order_by=["attributes.start_time DESC"])[0]
+    assert parent.data.metrics["best_val_acc"] == 0.7 and parent.data.metrics["best_epoch"] == 1
 
 
 def test_best_config_of_an_unknown_space(tmp_path):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 
@@ -13,21 +11,21 @@ from itra_tune import config, export, models
 
 def _model():
     torch.manual_seed(0)
-    return models.build("mlp", 10, (1, 8, 8)).eval()
+    return models.build("mlp", 10, (1, 8, 8), normalization=((0.3,), (0.4,))).eval()
 
 
-def test_export_round_trips_the_model_and_its_torchscript(tmp_path):
-    model, x = _model(), torch.randn(4, 1, 8, 8)
+def test_export_round_trips_the_model_and_its_standalone_program(tmp_path):
+    model, x = _model(), torch.rand(4, 1, 8, 8)
     cfg = config.override(config.Config(), {"model.name": "mlp"})
     out = export.save(model, cfg, tmp_path / "export", x, metrics={"test_acc": 0.9})
     back = itra_tune.load_exported(out)
     assert torch.equal(back(x), model(x))
     meta = export.json_meta(out)
-    assert meta["torchscript"] == export.SCRIPTED and meta["metrics"] == {"test_acc": 0.9}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch marks TorchScript deprecated in favour of torch.export
-        scripted = torch.jit.load(str(out / export.SCRIPTED))
-    assert torch.allclose(scripted(x), model(x), atol=1e-6)
+    assert meta["standalone"] == export.STANDALONE and meta["metrics"] == {"test_acc": 0.9}
+    assert meta["input"].startswith("float32 pixels in [0, 1]") and meta["output"] == "logits (B, K)"
+    program = torch.export.load(str(out / export.STANDALONE)).module()
+    x7 = torch.rand(7, 1, 8, 8)  # another batch size than the example's
+    assert torch.allclose(program(x7), model(x7), atol=1e-6)
 
 
 def test_a_failed_export_leaves_the_older_one_and_no_partial_folder(tmp_path):

@@ -63,3 +63,10 @@ def test_a_wheel_installed_elsewhere_finds_its_spaces_searches_and_answers_best_
     best = run("-c", "import itra_tune; cfg = itra_tune.best_config('demo'); print(cfg.data.name, cfg.loss.name)")
     assert best.returncode == 0, best.stderr[-2000:]
     assert best.stdout.split()[-2:] == ["digits", "itra_c"]
+
+
+def test_no_product_file_names_the_development_layout():
+    product = [*(ROOT / "itra_tune").rglob("*.py"), *(ROOT / "search_spaces").glob("*.yaml"), ROOT / "Makefile",
+               ROOT / "pyproject.toml"]
+    named = [str(p.relative_to(ROOT)) for p in product if any(s in p.read_text() for s in ("../shared", "shared/data"))]
+    assert named == []

@@ -6,8 +6,6 @@ import importlib.util
 import json
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -65,46 +63,3 @@ def test_reproduce_refuses_an_unknown_row_before_anything_runs(tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'mnist' is not a row of Table 1; choose from kmnist, fmnist" in err[0]
     assert not (tmp_path / "out").exists()
-
-
-def test_production_export_loads_in_a_fresh_process_with_the_registered_models_predictions(
-        ray_local, space_file, tmp_path, capsys):
-    import subprocess
-    import sys
-
-    import mlflow.pytorch
-    import torch
-
-    from itra_tune import export, tracking
-
-    space = space_file(name="prod", smoke={"num_samples": 2, "train.epochs": 1})
-    out = tmp_path / "prod"
-    code = _load("search_then_retrain").main(["--space", str(space), "--smoke", "--seeds", "2", "--storage-path",
-                                              str(tmp_path / "st"), "--out", str(out)])
-    assert code == 0
-    printed = capsys.readouterr().out
-    assert "full training set, 2 seeds: test_acc" in printed and "registered as itra-prod/1" in printed
-    retrained = yaml.safe_load((out / "seed_0" / "config.yaml").read_text())
-    assert retrained["data"]["val_fraction"] == 0.0  # the validation split folded back into training
-    meta = export.json_meta(out / "export")
-    assert meta["torchscript"] == "model.ts.pt" and meta["metrics"]["test_acc_std"] >= 0
-
-    x = torch.randn(16, 1, 8, 8)
-    torch.save(x, tmp_path / "x.pt")
-    registered = mlflow.pytorch.load_model("models:/itra-prod/1", map_location="cpu").eval()
-    with torch.no_grad():
-        expected = registered(x)
-    script = (
-        "import sys, torch, itra_tune\n"
-        "x = torch.load(sys.argv[2])\n"
-        "model = itra_tune.load_exported(sys.argv[1])\n"
-        "scripted = torch.jit.load(sys.argv[1] + '/model.ts.pt')\n"
-        "with torch.no_grad():\n"
-        "    torch.save({'model': model(x), 'scripted': scripted(x)}, sys.argv[3])\n"
-    )
-    subprocess.run([sys.executable, "-c", script, str(out / "export"), str(tmp_path / "x.pt"),
-                    str(tmp_path / "y.pt")], check=True, env={**__import__("os").environ,
-                                                             "MLFLOW_TRACKING_URI": tracking.resolve_uri()})
-    got = torch.load(tmp_path / "y.pt")
-    assert torch.equal(got["model"], expected)
-    assert torch.allclose(got["scripted"], expected, atol=1e-6)

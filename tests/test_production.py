@@ -105,8 +105,21 @@ def test_over_seeds_reports_mean_and_std_of_the_final_epoch(tiny_config, tmp_pat
     assert res["test_acc"] == pytest.approx((statistics.fmean(finals), statistics.stdev(finals)))
     saved = yaml.safe_load((tmp_path / "s" / "seed_6" / "config.yaml").read_text())
     assert saved["seed"] == 6 and saved["data"]["val_fraction"] == 0.0
-    # with no validation split, best.pt is the last epoch: nothing is selected on the test split
+    # with no validation split, best.pt is the last epoch: nothing is selected on the test split, and the test
+    # split is not reported a second time under the name val
     assert checkpoint.load(tmp_path / "s" / "seed_6" / "best.pt")["metrics"]["epoch"] == 2
+    assert all("val_acc" not in row and "val_ce" not in row for r in res["results"] for row in r.history)
+    assert repr(res["results"][0]).startswith("FitResult(Classifier, 2 epochs, best={")
+    assert "\n" not in repr(res)  # printing the result shows figures, not model dumps
+
+
+def test_full_train_command_line_prints_the_test_split_once(tiny_config, tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(tiny_config().to_dict()))
+    assert main(["--config", str(path), "--full-train", "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "val_acc" not in out and "val_ce" not in out and out.count("test_acc") == 3  # 2 epochs, then the end
+    assert "no validation split: kept the last epoch" in out
 
 
 @pytest.mark.parametrize(("args", "message"), [

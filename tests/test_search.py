@@ -191,7 +191,9 @@ def test_ctrl_c_reports_the_interrupted_search_and_resume_finishes_it(space_file
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 130, err[-3000:]
-    assert "continue with: python -m itra_tune.search --space" in err and "--name intr --resume" in err
+    resume = err.split("continue with: ")[1].split()
+    assert Path(resume[0]).exists() and resume[1:4] == ["-m", "itra_tune.search", "--space"]  # works when pasted
+    assert "--name intr --resume" in err
     resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert json.loads((tmp_path / "st" / "intr" / "summary.json").read_text())["trials"] == 4
@@ -228,3 +230,25 @@ def test_address_joins_a_head_started_by_the_test(space_file, tmp_path):
         head.send_signal(signal.SIGTERM)
         head.wait(timeout=90)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_local_search_cluster_keeps_ray_s_token_authentication(tmp_path):
+    """Ray 2.60 binds its servers to every interface (it has no loopback-only setting), so the token Ray makes for
+    a local cluster is what keeps others out: the search leaves it on, and a client without it cannot join."""
+    script = (
+        "import os, subprocess, sys, ray\n"
+        "from itra_tune.search.tuner import init_ray\n"
+        "init_ray(None)\n"
+        "gcs = ray.get_runtime_context().gcs_address\n"
+        "env = {k: v for k, v in os.environ.items() if not k.startswith('RAY_AUTH')}\n"
+        "join = \"import ray; ray.init(address='%s'); print('joined')\" % gcs\n"
+        "for mode in ({'RAY_AUTH_MODE': 'disabled'}, {'RAY_AUTH_MODE': 'token', 'RAY_AUTH_TOKEN': 'guess'}):\n"
+        "    p = subprocess.run([sys.executable, '-c', join], env={**env, **mode}, capture_output=True, text=True,\n"
+        "                       timeout=180)\n"
+        "    print(mode['RAY_AUTH_MODE'], 'joined' in p.stdout)\n"
+        "ray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-4:] == ["disabled", "False", "token", "False"]

@@ -3,6 +3,7 @@ best-config API that production code uses."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 import yaml
@@ -32,6 +34,11 @@ def _runs(c: MlflowClient, experiment: str):
     parents = [r for r in runs if tracking.PARENT_TAG not in r.data.tags]
     children = [r for r in runs if tracking.PARENT_TAG in r.data.tags]
     return parents, children
+
+
+def _trials_csv(path):
+    with open(path / "trials.csv") as f:
+        return list(csv.DictReader(f))
 
 
 def test_search_tracks_to_a_server_and_best_config_round_trips(ray_local, mlflow_server, space_file, tmp_path,
@@ -60,11 +67,26 @@ def test_search_tracks_to_a_server_and_best_config_round_trips(ray_local, mlflow
         assert float(child.data.params["loss.lam"]) == pytest.approx(float(child.data.params["loss.lam"]))
         for metric in tracking.EPOCH_METRICS:
             assert [m.step for m in c.get_metric_history(child.info.run_id, metric)] == [1, 2]
-        assert "model/MLmodel" in {a.path for a in c.list_artifacts(child.info.run_id, "model")}
+        # one number per trial: its headline metrics are its selected epoch's, as in trials.csv
+        row = next(r for r in _trials_csv(tmp_path / "st" / "t") if r["trial"] == child.info.run_name)
+        assert child.data.metrics["best_epoch"] == float(row["best_epoch"])
+        assert child.data.metrics["best_test_acc"] == pytest.approx(float(row["test_acc"]))
     best_run = parent.data.tags[tracking.BEST_TAG]
     assert c.get_run(best_run).info.run_name == summary["best"]["trial"]
-    versions = c.search_model_versions("name = 'itra-tracked'")
-    assert [v.run_id for v in versions] == [best_run]
+    assert parent.data.metrics["best_val_acc"] == pytest.approx(summary["best"]["val_acc"])
+    assert parent.data.metrics["best_test_acc"] == pytest.approx(summary["best"]["test_acc"])
+    # the best 3 trials' checkpoints are LoggedModels of their runs, at their selected epoch
+    exp = c.get_experiment_by_name("tracked")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    mlflow.set_tracking_uri(mlflow_server)
+    logged = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")
+    assert len(logged) == 3 and {m.source_run_id for m in logged} <= {r.info.run_id for r in children}
+    best_model = next(m for m in logged if m.source_run_id == best_run)
+    assert parent.data.tags[tracking.BEST_MODEL_TAG] == best_model.model_id
+    assert summary["tracking"]["best_model_id"] == best_model.model_id
+    assert [v.version for v in c.search_model_versions("name = 'itra-tracked'")] == ["1"]
+    version = c.get_model_version("itra-tracked", "1")
+    assert best_model.model_id in (version.model_id, version.source.removeprefix("models:/"))
 
     cfg = itra_tune.best_config("tracked", tracking_uri=mlflow_server)
     assert cfg.to_dict() == summary["best_config"]
@@ -72,12 +94,13 @@ def test_search_tracks_to_a_server_and_best_config_round_trips(ray_local, mlflow
     x = torch.randn(3, 1, 8, 8)
     assert model.features(x).shape == (3, 128) and model(x).shape == (3, 10)
 
-    # the promise: the best configuration, trained outside the search, gives the metrics the trial logged
+    # the promise: the best configuration, trained outside the search with torch's default threads, gives the
+    # metrics the trial logged, exactly (the configuration carries the trial's thread count)
+    assert cfg.train.threads == 1 and (torch.get_num_threads() >= 2 or os.cpu_count() == 1)
     result = itra_tune.train(cfg)
-    logged = c.get_metric_history(best_run, "val_acc")
-    assert [r["val_acc"] for r in result.history] == [m.value for m in sorted(logged, key=lambda m: m.step)]
-    test_ce = sorted(c.get_metric_history(best_run, "test_ce"), key=lambda m: m.step)
-    assert [r["test_ce"] for r in result.history] == pytest.approx([m.value for m in test_ce], rel=1e-6)
+    for metric in ("val_acc", "val_ce", "test_ce"):
+        history = sorted(c.get_metric_history(best_run, metric), key=lambda m: m.step)
+        assert [r[metric] for r in result.history] == [m.value for m in history], metric
     # production: the winner over seeds on the full training set, from the command line
     from itra_tune.production import main as train_main
 
@@ -103,6 +126,25 @@ def test_default_store_is_sqlite_in_the_working_folder(ray_local, space_file, tm
     parents, children = _runs(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "local")
     assert len(parents) == 1 and len(children) == 2
     assert itra_tune.best_config("local").loss.name == "itra_c"  # the same default, read back
+
+
+def test_two_searches_starting_together_create_the_default_store_once(tmp_path):
+    """Two processes opening a new SQLite store at once: both get it (MLflow's first-use migration is locked)."""
+    script = ("import sys, time\n"
+              "from itra_tune import tracking\n"
+              "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # start together\n"
+              "c = tracking.client(sys.argv[1])\n"
+              "tracking.experiment_id(c, 'race')\n"
+              "print('ok')\n")
+    for attempt in range(2):
+        uri = f"sqlite:///{tmp_path / f'race{attempt}' / 'mlflow.db'}"
+        (tmp_path / f"race{attempt}").mkdir()
+        start = str(time.time() + 3)
+        procs = [subprocess.Popen([sys.executable, "-c", script, uri, start], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [err[-1500:] for _, err in outs]
+        assert len(MlflowClient(uri).search_experiments(filter_string="name = 'race'")) == 1
 
 
 def test_unreachable_tracking_server_is_bad_input(tmp_path, capsys):
@@ -153,14 +195,14 @@ def test_tracking_server_outage_mid_search_is_back_filled(space_file, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (.ci/run installs it)")
-def test_mlflow_ui_shows_the_search_with_nested_trial_runs(ray_local, mlflow_server, space_file, tmp_path):
+def test_mlflow_ui_shows_the_search_with_nested_trial_runs(ray_local, mlflow_server, space_file, tmp_path, capsys):
     from playwright.sync_api import sync_playwright
 
     space = space_file(name="ui", budget={"num_samples": 2, "max_concurrent": 2})
     assert cli.run(PROG, main, ["--space", str(space), "--storage-path", str(tmp_path / "st"), "--name", "ui-search",
                                 "--tracking-uri", mlflow_server]) == 0
+    link = next(w for w in capsys.readouterr().out.split() if w.startswith(f"{mlflow_server}/#/experiments/"))
     c = MlflowClient(mlflow_server)
-    exp_id = c.get_experiment_by_name("ui").experiment_id
     _, children = _runs(c, "ui")
     trial_names = sorted(r.info.run_name for r in children)
     assert len(trial_names) == 2
@@ -168,14 +210,18 @@ def test_mlflow_ui_shows_the_search_with_nested_trial_runs(ray_local, mlflow_ser
         browser = p.chromium.launch(executable_path=shutil.which("chromium"),
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        page.goto(f"{mlflow_server}/#/experiments/{exp_id}/runs")
+        page.goto(link)  # the link the search printed opens the model-training view, not the GenAI one
         parent = page.get_by_role("link", name="ui-search", exact=True)
         parent.wait_for(timeout=60_000)
+        assert page.get_by_text("Model training").count() >= 1 and page.get_by_text("Judges").count() == 0
+        run_link = lambda name: page.locator("a[href*='/runs/']").get_by_text(name, exact=True)  # noqa: E731
         for name in trial_names:  # nested: hidden until the parent row is expanded
-            assert page.get_by_role("link", name=name, exact=True).count() == 0
+            assert run_link(name).count() == 0
         parent.locator("xpath=ancestor::*[@role='gridcell'][1]").locator("button").first.click()
         for name in trial_names:
-            page.get_by_role("link", name=name, exact=True).wait_for(timeout=30_000)
+            run_link(name).wait_for(timeout=30_000)
+        # each trial's row links its LoggedModel, named after the trial
+        page.locator("a[href*='/models/m-']").get_by_text(trial_names[0], exact=True).wait_for(timeout=30_000)
         shot = tmp_path / "mlflow_ui.png"
         page.screenshot(path=str(shot))
         browser.close()

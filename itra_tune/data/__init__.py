@@ -42,6 +42,7 @@ class Data:
 
     num_classes: int
     input_shape: tuple[int, ...]
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None  # (mean, std) the model applies
     train: Pairs
     val: Any
     test: Any
@@ -121,7 +122,7 @@ def build(cfg: DataConfig, device: torch.device, seed: int, paired: bool = True,
         return {"val": val or test, "test": test}[split].sample(n, seed)
 
     num_classes = src.num_classes or max(train_full.num_classes, test.num_classes)
-    return Data(num_classes, tuple(train.input_shape), pairs(cfg, train, gens, paired),
+    return Data(num_classes, tuple(train.input_shape), train.normalization, pairs(cfg, train, gens, paired),
                 val.batches(cfg.eval_batch_size) if val is not None else None, test.batches(cfg.eval_batch_size),
                 sample, gens, len(train))
 

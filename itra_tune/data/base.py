@@ -59,6 +59,11 @@ class Held:
     def num_classes(self) -> int:
         return int(self.y.max()) + 1 if len(self) else 0
 
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """Per-channel (mean, std) that the model applies to this set's inputs; None when it takes them as they are."""
+        return None
+
     def batch(self, idx: Tensor, augment: bool = False, gen: torch.Generator | None = None) -> Batch:
         raise NotImplementedError
 

@@ -38,6 +38,10 @@ class Folder:
     def num_classes(self) -> int:
         return len(self.plain.classes)
 
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return IMAGENET_MEAN, IMAGENET_STD
+
     def subset(self, idx: Tensor) -> Folder:
         return Folder(self.augmented, self.plain, [self.idx[i] for i in idx.tolist()], self.num_workers, self.device)
 
@@ -107,10 +111,10 @@ def _imagenet(cfg: DataConfig, root: Path, model_name: str | None = None) -> tup
 
     _check(cfg, root)
     base = root / "imagenet"
-    norm = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    # pixels in [0, 1]: the model normalizes them itself (models.Normalize with IMAGENET_MEAN, IMAGENET_STD)
     aug = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
-                              transforms.ToTensor(), norm])
-    plain = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), norm])
+                              transforms.ToTensor()])
+    plain = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
     train_aug = datasets.ImageFolder(str(base / "train"), aug)
     train_plain = datasets.ImageFolder(str(base / "train"), plain)
     test = datasets.ImageFolder(str(base / "val"), plain)

@@ -4,10 +4,14 @@ cropped, flipped and normalized on the device, so no loader worker stands betwee
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import gzip
+import io
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +23,12 @@ from itra_tune.data.base import Batch, DatasetMissing, Held, Source, no_files
 
 @dataclass
 class Images(Held):
-    """Labelled images on one device. ``x`` is uint8 (scaled by 1/255) or already-float, (N, C, H, W)."""
+    """Labelled images on one device. ``x`` is uint8 (scaled by 1/255) or already-float in [0, 1], (N, C, H, W).
+
+    Batches are float32 pixels in [0, 1] (torchvision's ``ToTensor`` convention); ``mean`` and ``std`` are the
+    dataset's per-channel statistics, which the model's own first layer applies (``models.Normalize``), so a
+    model handed over takes pixels as they come.
+    """
 
     x: Tensor
     y: Tensor
@@ -32,6 +41,10 @@ class Images(Held):
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
 
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return self.mean, self.std
+
     def to(self, device: torch.device) -> Images:
         return Images(self.x.to(device), self.y.to(device), self.mean, self.std, self.crop_pad, self.flip)
 
@@ -39,7 +52,7 @@ class Images(Held):
         return Images(self.x[idx], self.y[idx], self.mean, self.std, self.crop_pad, self.flip)
 
     def batch(self, idx: Tensor, augment: bool = False, gen: torch.Generator | None = None) -> Batch:
-        """Normalized (and, when ``augment``, randomly cropped and flipped) examples ``idx``."""
+        """Pixels in [0, 1] (when ``augment``, randomly cropped and flipped) of examples ``idx``."""
         x = self.x[idx]
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
         if augment and self.crop_pad:
@@ -47,15 +60,7 @@ class Images(Held):
         if augment and self.flip:
             flip = torch.rand(x.shape[0], device=x.device, generator=gen) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        mean, std = self._stats
-        return (x - mean) / std, self.y[idx]
-
-    @functools.cached_property
-    def _stats(self) -> tuple[Tensor, Tensor]:
-        # made once on the data's device, not per batch (a host-to-device copy each time on CUDA)
-        shape = (1, -1, 1, 1)
-        return (torch.tensor(self.mean, device=self.x.device).view(shape),
-                torch.tensor(self.std, device=self.x.device).view(shape))
+        return x, self.y[idx]
 
 
 def random_crop(x: Tensor, pad: int, gen: torch.Generator | None = None) -> Tensor:
@@ -69,6 +74,26 @@ def random_crop(x: Tensor, pad: int, gen: torch.Generator | None = None) -> Tens
     batch = torch.arange(b, device=x.device)[:, None, None, None]
     chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
     return xp[batch, chan, rows, cols]
+
+
+def download(name: str, base: Path, fetch: Callable[[], Any], expected: str) -> None:
+    """Run torchvision's ``fetch`` of dataset ``name`` into ``base``; on failure one DatasetMissing line, and
+    no folder left behind that was not there before. torchvision's own retry messages are kept quiet."""
+    made = base  # the outermost folder the download may create
+    while not made.parent.exists():
+        made = made.parent
+    existed = made.exists()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            fetch()
+    except (OSError, RuntimeError, ValueError) as e:  # urllib's URLError is an OSError
+        if not existed:
+            shutil.rmtree(made, ignore_errors=True)
+        reason = str(getattr(e, "reason", "") or e).strip().splitlines()
+        raise DatasetMissing(
+            f"dataset {name!r}: the download failed ({reason[0] if reason else type(e).__name__}); on a machine "
+            f"without network put {expected} in {base} yourself and set data.download=false"
+        ) from None
 
 
 # --- Fashion-MNIST and KMNIST: the idx files ------------------------------------------------------------
@@ -108,17 +133,19 @@ def _mnist_like(folder: str, tv_class: str, mean: float, std: float, flip: bool)
             found.append(pair)
         return found
 
+    def fetch(root: Path) -> None:
+        import torchvision
+
+        for train in (True, False):
+            getattr(torchvision.datasets, tv_class)(str(root / folder), train=train, download=True)
+
     def check(cfg: DataConfig, root: Path) -> None:
-        if not cfg.download:
-            paths(root)
+        if cfg.download and find(root / folder, files["train"][0]) is None:
+            download(folder, root / folder, lambda: fetch(root), "the four idx .gz files")
+        paths(root)
 
     def load(cfg: DataConfig, root: Path, model_name: str | None = None) -> tuple[Images, Images]:
-        base = root / folder
-        if cfg.download and find(base, files["train"][0]) is None:
-            import torchvision
-
-            for train in (True, False):
-                getattr(torchvision.datasets, tv_class)(str(base), train=train, download=True)
+        check(cfg, root)
         sets = []
         for img, lab in paths(root):
             x = torch.from_numpy(read_idx(img).copy())[:, None]  # (N, 1, 28, 28) uint8
@@ -138,20 +165,30 @@ def _torchvision_set(folder: str, tv_class: str, mean: tuple[float, ...], std: t
         return DatasetMissing(f"dataset {folder!r} not found: expected {expected} in {base}; copy it there, point "
                               f"data.root at its parent folder, or set data.download=true on a machine with network")
 
+    def kwargs(train: bool) -> dict[str, Any]:
+        return {"split": "train" if train else "test"} if tv_class == "STL10" else {"train": train}
+
     def check(cfg: DataConfig, root: Path) -> None:
-        if not cfg.download and not (root / folder / expected).is_dir():
-            raise missing(root / folder)
+        base = root / folder
+        if cfg.download and not (base / expected).is_dir():
+            import torchvision
+
+            cls = getattr(torchvision.datasets, tv_class)
+            download(folder, base, lambda: [cls(str(base), download=True, **kwargs(t)) for t in (True, False)],
+                     expected + "/")
+        if not (base / expected).is_dir():
+            raise missing(base)
 
     def load(cfg: DataConfig, root: Path, model_name: str | None = None) -> tuple[Images, Images]:
         import torchvision
 
+        check(cfg, root)
         base = root / folder
         cls = getattr(torchvision.datasets, tv_class)
         sets = []
         for train in (True, False):
-            kwargs = {"split": "train" if train else "test"} if tv_class == "STL10" else {"train": train}
             try:
-                ds = cls(str(base), download=cfg.download, **kwargs)
+                ds = cls(str(base), download=False, **kwargs(train))
             except RuntimeError:
                 raise missing(base) from None
             x = torch.from_numpy(np.asarray(ds.data))
@@ -168,7 +205,10 @@ def _torchvision_set(folder: str, tv_class: str, mean: tuple[float, ...], std: t
 
 
 def _digits(cfg: DataConfig, root: Path, model_name: str | None = None) -> tuple[Images, Images]:
-    """scikit-learn's bundled 8x8 handwritten digits (1,797 images); a fixed 20% is the test split."""
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images); a fixed 20% is the test split.
+
+    The raw values are integers 0-16; a pixel here is the raw value / 16, in [0, 1].
+    """
     from sklearn.datasets import load_digits
 
     d = load_digits()

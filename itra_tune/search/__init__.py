@@ -16,8 +16,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from itra_tune import cli, engine, spaces, tracking
 from itra_tune import config as config_mod
-from itra_tune import engine, spaces, tracking
 from itra_tune.config import ConfigError
 
 METHOD_KNOBS = {  # each method tunes its own knob in a fair comparison
@@ -55,6 +55,7 @@ class Options:
     max_failures: int = 0  # retries of a failing trial from its latest checkpoint
     tracking_uri: str | None = None  # MLflow; default $MLFLOW_TRACKING_URI, else ./mlflow.db
     register: bool = False  # register the best model as itra-<space>
+    log_models: int | None = 3  # the best k trials' checkpoints become LoggedModels; None: every trial's
 
 
 def run(space: str | Path = "demo", **options: Any) -> list[dict[str, Any]]:
@@ -76,6 +77,8 @@ def run(space: str | Path = "demo", **options: Any) -> list[dict[str, Any]]:
     if unknown:
         raise TypeError(f"search.run() got an unexpected option {unknown[0]!r}")
     opts = Options(**options)
+    if opts.log_models is not None and opts.log_models < 1:
+        raise ConfigError(f"--log-models must be at least 1 (or all) but got {opts.log_models}")
     if opts.objective not in OBJECTIVES:
         raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)} but got {opts.objective!r}")
     prepared, cfg = prepare(space, opts)
@@ -112,7 +115,7 @@ def _run_plan(plan: list[tuple[spaces.Space, str | None]], names: list[str], sav
     available = ray.cluster_resources()
     summaries = []
     for (sp, _method), name in zip(plan, names):
-        sp = tuner.fit_resources(sp, available)
+        sp = record_threads(tuner.fit_resources(sp, available))
         sp_cfg = config_mod.from_dict(sp.base, str(sp.path))
         objective, parent = saved.get(name, (opts.objective, ""))
         if not parent:
@@ -128,7 +131,7 @@ def _run_plan(plan: list[tuple[spaces.Space, str | None]], names: list[str], sav
         summary["interrupted"] = summary["trials"] < sp.num_samples  # Ctrl-C: Tune saved its state, returned
         summary["resume_command"] = resume_cmd
         summary["tracking"] = record.record(grid, summary, sp, sp_cfg, uri, parent, storage / name,
-                                            opts.register and not summary["interrupted"])
+                                            opts.register and not summary["interrupted"], opts.log_models)
         (storage / name / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         results.print_summary(summary, sp)
         summaries.append(summary)
@@ -167,6 +170,15 @@ def prepare(space: str | Path, opts: Options) -> tuple[spaces.Space, config_mod.
     return sp, cfg
 
 
+def record_threads(space: spaces.Space) -> spaces.Space:
+    """The space with ``train.threads`` set to each trial's CPUs (Ray gives a trial that many threads), unless it
+    says otherwise: the best configuration then retrains to the same numbers outside Ray."""
+    if space.base.get("train", {}).get("threads") is not None:
+        return space
+    threads = max(1, int(space.cpus_per_trial))
+    return replace(space, base=config_mod.apply_overrides(space.base, [f"train.threads={threads}"]))
+
+
 def method_space(space: spaces.Space, method: str) -> spaces.Space:
     """The space for one method of a fair comparison: same budget and shared knobs, its own loss knob."""
     if method not in METHOD_KNOBS:
@@ -181,7 +193,7 @@ def method_space(space: spaces.Space, method: str) -> spaces.Space:
 
 def resume_command(space: str | Path, stem: str, opts: Options) -> str:
     """The command line that continues this search."""
-    return " ".join(["python -m itra_tune.search", "--space", str(space), "--name", stem, "--resume"]
+    return " ".join([cli.command(), "-m itra_tune.search", "--space", str(space), "--name", stem, "--resume"]
                     + (["--methods", ",".join(opts.methods)] if opts.methods else [])
                     + (["--storage-path", opts.storage_path] if opts.storage_path else [])
                     + (["--tracking-uri", opts.tracking_uri] if opts.tracking_uri else []))

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from itra_tune import cli, spaces
+from itra_tune.config import ConfigError
 from itra_tune.search import DEFAULT_STORAGE, OBJECTIVES, run
 
 PROG = "python -m itra_tune.search"
@@ -32,6 +33,8 @@ def parser() -> cli.Parser:
     p.add_argument("--max-failures", type=int, default=0, help="retries of a failing trial from its checkpoint")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.add_argument("--register", action="store_true", help="register the best model as itra-<space> in MLflow")
+    p.add_argument("--log-models", default="3", metavar="K|all",
+                   help="log the best K trials' checkpoints as MLflow models (default 3; all: every trial's)")
     return p
 
 
@@ -40,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     space = args.pop("space")
     args["overrides"] = tuple(args.pop("set"))
     args["methods"] = tuple(m.strip() for m in args["methods"].split(",") if m.strip()) if args["methods"] else ()
+    k = args["log_models"]
+    if k != "all" and not k.isdigit():
+        raise ConfigError(f"--log-models takes a count or all, not {k!r}")
+    args["log_models"] = None if k == "all" else int(k)
     summaries = run(space, **args)
     last = summaries[-1]
     if last["interrupted"]:

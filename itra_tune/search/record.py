@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from itra_tune import checkpoint, models, plots, spaces, tracking
+from itra_tune import checkpoint, export, models, plots, spaces, tracking
 from itra_tune import config as config_mod
 from itra_tune import data as data_mod
 from itra_tune.search.results import is_nan, rank_key, started, trial_rows
@@ -18,36 +18,45 @@ from itra_tune.search.trainable import STATE_FILE, trial_config, trial_params
 
 
 def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: config_mod.Config, uri: str,
-           parent: str, path: Path, register: bool) -> dict[str, Any]:
-    """Complete the search in MLflow: back-fill, statuses, best models, pictures, the best configuration.
+           parent: str, path: Path, register: bool, log_models: int | None = 3) -> dict[str, Any]:
+    """Complete the search in MLflow: back-fill, headline metrics, statuses, the best trials' models, pictures,
+    the best configuration.
 
-    Returns what happened, for the summary; a tracking server that is still away is reported, not raised.
+    Args:
+        log_models: how many of the best trials get their best checkpoint logged as a LoggedModel (None: all).
+
+    Returns:
+        What happened, for the summary; a tracking server that is still away is reported, not raised.
     """
     out: dict[str, Any] = {"uri": uri, "experiment": space.name, "parent_run_id": parent}
     try:
         tracker = tracking.Tracker(uri, space.name, parent)
+        out["ui"] = tracking.ui_link(uri, tracker.exp_id)
         rows = {r["trial"]: r for r in trial_rows(results, space, cfg.train.epochs)}
-        histories, best_run, best_model = {}, None, None
+        ranked = sorted((r for r in rows.values() if space.metric in r and not r["status"].startswith("failed")),
+                        key=lambda r: rank_key(r, space), reverse=True)
+        with_model = {r["trial"] for r in (ranked if log_models is None else ranked[:log_models])}
         data = data_mod.build(cfg.data, torch.device("cpu"), cfg.seed, paired=False, model_name=cfg.model.name)
-        example = data.sample("test", 2)[0], data.num_classes, data.input_shape
+        best_name = summary["best"]["trial"] if summary.get("best") else None
+        histories, best_run, best_model = {}, None, None
         for res in started(results):
             name = Path(res.path).name
             row = rows[name]
-            history = _history(res)
-            histories[name] = history
-            model_dir = None
-            ckpt = res.get_best_checkpoint(space.metric, space.mode) if history else None
+            histories[name] = _history(res)
+            model = None
             with tempfile.TemporaryDirectory() as tmp:
-                if ckpt is not None and not row["status"].startswith("failed"):
-                    model_dir, model = _export_model(ckpt, res.config, example, Path(tmp) / "model")
-                    if summary.get("best") and summary["best"]["trial"] == name:
-                        best_model = model
-                run_id = tracker.finish_trial(name.removeprefix("trial_"), name, trial_params(res.config), history,
-                                              row["status"], model_dir)
-            if summary.get("best") and summary["best"]["trial"] == name:
-                best_run = run_id
+                if name in with_model or name == best_name:
+                    model = _checkpoint_model(res, space, data)
+                files = _model_files(model, trial_config(res.config), data, row, Path(tmp)) \
+                    if model is not None and name in with_model else None
+                run_id = tracker.finish_trial(name.removeprefix("trial_"), name, trial_params(res.config),
+                                              histories[name], row["status"], row if space.metric in row else None,
+                                              files)
+            if name == best_name:
+                best_run, best_model = run_id, model
         out["orphaned_runs_dropped"] = tracker.drop_orphans({Path(r.path).name.removeprefix("trial_")
                                                              for r in results})
+        out["models_logged"] = len(tracker.model_ids)
         files = [f for f in (path / "trials.csv", path / "best_config.yaml") if f.exists()]
         figures = _figures(list(rows.values()), histories, space)
         if best_model is not None:
@@ -57,13 +66,14 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
             figures["plots/tsne_best_test_features.png"] = plots.tsne(
                 h, y.numpy(), f"t-SNE of test features, best trial ({cfg.loss.name})")
         try:
-            tracker.finish(best_run, files, figures, summary["interrupted"])
+            tracker.finish(best_run, files, figures, summary["interrupted"], summary.get("best"))
         finally:
             plots.close(figures.values())
-        summary["best_history"] = histories.get(summary["best"]["trial"]) if summary.get("best") else None
-        out.update(best_run_id=best_run, failed_live_writes=tracker.failures)
-        if register and best_run is not None:
-            out["registered"] = tracking.register(uri, best_run, f"itra-{space.name}")
+        summary["best_history"] = histories.get(best_name) if best_name else None
+        out.update(best_run_id=best_run, best_model_id=tracker.model_ids.get(best_run),
+                   failed_live_writes=tracker.failures)
+        if register and best_run in tracker.model_ids:
+            out["registered"] = tracking.register(uri, tracker.model_ids[best_run], f"itra-{space.name}")
     except Exception as e:  # noqa: BLE001 - the trials are safe on disk; say how to finish the record later
         out["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
     return out
@@ -74,14 +84,30 @@ def _history(result: Any) -> list[dict[str, Any]]:
     return [] if df is None or not len(df) else [h for h in df.to_dict("records") if not is_nan(h.get("val_acc"))]
 
 
-def _export_model(ckpt: Any, tune_config: dict[str, Any], example: Any, out: Path) -> tuple[Path, Any]:
-    """The trial's best checkpoint as an MLflow model folder, and the loaded model."""
-    x, num_classes, input_shape = example
-    cfg = trial_config(tune_config)
-    model = models.build(cfg.model.name, num_classes, input_shape)
+def _checkpoint_model(result: Any, space: spaces.Space, data: data_mod.Data) -> models.Classifier | None:
+    """The trial's best checkpoint (by the space's metric) as its classifier, or None when it has none."""
+    ckpt = result.get_best_checkpoint(space.metric, space.mode)
+    if ckpt is None:
+        return None
+    cfg = trial_config(result.config)
+    model = models.build(cfg.model.name, data.num_classes, data.input_shape)
     with ckpt.as_directory() as d:
         model.load_state_dict(checkpoint.load(Path(d) / STATE_FILE)["model"])
-    return tracking.save_model(model, x, out), model
+    return model.eval()
+
+
+def _model_files(model: models.Classifier, cfg: config_mod.Config, data: data_mod.Data, row: dict[str, Any],
+                 tmp: Path) -> tracking.ModelFiles:
+    """What MLflow needs to log the model: its export (no TorchScript: a LoggedModel needs none), example inputs
+    as they come (pixels in [0, 1]) and the outputs the model gives them."""
+    x = data.sample("test", 4)[0]
+    metrics = {k: row[k] for k in tracking.HEADLINE_METRICS if k in row}
+    folder = export.save(model, cfg, tmp / "export", x, metrics=metrics, standalone=False)
+    with torch.no_grad():
+        logits = model(x).float()
+    outputs = {"logits": logits.numpy(), "probabilities": logits.softmax(1).numpy(),
+               "class": logits.argmax(1).numpy()}
+    return tracking.ModelFiles(folder, x.numpy(), outputs, int(row.get("best_epoch", 0)))
 
 
 def _figures(rows: list[dict[str, Any]], histories: dict[str, list[dict[str, Any]]],

@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
+from itra_tune import cli, engine, spaces
 from itra_tune import config as config_mod
-from itra_tune import engine, spaces
 from itra_tune.search.trainable import trial_config
 
 
@@ -125,7 +125,9 @@ def print_summary(s: dict[str, Any], space: spaces.Space) -> None:
         backfill = f", {t['failed_live_writes']} live writes back-filled" if t.get("failed_live_writes") else ""
         reg = f", registered as {t['registered']}" if t.get("registered") else ""
         print(f"MLflow:  experiment {t['experiment']!r}, parent run {t['parent_run_id']} at {t['uri']}{backfill}{reg}"
-              f"\n         browse with `mlflow ui --backend-store-uri {t['uri']}`")
+              + ("" if t["uri"].startswith("http") else
+                 f"\n         browse with `{cli.command('mlflow')} ui --backend-store-uri {t['uri']}`, then open")
+              + f"\n         {t['ui']}")
     print(f"resume:  {s['resume_command']}")
 
 

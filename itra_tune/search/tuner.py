@@ -19,11 +19,12 @@ from itra_tune.config import ConfigError
 from itra_tune.search.trainable import train_trial, trial_params
 
 # Ray's environment for a search driver (and the benchmarks): the classic progress table, which honours our
-# columns, and no warning about experiment-state syncing on a local disk.
+# columns, and no warning about experiment-state syncing on a local disk. Authentication stays as Ray ships it:
+# a local cluster requires its token (Ray 2.60 binds its gRPC servers to every interface, with no setting for
+# the loopback alone, so the token is what keeps other machines out).
 RAY_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-    "RAY_AUTH_MODE": "disabled",
 }
 SETTINGS_FILE = "search_settings.json"
 
