@@ -61,12 +61,14 @@ def bench_step(device: torch.device, batch: int, reps: int) -> None:
     x = torch.randn(2 * batch, 3, 32, 32, device=device)
     y = torch.randint(0, 100, (2 * batch,), device=device)
     itra_c = losses.build(LossConfig(name="itra_c", lam=0.6), 100, model.feature_dim)
+    itra_c_memory = losses.build(LossConfig(name="itra_c", lam=0.6), 100, model.feature_dim, memory=4 * batch)
     ce = losses.build(LossConfig(name="ce"), 100, model.feature_dim)
     x1, y1 = x[:batch], y[:batch]
     paired = Step(x, y, m1=batch, ce_rows=batch)  # S1 and S2 in one forward pass, CE on S1
     split = Step(x, y, m1=batch, ce_rows=2 * batch)  # halves of one 2m batch, both in CE
     alone = Step(x1, y1, m1=batch, ce_rows=batch)
     both = Step(x, y, m1=2 * batch, ce_rows=2 * batch)
+    detached = Step(x1, y1, m1=batch, ce_rows=batch, x2=x[batch:], y2=y[batch:])  # S2 forwarded without grad
 
     def step(loss_fn, st, match=True):
         def run():
@@ -83,6 +85,8 @@ def bench_step(device: torch.device, batch: int, reps: int) -> None:
 
     with torch.no_grad():
         feats = model.features(x).float()  # (2m, D): the real shapes the matching loss sees
+        for _ in range(4):  # a full memory of 4 batches, as after the first steps of an epoch
+            itra_c_memory.memory.push(feats[batch:], y[batch:])
 
     def match_only():
         h = feats.clone().requires_grad_()
@@ -95,12 +99,15 @@ def bench_step(device: torch.device, batch: int, reps: int) -> None:
         "pair_no_match": step(ce, alone, match=False),
         "itra_c": step(itra_c, paired),
         "itra_c_split": step(itra_c, split),
+        "itra_c_detached": step(itra_c, detached),
+        "itra_c_memory": step(itra_c_memory, alone),
     }, reps, device)
     for k, v in t.items():
         print(f"  {k:<15} {v * 1e3:9.1f} ms/step")
-    print(f"  itra_c (independent S2) / ce          = {t['itra_c'] / t['ce']:.2f}x")
-    print(f"  itra_c (split pairing, 2m batch) / ce = {t['itra_c_split'] / t['ce']:.2f}x")
-    print(f"  ce on both batches / ce               = {t['ce_both'] / t['ce']:.2f}x")
+    for pairing, key in (("independent", "itra_c"), ("detached", "itra_c_detached"), ("memory", "itra_c_memory"),
+                         ("split", "itra_c_split")):
+        print(f"  itra_c ({pairing} S2) / ce = {t[key] / t['ce']:.2f}x")
+    print(f"  ce on both batches / ce = {t['ce_both'] / t['ce']:.2f}x")
     share = (t["itra_c"] - t["pair_no_match"]) / t["itra_c"]
     print(f"  itra_c step beyond S2's forward/backward (difference of two steps) = {100 * share:.1f}%")
     print(f"  matching loss itself (forward + backward, timed alone) = {100 * t['match_only'] / t['itra_c']:.2f}% "
@@ -122,6 +129,28 @@ def bench_mmd(device: torch.device, reps: int, m: int = 256, dim: int = 512) -> 
                          "loop": run(class_conditional_mmd_loop)}, reps, device)
         print(f"  K = {k:<5} vectorized {t['vectorized'] * 1e3:8.2f} ms   loop {t['loop'] * 1e3:9.2f} ms   "
               f"speed-up {t['loop'] / t['vectorized']:.1f}x  (target >= 20x at K = 1000)")
+    bench_memory_mmd(device, reps, m=128, dim=dim)
+
+
+def bench_memory_mmd(device: torch.device, reps: int, m: int, dim: int) -> None:
+    """ITRA-c against a memory of N batches: one pooled kernel over S1 and the memory, no loop over classes."""
+    print(f"\n[2b] class-conditional MMD against a memory of N batches, S1 m = {m}, D = {dim}, {device}")
+    for k in (100, 1000):
+        for n in (1, 4, 16):
+            g = torch.Generator().manual_seed(k + n)
+            h1 = torch.randn(m, dim, generator=g).to(device).requires_grad_()
+            y1 = torch.randint(0, k, (m,), generator=g).to(device)
+            mem = torch.randn(n * m, dim, generator=g).to(device)  # detached: no gradient into the memory
+            y2 = torch.randint(0, k, (n * m,), generator=g).to(device)
+            pairs = int((y1[:, None] == y2[None, :]).sum())
+
+            def run(fn, h1=h1, y1=y1, mem=mem, y2=y2, k=k):
+                return lambda: fn(h1, y1, mem, y2, k).backward()
+
+            t = interleaved({"vectorized": run(mmd.class_conditional_mmd),
+                             "loop": run(class_conditional_mmd_loop)}, reps, device)
+            print(f"  K = {k:<5} N = {n:<3} vectorized {t['vectorized'] * 1e3:8.2f} ms   loop {t['loop'] * 1e3:9.2f} ms"
+                  f"   {t['loop'] / t['vectorized']:5.1f}x   same-class S1-S2 pairs {pairs}")
 
 
 class _TorchvisionStyle(torch.utils.data.Dataset):

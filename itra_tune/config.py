@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 
 
 # The vocabularies of the configuration. Each is owned here; the modules that act on a name import it.
-PAIRINGS = ("independent", "split")  # where the second mini-batch S2 comes from (itra_tune.data.pairs)
+PAIRINGS = ("independent", "split", "detached", "memory")  # where S2 comes from (itra_tune.data.pairs)
 SCHEDULES = ("cosine", "step", "none", "linear")
 OPTIMIZERS = ("sgd", "adamw")
 BANDWIDTHS = ("median", "mean", "fixed", "multiscale")  # kernel bandwidth schemes of itra_tune.mmd
@@ -54,7 +54,11 @@ class DataConfig:
     subset: int | None = None  # cap on training examples (after the split), for quick runs
     batch_size: int = 128  # m1: examples in S1 per step
     second_batch_size: int | None = None  # m2: examples in S2; None means m2 = m1
-    pairing: str = "independent"  # independent: S2 from its own sampler (the paper); split: halves of one batch
+    # where the second mini-batch S2 comes from (itra_tune.data.pairs): independent (the paper's, Eq. 3): its own
+    # sampler, through the network with S1; split: halves of one batch; detached: its own sampler, features
+    # without gradient; memory: the features of the last memory_batches S1 batches, no extra forward
+    pairing: str = "independent"
+    memory_batches: int = 4  # memory: how many past S1 batches S2 holds
     augment: bool = True  # the dataset's usual augmentation (crop, flip), done on the device
     eval_batch_size: int = 1024
     num_workers: int = 2  # loader workers, for folder-of-images data only
@@ -204,6 +208,7 @@ def validate(cfg: Config, source: str = "config") -> None:
         (d.eval_batch_size > 0, "data.eval_batch_size", f"must be positive but got {d.eval_batch_size}"),
         (0.0 <= d.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1) but got {d.val_fraction}"),
         (d.subset is None or d.subset > 0, "data.subset", f"must be positive or null but got {d.subset}"),
+        (d.memory_batches > 0, "data.memory_batches", f"must be a positive integer but got {d.memory_batches}"),
         (d.pairing in PAIRINGS, "data.pairing", f"unknown pairing {d.pairing!r}; choose one of {', '.join(PAIRINGS)}"),
         (0.0 <= lo.eps < 1.0, "loss.eps", f"must be in [0, 1) but got {lo.eps}"),
         (lo.center_lr > 0, "loss.center_lr", f"must be positive but got {lo.center_lr}"),

@@ -23,6 +23,7 @@ from itra_tune import data as data_mod
 from itra_tune import losses, models
 from itra_tune.config import Config, ConfigError, OptimConfig
 from itra_tune.data import Step
+from itra_tune.data.pairs import memory_rows
 
 Report = Callable[[dict[str, float], dict[str, Any]], None]
 METRICS = ("train_ce", "val_acc", "val_ce", "test_acc", "test_ce", "match_loss", "compactness")
@@ -126,10 +127,16 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 
 
 def train_step_loss(model: models.Classifier, loss_fn: nn.Module, step: Step) -> losses.Parts:
-    """The loss of one step: S1 and S2 through the network in one forward pass, then the loss's parts."""
-    h = model.features(step.x)  # (m1 + m2, D)
+    """The loss of one step: what the Step says goes through the network with gradients in one forward pass
+    (S1, and S2 under ``independent`` or ``split``), S2 without gradient under ``detached``; then the loss's
+    parts. Under ``memory`` the loss matches S1 against its own memory."""
+    h = model.features(step.x)  # (m1 [+ m2], D)
     logits = model.head(h[: step.ce_rows])
     m1 = step.m1
+    if step.x2 is not None:
+        with torch.no_grad():
+            h2 = model.features(step.x2)  # (m2, D), no graph: the matching gradient flows through S1 alone
+        return loss_fn(logits, step.y[: step.ce_rows], h[:m1], h2, step.y2, y1=step.y[:m1])
     if step.paired:
         return loss_fn(logits, step.y[: step.ce_rows], h[:m1], h[m1:], step.y[m1:], y1=step.y[:m1])
     return loss_fn(logits, step.y, h)
@@ -145,6 +152,8 @@ def train_epoch(model: models.Classifier, loss_fn: nn.Module, optimizer: torch.o
     for step in data.train:
         if channels_last and step.x.dim() == 4:
             step.x = step.x.contiguous(memory_format=torch.channels_last)
+            if step.x2 is not None:
+                step.x2 = step.x2.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
             parts = train_step_loss(model, loss_fn, step)
         optimizer.zero_grad(set_to_none=True)
@@ -232,7 +241,8 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
                          data.normalization).to(device)
     if channels_last and len(data.input_shape) == 3:
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = losses.build(config.loss, data.num_classes, model.feature_dim).to(device)
+    memory = memory_rows(config.data, losses.needs_second_batch(config.loss.name))
+    loss_fn = losses.build(config.loss, data.num_classes, model.feature_dim, memory=memory).to(device)
     optimizer = build_optimizer(config, model, loss_fn)
     schedule, per_step = build_schedule(config.optim, optimizer, config.train.epochs, len(data.train))
     history: list[dict[str, float]] = []

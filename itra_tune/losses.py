@@ -78,34 +78,88 @@ class CenterLoss(nn.Module):
         return Parts(ce + self.lam * pull + follow, ce, ce.new_zeros(()), pull.detach())
 
 
+class FeatureMemory(nn.Module):
+    """The detached features and labels of the last ``rows`` S1 examples: a ring buffer on the device.
+
+    Cross-Batch Memory (Wang et al., CVPR 2020): features drift slowly enough for those of earlier iterations to
+    stand in for a second batch. Saved with the loss's state, so a resumed run continues with the same memory.
+    """
+
+    def __init__(self, rows: int, dim: int) -> None:
+        super().__init__()
+        if rows < 1 or dim < 1:
+            raise ValueError(f"FeatureMemory needs positive rows and dim but got {rows} and {dim}")
+        self.register_buffer("h", torch.zeros(rows, dim))  # (N, D), float32 whatever autocast computes in
+        self.register_buffer("y", torch.zeros(rows, dtype=torch.long))
+        self.rows, self.filled, self.pos = rows, 0, 0  # Python ints: reading them costs no host sync
+
+    def contents(self) -> tuple[Tensor, Tensor]:
+        """The features (n, D) and labels (n,) held, n <= rows (fewer only until the buffer first fills)."""
+        return self.h[: self.filled], self.y[: self.filled]
+
+    def push(self, h: Tensor, y: Tensor) -> None:
+        """Keep a batch (B, D), B <= rows, in place of the oldest rows."""
+        b = h.shape[0]
+        if b > self.rows:
+            raise ValueError(f"a batch of {b} does not fit a memory of {self.rows} rows")
+        idx = (self.pos + torch.arange(b, device=self.h.device)) % self.rows
+        self.h[idx] = h.detach().float()
+        self.y[idx] = y
+        self.pos, self.filled = (self.pos + b) % self.rows, min(self.filled + b, self.rows)
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"filled": self.filled, "pos": self.pos}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.filled, self.pos = int(state["filled"]), int(state["pos"])
+
+
 class ITRA(nn.Module):
-    """ITRA, Eq. (4): CE on S1 + lambda * MMD(H1, H2); with ``class_conditional``, ITRA-c, Eq. (6)."""
+    """ITRA, Eq. (4): CE on S1 + lambda * MMD(H1, H2); with ``class_conditional``, ITRA-c, Eq. (6).
+
+    With ``memory`` (rows), S2 is the loss's own memory of past S1 features (``data.pairing: memory``): call it
+    without ``h2`` and ``y2``; each call matches S1 against the memory, then adds S1 to it.
+    """
 
     needs_second_batch = True
 
     def __init__(self, num_classes: int, lam: float, bandwidth: str = "median", sigma: float | None = None,
-                 class_conditional: bool = False) -> None:
+                 class_conditional: bool = False, memory: int | None = None, feature_dim: int | None = None) -> None:
         super().__init__()
         check_lam(lam)
         check_bandwidth(bandwidth, sigma)
         self.num_classes, self.lam = num_classes, lam
         self.bandwidth, self.sigma, self.class_conditional = bandwidth, sigma, class_conditional
+        if memory is not None and feature_dim is None:
+            raise ValueError("ITRA with a memory needs feature_dim, the width of the features it keeps")
+        self.memory = FeatureMemory(memory, feature_dim) if memory is not None else None
 
     @classmethod
-    def from_config(cls, cfg: LossConfig, num_classes: int, feature_dim: int) -> ITRA:
-        return cls(num_classes, cfg.lam, cfg.bandwidth, cfg.sigma, class_conditional=cfg.name == "itra_c")
+    def from_config(cls, cfg: LossConfig, num_classes: int, feature_dim: int, memory: int | None = None) -> ITRA:
+        return cls(num_classes, cfg.lam, cfg.bandwidth, cfg.sigma, class_conditional=cfg.name == "itra_c",
+                   memory=memory, feature_dim=feature_dim)
 
     def forward(self, logits: Tensor, y: Tensor, h1: Tensor, h2: Tensor | None = None,
                 y2: Tensor | None = None, y1: Tensor | None = None) -> Parts:
-        if h2 is None or y2 is None:
-            raise ValueError("ITRA needs the second mini-batch's features h2 and labels y2")
         ce = F.cross_entropy(logits.float(), y)
-        if self.class_conditional:
-            y1 = y if y1 is None else y1
-            match = mmd.class_conditional_mmd(h1, y1, h2, y2, self.num_classes, self.bandwidth, self.sigma)
+        y1 = y if y1 is None else y1
+        if self.memory is not None:
+            if h2 is not None:
+                raise ValueError("ITRA with a memory takes its S2 from the memory; pass no h2")
+            h2, y2 = self.memory.contents()
+            match = self.match(h1, y1, h2, y2) if h2.shape[0] else ce.new_zeros(())
+            self.memory.push(h1, y1)
+        elif h2 is None or y2 is None:
+            raise ValueError("ITRA needs the second mini-batch's features h2 and labels y2")
         else:
-            match = mmd.mmd(h1, h2, self.bandwidth, self.sigma)
+            match = self.match(h1, y1, h2, y2)
         return Parts(ce + self.lam * match, ce, match, ce.new_zeros(()))
+
+    def match(self, h1: Tensor, y1: Tensor, h2: Tensor, y2: Tensor) -> Tensor:
+        """The matching loss: MMD (Eq. 3) or its class-conditional mean (Eq. 5)."""
+        if self.class_conditional:
+            return mmd.class_conditional_mmd(h1, y1, h2, y2, self.num_classes, self.bandwidth, self.sigma)
+        return mmd.mmd(h1, h2, self.bandwidth, self.sigma)
 
 
 LOSSES: dict[str, type[nn.Module]] = {  # name -> class; each has from_config(cfg, num_classes, feature_dim)
@@ -128,7 +182,12 @@ def check_name(name: str) -> None:
         raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)} (loss.name)")
 
 
-def build(cfg: LossConfig, num_classes: int, feature_dim: int) -> nn.Module:
-    """The loss a configuration names, for ``num_classes`` classes and ``feature_dim``-d features."""
+def build(cfg: LossConfig, num_classes: int, feature_dim: int, memory: int | None = None) -> nn.Module:
+    """The loss a configuration names, for ``num_classes`` classes and ``feature_dim``-d features.
+
+    ``memory``: rows of past S1 features a matching loss keeps as its S2 (``data.pairs.memory_rows``).
+    """
     check_name(cfg.name)
+    if memory is not None and LOSSES[cfg.name].needs_second_batch:
+        return LOSSES[cfg.name].from_config(cfg, num_classes, feature_dim, memory=memory)
     return LOSSES[cfg.name].from_config(cfg, num_classes, feature_dim)

@@ -67,7 +67,7 @@ def gaussian_kernel(d2: Tensor, sigma: Tensor, scheme: str = "median") -> Tensor
 
 def pooled_kernel(h1: Tensor, h2: Tensor, scheme: str = "median", sigma: float | None = None) -> Tensor:
     """The kernel matrix of the pooled batch [h1; h2], (m1 + m2, m1 + m2), in float32 or wider."""
-    z = torch.cat([h1, h2])
+    z = torch.cat([h1, h2])  # a float32 memory beside bfloat16 features promotes to float32
     z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z  # (m1 + m2, D)
     d2 = pairwise_sq_dists(z)
     return gaussian_kernel(d2, kernel_bandwidth(d2, scheme, sigma), scheme)

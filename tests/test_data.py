@@ -113,3 +113,22 @@ def test_unknown_dataset_lists_valid_names():
 def test_batch_larger_than_training_set():
     with pytest.raises(ConfigError, match="exceeds"):
         data.build(DataConfig(name="synthetic", batch_size=500, subset=100), torch.device("cpu"), 0)
+
+
+def test_a_failed_download_is_one_line_and_leaves_no_folder(tmp_path):
+    import urllib.error
+
+    from itra_tune.data.images import download
+
+    base = tmp_path / "data" / "cifar10"
+
+    def fetch():  # what torchvision does offline: make the folder, print, then fail
+        base.mkdir(parents=True)
+        print("Downloading https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    with pytest.raises(data.DatasetMissing) as e:
+        download("cifar10", base, fetch, "cifar-10-batches-py/")
+    message = str(e.value)
+    assert "\n" not in message and "download failed (" in message and "cifar-10-batches-py/" in message
+    assert not (tmp_path / "data").exists()

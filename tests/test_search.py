@@ -61,6 +61,17 @@ def test_four_trial_search_end_to_end(ray_local, space_file, tmp_path, capsys):
     assert len(lams) == 4 and all(0.1 <= v <= 1.0 for v in lams)
 
 
+def test_the_pairing_of_s2_is_searched_like_any_other_key(ray_local, space_file, tmp_path):
+    space = space_file(name="pairings", search={
+        "data.pairing": {"type": "categorical", "choices": ["independent", "detached", "memory"]},
+        "loss.lam": {"type": "float", "low": 0.1, "high": 1.0}},
+        budget={"num_samples": 4, "max_concurrent": 2})
+    assert _search(["--space", space, "--storage-path", tmp_path / "st", "--name", "p", "--seed", "1"]) == 0
+    rows = _trials(tmp_path / "st" / "p")
+    assert [r["status"] for r in rows] == ["completed"] * 4
+    assert len({r["data.pairing"] for r in rows}) >= 2 and all(float(r["match_loss"]) > 0 for r in rows)
+
+
 def test_diverging_trial_is_failed_never_best(ray_local, space_file, tmp_path, capsys):
     space = space_file(search={"optim.lr": {"type": "categorical", "choices": [0.05, 1.0e12]}},
                        base={"data": {"name": "synthetic", "batch_size": 32, "subset": 320}, "model": {"name": "mlp"},

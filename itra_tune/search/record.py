@@ -14,7 +14,7 @@ from itra_tune import checkpoint, export, models, plots, spaces, tracking
 from itra_tune import config as config_mod
 from itra_tune import data as data_mod
 from itra_tune.search.results import is_nan, rank_key, started, trial_rows
-from itra_tune.search.trainable import STATE_FILE, trial_config, trial_params
+from itra_tune.search.trainable import SELECTION, STATE_FILE, trial_config, trial_params
 
 
 def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: config_mod.Config, uri: str,
@@ -46,7 +46,7 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
             model = None
             with tempfile.TemporaryDirectory() as tmp:
                 if name in with_model or name == best_name:
-                    model = _checkpoint_model(res, space, data)
+                    model = _checkpoint_model(res, row, data)
                 files = _model_files(model, trial_config(res.config), data, row, Path(tmp)) \
                     if model is not None and name in with_model else None
                 run_id = tracker.finish_trial(name.removeprefix("trial_"), name, trial_params(res.config),
@@ -84,9 +84,10 @@ def _history(result: Any) -> list[dict[str, Any]]:
     return [] if df is None or not len(df) else [h for h in df.to_dict("records") if not is_nan(h.get("val_acc"))]
 
 
-def _checkpoint_model(result: Any, space: spaces.Space, data: data_mod.Data) -> models.Classifier | None:
-    """The trial's best checkpoint (by the space's metric) as its classifier, or None when it has none."""
-    ckpt = result.get_best_checkpoint(space.metric, space.mode)
+def _checkpoint_model(result: Any, row: dict[str, Any], data: data_mod.Data) -> models.Classifier | None:
+    """The trial's checkpoint of its selected epoch as its classifier, or None when it has none."""
+    kept = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("epoch") == row.get("best_epoch")]
+    ckpt = kept[0][0] if kept else result.get_best_checkpoint(SELECTION, "max")
     if ckpt is None:
         return None
     cfg = trial_config(result.config)

@@ -15,7 +15,7 @@ import yaml
 
 from itra_tune import cli, engine, spaces
 from itra_tune import config as config_mod
-from itra_tune.search.trainable import trial_config
+from itra_tune.search.trainable import selection_score, trial_config
 
 
 def trial_rows(results: Any, space: spaces.Space, epochs: int) -> list[dict[str, Any]]:
@@ -59,10 +59,10 @@ def best_row(rows: list[dict[str, Any]], space: spaces.Space) -> dict[str, Any] 
     return max(ok, key=lambda r: rank_key(r, space))
 
 
-def rank_key(row: dict[str, Any], space: spaces.Space) -> tuple[float, float]:
-    """Sort key, larger is better: the space's metric, ties broken by lower validation CE."""
-    sign = 1 if space.mode == "max" else -1
-    return sign * row[space.metric], -row.get("val_ce", 0.0)
+def rank_key(row: dict[str, Any], space: spaces.Space) -> float:
+    """Sort key, larger is better: the space's metric, ties broken by lower validation CE (the score Tune ranks
+    the trial's checkpoints by, so the selected epoch's checkpoint is the one kept)."""
+    return selection_score(row, space.metric, space.mode)
 
 
 def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

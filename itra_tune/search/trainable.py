@@ -17,6 +17,16 @@ from itra_tune import checkpoint, engine
 from itra_tune import config as config_mod
 
 STATE_FILE = "state.pt"
+SELECTION = "selection_score"  # reported with every epoch; Tune keeps the checkpoints it ranks highest
+
+
+def selection_score(metrics: dict[str, Any], metric: str, mode: str) -> float:
+    """How good an epoch is, larger better: the space's metric, ties broken by the lower validation CE.
+
+    One number, so that the epoch a search selects and the checkpoint Tune keeps for it are the same.
+    """
+    sign = 1.0 if mode == "max" else -1.0
+    return sign * float(metrics[metric]) - 1e-9 * float(metrics.get("val_ce", 0.0))
 
 
 def trial_config(tune_config: dict[str, Any]) -> config_mod.Config:
@@ -30,11 +40,12 @@ def trial_params(tune_config: dict[str, Any]) -> dict[str, Any]:
     return trial_config(tune_config).flat()
 
 
-def train_trial(tune_config: dict[str, Any]) -> None:
+def train_trial(tune_config: dict[str, Any], metric: str = "val_acc", mode: str = "max") -> None:
     """Tune function trainable: ``engine.fit`` with a report and checkpoint after every epoch.
 
-    A diverging trial raises ``engine.Diverged``: Tune records it as an errored trial with that reason,
-    the searcher marks the sample as failed, and the other trials go on.
+    Each report carries ``selection_score`` (the space's ``metric`` and ``mode``). A diverging trial raises
+    ``engine.Diverged``: Tune records it as an errored trial with that reason, the searcher marks the sample
+    as failed, and the other trials go on.
     """
     cfg = trial_config(tune_config)
     resume = None
@@ -46,6 +57,7 @@ def train_trial(tune_config: dict[str, Any]) -> None:
     def report(metrics: dict[str, float], state: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as d:
             checkpoint.save(state, Path(d) / STATE_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report({**metrics, SELECTION: selection_score(metrics, metric, mode)},
+                        checkpoint=tune.Checkpoint.from_directory(d))
 
     engine.fit(cfg, report=report, resume=resume)

@@ -16,7 +16,7 @@ from ray import tune
 
 from itra_tune import spaces, tracking
 from itra_tune.config import ConfigError
-from itra_tune.search.trainable import train_trial, trial_params
+from itra_tune.search.trainable import SELECTION, train_trial, trial_params
 
 # Ray's environment for a search driver (and the benchmarks): the classic progress table, which honours our
 # columns, and no warning about experiment-state syncing on a local disk. Authentication stays as Ray ships it:
@@ -206,15 +206,16 @@ class TrackingCallback(tune.Callback):
 def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, callback: TrackingCallback, *,
                    objective: str, seed: int, max_failures: int, resume: bool) -> Any:
     """Run (or resume) one experiment and return its ResultGrid."""
-    trainable = tune.with_resources(train_trial, {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial})
+    trainable = tune.with_resources(tune.with_parameters(train_trial, metric=space.metric, mode=space.mode),
+                                    {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial})
     if resume:
         return tune.Tuner.restore(str(storage / name), trainable=trainable, resume_unfinished=True,
                                   resume_errored=max_failures > 0).fit()
     run_config = tune.RunConfig(
         name=name,
         storage_path=str(storage),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=space.metric,
-                                                checkpoint_score_order=space.mode),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=SELECTION,
+                                                checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=max_failures),
         progress_reporter=_reporter(space),
         callbacks=[callback],
