@@ -120,7 +120,7 @@ def retrain(summary: dict[str, Any], seeds: int, runs: Path, tracker: tracking.T
         run_key = f"{row}/{method}/seed{seed_cfg.seed}"
         params = {"row": row, "method": method, **seed_cfg.flat()}
         tracker.trial_started(run_key, f"{Path(row).stem}-{method}-seed{seed_cfg.seed}", params)
-        result = itra_tune.train(seed_cfg, out_dir=runs / method / f"seed_{seed_cfg.seed}",
+        result = itra_tune.train(seed_cfg, out_dir=runs / search.method_slug(method) / f"seed_{seed_cfg.seed}",
                                  full_train=True)
         tracker.finish_trial(run_key, run_key, params, result.history, "completed", None)
         finals.append(result.history[-1])
@@ -132,8 +132,11 @@ def retrain(summary: dict[str, Any], seeds: int, runs: Path, tracker: tracking.T
         values = [scale * f[key] for f in finals]
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
-    tracker.set_parent_tag(f"search.{Path(row).stem}.{method}", summary.get("tracking", {}).get("parent_run_id", ""))
+    tracker.set_parent_tag(f"search.{Path(row).stem}.{search.method_slug(method)}",
+                           summary.get("tracking", {}).get("parent_run_id", ""))
     return {"lam": {"ce": None, "lsr": cfg.loss.eps}.get(method, cfg.loss.lam),  # lsr: its epsilon
+            "seconds_per_epoch": statistics.fmean(r["epoch_time"] for h in histories for r in h),
+            "compactness": mean_sd("compactness"),
             "acc": mean_sd("test_acc", 100.0), "ce": mean_sd("test_ce"), "val_acc": 100 * summary["best"]["val_acc"],
             "per_seed": [{"acc": 100 * f["test_acc"], "ce": f["test_ce"]} for f in finals],
             "histories": histories, "config": cfg.to_dict()}
@@ -147,8 +150,8 @@ def report_table(row: str, results: dict[str, Any], paper: dict[str, Any] | None
     """The row in the paper's form: lambda, accuracy and CE (mean ± std over seeds), the paper's, the gap."""
     lines = [f"### {Path(row).stem}", "",
              f"| method | λ (ours) | test acc % (mean ± std, {seeds} seeds) | test CE (mean ± std) | "
-             "λ (paper) | acc % (paper) | CE (paper) | acc gap | CE gap |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "compactness (mean ± std) | s/epoch | λ (paper) | acc % (paper) | CE (paper) | acc gap | CE gap |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, r in results.items():
         p = (paper or {}).get(method)
         p_lam, p_acc, p_ce = p if p else (None, None, None)
@@ -157,28 +160,32 @@ def report_table(row: str, results: dict[str, Any], paper: dict[str, Any] | None
         lines.append(
             f"| {method} | {_cell(r['lam'], '.3g')}{' (ε)' if method == 'lsr' else ''} "
             f"| {r['acc'][0]:.2f} ± {r['acc'][1]:.2f} | {r['ce'][0]:.3f} ± {r['ce'][1]:.3f} "
+            f"| {r['compactness'][0]:.3f} ± {r['compactness'][1]:.3f} | {r['seconds_per_epoch']:.1f} "
             f"| {_cell(p_lam, '.3g')} | {_cell(p_acc, '.2f')} | {_cell(p_ce, '.3f')} "
             f"| {_cell(gap_acc, '+.2f')} | {_cell(gap_ce, '+.3f')} |")
     return lines + [""]
 
 
 def figures(row: str, results: dict[str, Any], paper: dict[str, Any] | None) -> dict[str, Any]:
-    """Accuracy and CE per method against the paper's, and each method's test CE over epochs."""
+    """Accuracy and CE per method against the paper's, and each method's test CE and compactness over epochs
+    (the paper's Figures 2 and 1)."""
     stem = Path(row).stem
     ours = {m: (r["acc"], r["ce"]) for m, r in results.items()}
     theirs = {m: (p[1], p[2]) for m, p in (paper or {}).items() if p and m in results}
     return {f"{stem}_methods.png": plots.methods_vs_paper(f"{stem}: each method's best configuration, retrained",
                                                           ours, theirs),
             f"{stem}_test_ce.png": plots.seed_curves(f"{stem}: test loss over epochs, every seed",
-                                                     {m: r["histories"] for m, r in results.items()}, "test_ce")}
+                                                     {m: r["histories"] for m, r in results.items()}, "test_ce"),
+            f"{stem}_compactness.png": plots.seed_curves(
+                f"{stem}: feature compactness over epochs (lower: tighter classes)",
+                {m: r["histories"] for m, r in results.items()}, "compactness")}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in search.METHOD_KNOBS]
-    if bad:
-        raise ConfigError(f"--methods: unknown method {bad[0]!r}; choose from {', '.join(search.METHOD_KNOBS)}")
+    for m in methods:
+        search.parse_method(m)  # loss or loss:pairing, e.g. itra_c:memory
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be at least 1 but got {args.seeds}")
     experiment, title, rows = plan(args)
@@ -186,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     uri = tracking.resolve_uri(args.tracking_uri)
     tracking.check_reachable(uri)
     stem = f"{experiment.removeprefix('reproduce-')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    t0 = time.perf_counter()
     out = Path(args.out or Path("runs") / "reproduce" / stem)
     command = "python pipelines/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
     tracker = tracking.Tracker(uri, experiment, run_name=stem,
@@ -213,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
             m: {k: v for k, v in r.items() if k != "histories"} | {"paper": (paper or {}).get(m)}
             for m, r in results.items()}
     out.mkdir(parents=True, exist_ok=True)
-    lines += ["Plots: " + ", ".join(f"`{name}`" for name in figs), ""]
+    wall = time.perf_counter() - t0
+    report["wall_time_s"] = round(wall, 1)
+    lines += [f"Wall time, searches and retrains: {wall / 60:.1f} min on this machine.", "",
+              "Plots: " + ", ".join(f"`{name}`" for name in figs), ""]
     (out / "report.md").write_text("\n".join(lines))
     (out / "report.json").write_text(json.dumps(report, indent=2))
     for name, fig in figs.items():

@@ -86,3 +86,18 @@ def test_prepare_refuses_bad_options_with_one_line(space_file, options, message)
     with pytest.raises(ConfigError, match=message) as e:
         prepare(space_file(), options)
     assert "\n" not in str(e.value)
+
+
+def test_a_method_names_its_loss_and_optionally_its_pairing(space_file):
+    from itra_tune.search import method_slug, method_space, parse_method
+
+    assert parse_method("itra_c:detached") == ("itra_c", "detached") and parse_method("ce") == ("ce", None)
+    space = spaces.load(space_file(search={
+        "loss.lam": {"type": "float", "low": 0.1, "high": 1.0},
+        "data.pairing": {"type": "categorical", "choices": ["independent", "memory"]}}))
+    memory = method_space(space, "itra_c:memory")
+    assert memory.base["data"]["pairing"] == "memory" and [p.key for p in memory.params] == ["loss.lam"]
+    assert memory.name.endswith("-itra_c-memory") and method_slug("itra_c:memory") == "itra_c-memory"
+    for bad in ("ce:memory", "itra_c:sideways", "focal"):
+        with pytest.raises(ConfigError, match="--methods"):
+            parse_method(bad)

@@ -263,7 +263,10 @@ def test_trials_on_a_second_node_log_to_the_tracking_server(mlflow_server, space
     assert len(children) == 2
     for child in children:
         assert [m.step for m in c.get_metric_history(child.info.run_id, "val_acc")] == [1, 2]
-        assert "model/MLmodel" in {a.path for a in c.list_artifacts(child.info.run_id, "model")}
+    mlflow.set_tracking_uri(mlflow_server)
+    logged = mlflow.search_logged_models(experiment_ids=[c.get_experiment_by_name("cluster").experiment_id],
+                                         output_format="list")
+    assert sorted(m.source_run_id for m in logged) == sorted(r.info.run_id for r in children)
 
 
 def _wait_port(port: int, seconds: float = 90) -> None:

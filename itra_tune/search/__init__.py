@@ -89,7 +89,7 @@ def run(space: str | Path = "demo", **options: Any) -> list[dict[str, Any]]:
     if opts.resume and not opts.name:
         raise ConfigError("--resume needs --name, the experiment to continue (see the last search's summary)")
     stem = opts.name or f"{prepared.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    names = [f"{stem}-{m}" if m else stem for _, m in plan]
+    names = [f"{stem}-{method_slug(m)}" if m else stem for _, m in plan]
     saved: dict[str, tuple[str, str]] = {}  # name -> (objective, parent run id), for a resumed search
     for i, n in enumerate(names):
         exists = (storage / n).is_dir()
@@ -179,16 +179,35 @@ def record_threads(space: spaces.Space) -> spaces.Space:
     return replace(space, base=config_mod.apply_overrides(space.base, [f"train.threads={threads}"]))
 
 
+def parse_method(method: str) -> tuple[str, str | None]:
+    """A method of a comparison, ``loss`` or ``loss:pairing`` (``itra_c:memory``): the loss and its S2 pairing."""
+    loss, _, pairing = method.partition(":")
+    if loss not in METHOD_KNOBS:
+        raise ConfigError(f"--methods: unknown method {method!r}; choose from {', '.join(METHOD_KNOBS)}, an itra "
+                          f"method optionally with its pairing, e.g. itra_c:memory")
+    if pairing and (not loss.startswith("itra") or pairing not in config_mod.PAIRINGS):
+        raise ConfigError(f"--methods: {method!r}: a pairing follows itra or itra_c and is one of "
+                          f"{', '.join(config_mod.PAIRINGS)}")
+    return loss, pairing or None
+
+
+def method_slug(method: str) -> str:
+    """The method as a name of folders, experiments and tags: ``itra_c:memory`` -> ``itra_c-memory``."""
+    return method.replace(":", "-")
+
+
 def method_space(space: spaces.Space, method: str) -> spaces.Space:
-    """The space for one method of a fair comparison: same budget and shared knobs, its own loss knob."""
-    if method not in METHOD_KNOBS:
-        raise ConfigError(f"--methods: unknown method {method!r}; choose from {', '.join(METHOD_KNOBS)}")
+    """The space for one method of a fair comparison: same budget and shared knobs, its own loss knob (and, for
+    ``loss:pairing``, its own pairing of S2, which is then not searched)."""
+    loss, pairing = parse_method(method)
     shared = [p for p in space.params if not p.key.startswith("loss.")]
-    own = [p for p in space.params if p.key.startswith("loss.")] if method.startswith("itra") else []
-    if METHOD_KNOBS[method] is not None:
-        own = [METHOD_KNOBS[method]]
-    base = config_mod.apply_overrides(space.base, [f"loss.name={method}"])
-    return replace(space, name=f"{space.name}-{method}", base=base, params=tuple(shared + own))
+    if pairing:
+        shared = [p for p in shared if p.key != "data.pairing"]
+    own = [p for p in space.params if p.key.startswith("loss.")] if loss.startswith("itra") else []
+    if METHOD_KNOBS[loss] is not None:
+        own = [METHOD_KNOBS[loss]]
+    base = config_mod.apply_overrides(space.base, [f"loss.name={loss}"] + ([f"data.pairing={pairing}"] * bool(pairing)))
+    return replace(space, name=f"{space.name}-{method_slug(method)}", base=base, params=tuple(shared + own))
 
 
 def resume_command(space: str | Path, stem: str, opts: Options) -> str:
@@ -206,4 +225,5 @@ def _search_params(space: spaces.Space, opts: Options, objective: str) -> dict[s
             "code_version": config_mod.code_version()}
 
 
-__all__ = ["DEFAULT_STORAGE", "METHOD_KNOBS", "Options", "method_space", "prepare", "run"]
+__all__ = ["DEFAULT_STORAGE", "METHOD_KNOBS", "Options", "method_slug", "method_space", "parse_method", "prepare",
+           "run"]
