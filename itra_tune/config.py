@@ -79,6 +79,11 @@ class LossConfig:
     lam: float = 0.6  # lambda: weight of the matching loss (Eq. 4, 6) or of the center loss
     bandwidth: str = "median"  # kernel bandwidth scheme of the MMD
     sigma: float | None = None  # bandwidth for 'fixed', base scale for 'multiscale', in squared feature units
+    # 0: the bandwidth of each batch (the paper's). m in (0, 1]: median and mean (and multiscale's base) follow
+    # the batches through an exponential moving average, sigma <- m sigma + (1 - m) sigma_batch; 1 keeps the first
+    # batch's. Breaks the feedback of a bandwidth that shrinks with collapsing features (not the paper's).
+    sigma_ema: float = 0.0
+    lam_warmup_steps: int = 0  # lambda ramps up linearly from 0 over this many optimizer steps (0: from the start)
     eps: float = 0.1  # label smoothing for 'lsr'
     center_lr: float = 0.5  # learning rate of the class centers for 'center' (Wen et al. 2016)
 
@@ -211,6 +216,8 @@ def validate(cfg: Config, source: str = "config") -> None:
         (d.memory_batches > 0, "data.memory_batches", f"must be a positive integer but got {d.memory_batches}"),
         (d.pairing in PAIRINGS, "data.pairing", f"unknown pairing {d.pairing!r}; choose one of {', '.join(PAIRINGS)}"),
         (0.0 <= lo.eps < 1.0, "loss.eps", f"must be in [0, 1) but got {lo.eps}"),
+        (0.0 <= lo.sigma_ema <= 1.0, "loss.sigma_ema", f"must be in [0, 1] but got {lo.sigma_ema}"),
+        (lo.lam_warmup_steps >= 0, "loss.lam_warmup_steps", f"cannot be negative but got {lo.lam_warmup_steps}"),
         (lo.center_lr > 0, "loss.center_lr", f"must be positive but got {lo.center_lr}"),
         (o.name in OPTIMIZERS, "optim.name", f"unknown optimizer {o.name!r}; choose one of {', '.join(OPTIMIZERS)}"),
         (o.lr > 0, "optim.lr", f"must be positive but got {o.lr}"),

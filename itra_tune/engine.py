@@ -22,8 +22,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from itra_tune import data as data_mod
 from itra_tune import losses, models
 from itra_tune.config import Config, ConfigError, OptimConfig
-from itra_tune.data import Step
-from itra_tune.data.pairs import memory_rows
+from itra_tune.data import Step, memory_rows
 
 Report = Callable[[dict[str, float], dict[str, Any]], None]
 METRICS = ("train_ce", "val_acc", "val_ce", "test_acc", "test_ce", "match_loss", "compactness")

@@ -119,15 +119,27 @@ class ITRA(nn.Module):
 
     With ``memory`` (rows), S2 is the loss's own memory of past S1 features (``data.pairing: memory``): call it
     without ``h2`` and ``y2``; each call matches S1 against the memory, then adds S1 to it.
+
+    Two departures from the paper, off by default: ``sigma_ema`` smooths the median (or mean) bandwidth over
+    steps instead of taking each batch's (1.0 keeps the first batch's), and ``lam_warmup_steps`` ramps lambda
+    up from 0. Their state (the smoothed bandwidth, the step count) is saved with the loss's.
     """
 
     needs_second_batch = True
 
     def __init__(self, num_classes: int, lam: float, bandwidth: str = "median", sigma: float | None = None,
-                 class_conditional: bool = False, memory: int | None = None, feature_dim: int | None = None) -> None:
+                 class_conditional: bool = False, memory: int | None = None, feature_dim: int | None = None,
+                 sigma_ema: float = 0.0, lam_warmup_steps: int = 0) -> None:
         super().__init__()
         check_lam(lam)
         check_bandwidth(bandwidth, sigma)
+        if not 0.0 <= sigma_ema <= 1.0 or lam_warmup_steps < 0:
+            raise ConfigError(f"loss.sigma_ema must be in [0, 1] and loss.lam_warmup_steps not negative but got "
+                              f"{sigma_ema} and {lam_warmup_steps}")
+        # a smoothed bandwidth only replaces a batch statistic: 'fixed' and a given multiscale base stay as set
+        self.sigma_ema = sigma_ema if bandwidth != "fixed" and sigma is None else 0.0
+        self.lam_warmup_steps, self.steps = lam_warmup_steps, 0
+        self.register_buffer("sigma_avg", torch.full((), float("nan")))  # NaN until the first batch
         self.num_classes, self.lam = num_classes, lam
         self.bandwidth, self.sigma, self.class_conditional = bandwidth, sigma, class_conditional
         if memory is not None and feature_dim is None:
@@ -137,7 +149,8 @@ class ITRA(nn.Module):
     @classmethod
     def from_config(cls, cfg: LossConfig, num_classes: int, feature_dim: int, memory: int | None = None) -> ITRA:
         return cls(num_classes, cfg.lam, cfg.bandwidth, cfg.sigma, class_conditional=cfg.name == "itra_c",
-                   memory=memory, feature_dim=feature_dim)
+                   memory=memory, feature_dim=feature_dim, sigma_ema=cfg.sigma_ema,
+                   lam_warmup_steps=cfg.lam_warmup_steps)
 
     def forward(self, logits: Tensor, y: Tensor, h1: Tensor, h2: Tensor | None = None,
                 y2: Tensor | None = None, y1: Tensor | None = None) -> Parts:
@@ -153,13 +166,33 @@ class ITRA(nn.Module):
             raise ValueError("ITRA needs the second mini-batch's features h2 and labels y2")
         else:
             match = self.match(h1, y1, h2, y2)
-        return Parts(ce + self.lam * match, ce, match, ce.new_zeros(()))
+        lam = self.lam
+        if self.training and self.lam_warmup_steps:
+            lam *= min(1.0, (self.steps + 1) / self.lam_warmup_steps)
+        if self.training:
+            self.steps += 1
+        return Parts(ce + lam * match, ce, match, ce.new_zeros(()))
 
     def match(self, h1: Tensor, y1: Tensor, h2: Tensor, y2: Tensor) -> Tensor:
         """The matching loss: MMD (Eq. 3) or its class-conditional mean (Eq. 5)."""
+        scheme, sigma = self.bandwidth, self.sigma
+        if self.sigma_ema:
+            batch = mmd.batch_bandwidth(h1, h2, scheme)
+            if self.training:  # evaluation reads the average, never moves it
+                avg = torch.where(torch.isnan(self.sigma_avg), batch,
+                                  self.sigma_ema * self.sigma_avg + (1.0 - self.sigma_ema) * batch)
+                self.sigma_avg.copy_(avg)
+            scheme = "multiscale" if scheme == "multiscale" else "fixed"
+            sigma = torch.where(torch.isnan(self.sigma_avg), batch, self.sigma_avg)
         if self.class_conditional:
-            return mmd.class_conditional_mmd(h1, y1, h2, y2, self.num_classes, self.bandwidth, self.sigma)
-        return mmd.mmd(h1, h2, self.bandwidth, self.sigma)
+            return mmd.class_conditional_mmd(h1, y1, h2, y2, self.num_classes, scheme, sigma)
+        return mmd.mmd(h1, h2, scheme, sigma)
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"steps": self.steps}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.steps = int(state["steps"])
 
 
 LOSSES: dict[str, type[nn.Module]] = {  # name -> class; each has from_config(cfg, num_classes, feature_dim)

@@ -15,7 +15,8 @@ from torch import Tensor
 
 from itra_tune.config import BANDWIDTHS, check_bandwidth
 
-__all__ = ["BANDWIDTHS", "class_conditional_mmd", "gaussian_kernel", "kernel_bandwidth", "mmd", "pairwise_sq_dists"]
+__all__ = ["BANDWIDTHS", "batch_bandwidth", "class_conditional_mmd", "gaussian_kernel", "kernel_bandwidth", "mmd",
+           "pairwise_sq_dists"]
 MULTISCALE_POWERS = (-2, -1, 0, 1, 2)  # kernels at s * 2**k, summed (multi-kernel MMD, Long et al. 2015)
 _EPS = 1e-12  # below this MMD^2 is treated as exactly zero: sqrt has no finite slope at 0
 
@@ -32,20 +33,23 @@ def off_diagonal(m: Tensor) -> Tensor:
     return m.flatten()[1:].view(n - 1, n + 1)[:, :-1].reshape(-1)
 
 
-def kernel_bandwidth(d2: Tensor, scheme: str = "median", sigma: float | None = None) -> Tensor:
+def kernel_bandwidth(d2: Tensor, scheme: str = "median", sigma: float | Tensor | None = None) -> Tensor:
     """The kernel bandwidth for pooled squared distances ``d2`` (N, N), detached from the graph.
 
     Args:
         d2: pooled pairwise squared distances.
         scheme: ``median`` (the paper's; torch's lower median of the off-diagonal entries), ``mean``,
             ``fixed`` (``sigma`` itself) or ``multiscale`` (the base scale: ``sigma`` if given, else the median).
-        sigma: the fixed bandwidth, in squared feature units.
+        sigma: the fixed bandwidth, in squared feature units (a number, or a scalar tensor kept by the caller,
+            e.g. a moving average: it is used as it is, without a host sync).
 
     Returns:
         A scalar tensor, strictly positive.
     """
     _check_scheme(scheme, sigma)
     if sigma is not None and scheme in ("fixed", "multiscale"):
+        if isinstance(sigma, Tensor):
+            return sigma.detach().to(dtype=d2.dtype, device=d2.device)
         return torch.as_tensor(float(sigma), dtype=d2.dtype, device=d2.device)
     with torch.no_grad():
         n = d2.shape[0]
@@ -65,7 +69,7 @@ def gaussian_kernel(d2: Tensor, sigma: Tensor, scheme: str = "median") -> Tensor
     return sum(torch.exp(-d2 / (sigma * 2.0**k)) for k in MULTISCALE_POWERS)
 
 
-def pooled_kernel(h1: Tensor, h2: Tensor, scheme: str = "median", sigma: float | None = None) -> Tensor:
+def pooled_kernel(h1: Tensor, h2: Tensor, scheme: str = "median", sigma: float | Tensor | None = None) -> Tensor:
     """The kernel matrix of the pooled batch [h1; h2], (m1 + m2, m1 + m2), in float32 or wider."""
     z = torch.cat([h1, h2])  # a float32 memory beside bfloat16 features promotes to float32
     z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z  # (m1 + m2, D)
@@ -79,7 +83,7 @@ def _safe_sqrt(x: Tensor) -> Tensor:
     return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
 
 
-def mmd(h1: Tensor, h2: Tensor, bandwidth: str = "median", sigma: float | None = None) -> Tensor:
+def mmd(h1: Tensor, h2: Tensor, bandwidth: str = "median", sigma: float | Tensor | None = None) -> Tensor:
     """The paper's MMD between two feature sets, Eq. (3): square root of the biased estimate.
 
     Args:
@@ -104,7 +108,7 @@ def class_conditional_mmd(
     y2: Tensor,
     num_classes: int,
     bandwidth: str = "median",
-    sigma: float | None = None,
+    sigma: float | Tensor | None = None,
 ) -> Tensor:
     """ITRA-c matching loss, Eq. (5): the mean over classes present in both batches of per-class MMD.
 
@@ -135,5 +139,13 @@ def class_conditional_mmd(
     return per_class.sum() / present.sum().clamp_min(1)
 
 
-def _check_scheme(scheme: str, sigma: float | None) -> None:
-    check_bandwidth(scheme, sigma, key="mmd")  # raises ConfigError, a ValueError
+def batch_bandwidth(h1: Tensor, h2: Tensor, scheme: str = "median") -> Tensor:
+    """The bandwidth ``median`` or ``mean`` would take for this pooled batch (for ``multiscale``: its base
+    scale, the median), detached: for callers that smooth it over steps."""
+    z = torch.cat([h1, h2]).detach()
+    z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+    return kernel_bandwidth(pairwise_sq_dists(z), "mean" if scheme == "mean" else "median")
+
+
+def _check_scheme(scheme: str, sigma: float | Tensor | None) -> None:
+    check_bandwidth(scheme, 1.0 if isinstance(sigma, Tensor) else sigma, key="mmd")  # a ConfigError: ValueError

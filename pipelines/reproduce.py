@@ -177,7 +177,7 @@ def figures(row: str, results: dict[str, Any], paper: dict[str, Any] | None) -> 
             f"{stem}_test_ce.png": plots.seed_curves(f"{stem}: test loss over epochs, every seed",
                                                      {m: r["histories"] for m, r in results.items()}, "test_ce"),
             f"{stem}_compactness.png": plots.seed_curves(
-                f"{stem}: feature compactness over epochs (lower: tighter classes)",
+                f"{stem}: compactness (lower: tighter classes)",
                 {m: r["histories"] for m, r in results.items()}, "compactness")}
 
 

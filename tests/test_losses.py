@@ -88,3 +88,42 @@ def test_unknown_and_negative():
         losses.build(LossConfig(name="focal"), 3, 2)
     with pytest.raises(ConfigError, match="cannot be negative"):
         losses.ITRA(3, lam=-0.1)
+
+
+def test_a_smoothed_bandwidth_follows_the_batches_slowly_and_one_keeps_the_first():
+    from itra_tune import mmd
+
+    g = torch.Generator().manual_seed(5)
+    batches = [(torch.randn(8, 3, generator=g) * scale, torch.randn(8, 3, generator=g) * scale)
+               for scale in (1.0, 0.1)]  # the features shrink 10x, as in a collapse
+    y = torch.arange(8) % 2
+    first, second = (mmd.batch_bandwidth(h1, h2) for h1, h2 in batches)
+    for momentum, expected in ((1.0, first), (0.5, 0.5 * first + 0.5 * second)):
+        loss = losses.ITRA(2, lam=1.0, sigma_ema=momentum)
+        for h1, h2 in batches:
+            parts = loss(torch.zeros(8, 2), y, h1, h2, y)
+        torch.testing.assert_close(loss.sigma_avg, expected)
+        torch.testing.assert_close(parts.match, mmd.mmd(*batches[1], "fixed", float(expected)))
+        again = losses.ITRA(2, lam=1.0, sigma_ema=momentum)
+        again.load_state_dict(loss.state_dict())
+        torch.testing.assert_close(again.sigma_avg, loss.sigma_avg)
+    # the paper's form takes each batch's own bandwidth: the shrunk batch's match stays scale-free
+    paper = losses.ITRA(2, lam=1.0)
+    torch.testing.assert_close(paper(torch.zeros(8, 2), y, *batches[1], y).match,
+                               mmd.mmd(*batches[1], "fixed", float(second)))
+
+
+def test_lambda_warms_up_linearly_over_its_steps_and_resumes_its_count():
+    g = torch.Generator().manual_seed(6)
+    h1, h2 = torch.randn(8, 3, generator=g), torch.randn(8, 3, generator=g)
+    y = torch.arange(8) % 2
+    loss = losses.ITRA(2, lam=0.8, lam_warmup_steps=4)
+    weights = []
+    for _ in range(6):
+        parts = loss(torch.zeros(8, 2), y, h1, h2, y)
+        weights.append(((parts.total - parts.ce) / parts.match).item())
+    assert weights == pytest.approx([0.2, 0.4, 0.6, 0.8, 0.8, 0.8])
+    resumed = losses.ITRA(2, lam=0.8, lam_warmup_steps=4)
+    resumed.load_state_dict(losses.ITRA(2, lam=0.8, lam_warmup_steps=4).state_dict() | {"_extra_state": {"steps": 2}})
+    parts = resumed(torch.zeros(8, 2), y, h1, h2, y)
+    assert ((parts.total - parts.ce) / parts.match).item() == pytest.approx(0.6)

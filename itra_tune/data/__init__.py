@@ -25,7 +25,7 @@ from itra_tune.config import ConfigError, DataConfig
 from itra_tune.data import folders, images, text
 from itra_tune.data.base import Batch, Batches, DatasetMissing, Source, Stream
 from itra_tune.data.images import Images, random_crop, synthetic_mixture
-from itra_tune.data.pairs import Pairs, Step, pairs
+from itra_tune.data.pairs import Pairs, Step, build_pairs, memory_rows
 
 SOURCES: dict[str, Source] = {**images.SOURCES, **folders.SOURCES, **text.SOURCES}
 
@@ -122,12 +122,13 @@ def build(cfg: DataConfig, device: torch.device, seed: int, paired: bool = True,
         return {"val": val or test, "test": test}[split].sample(n, seed)
 
     num_classes = src.num_classes or max(train_full.num_classes, test.num_classes)
-    return Data(num_classes, tuple(train.input_shape), train.normalization, pairs(cfg, train, gens, paired),
+    return Data(num_classes, tuple(train.input_shape), train.normalization, build_pairs(cfg, train, gens, paired),
                 val.batches(cfg.eval_batch_size) if val is not None else None, test.batches(cfg.eval_batch_size),
                 sample, gens, len(train))
 
 
 __all__ = [
     "SOURCES", "Batch", "Batches", "Data", "DatasetMissing", "Images", "Pairs", "Source", "Step", "Stream", "build",
+    "memory_rows",
     "check_available", "modality", "random_crop", "root_of", "source", "split_indices", "synthetic_mixture",
 ]

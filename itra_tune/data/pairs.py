@@ -89,7 +89,7 @@ def memory_rows(cfg: DataConfig, paired: bool = True) -> int | None:
     return cfg.memory_batches * cfg.batch_size if paired and cfg.pairing == "memory" else None
 
 
-def pairs(cfg: DataConfig, train: Any, gens: dict[str, torch.Generator], paired: bool) -> Pairs:
+def build_pairs(cfg: DataConfig, train: Any, gens: dict[str, torch.Generator], paired: bool) -> Pairs:
     """The training Steps of ``train`` under ``cfg.pairing``; ``paired`` is whether the loss wants an S2."""
     m1 = cfg.batch_size
     m2 = cfg.second_batch_size or m1
@@ -103,4 +103,4 @@ def pairs(cfg: DataConfig, train: Any, gens: dict[str, torch.Generator], paired:
     return Pairs(first, second, pairing, train.join)
 
 
-__all__ = ["Pairs", "Step", "memory_rows", "pairs"]
+__all__ = ["Pairs", "Step", "build_pairs", "memory_rows"]
