@@ -234,14 +234,14 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
          progress: bool) -> FitResult:
     cuda = device.type == "cuda"
     amp, channels_last = cuda and config.train.amp, cuda and config.train.channels_last
-    data = data_mod.build(config.data, device, config.seed, paired=losses.needs_second_batch(config.loss.name),
-                          model_name=config.model.name)
+    paired = losses.needs_second_batch(config.loss.name)
+    data = data_mod.build(config.data, device, config.seed, paired=paired, model_name=config.model.name)
     model = models.build(config.model.name, data.num_classes, data.input_shape, config.model.pretrained,
                          data.normalization).to(device)
     if channels_last and len(data.input_shape) == 3:
         model = model.to(memory_format=torch.channels_last)
-    memory = memory_rows(config.data, losses.needs_second_batch(config.loss.name))
-    loss_fn = losses.build(config.loss, data.num_classes, model.feature_dim, memory=memory).to(device)
+    loss_fn = losses.build(config.loss, data.num_classes, model.feature_dim,
+                           memory=memory_rows(config.data, paired)).to(device)
     optimizer = build_optimizer(config, model, loss_fn)
     schedule, per_step = build_schedule(config.optim, optimizer, config.train.epochs, len(data.train))
     history: list[dict[str, float]] = []
