@@ -159,7 +159,7 @@ class ITRA(nn.Module):
         if self.memory is not None:
             if h2 is not None:
                 raise ValueError("ITRA with a memory takes its S2 from the memory; pass no h2")
-            h2, y2 = self.memory.contents()
+            h2, y2 = (t.clone() for t in self.memory.contents())  # a snapshot: push() below writes in place
             match = self.match(h1, y1, h2, y2) if h2.shape[0] else ce.new_zeros(())
             self.memory.push(h1, y1)
         elif h2 is None or y2 is None:

@@ -15,16 +15,15 @@ from torch import Tensor
 
 from itra_tune.config import BANDWIDTHS, check_bandwidth
 
-__all__ = ["BANDWIDTHS", "batch_bandwidth", "class_conditional_mmd", "gaussian_kernel", "kernel_bandwidth", "mmd",
-           "pairwise_sq_dists"]
+__all__ = ["BANDWIDTHS", "batch_bandwidth", "class_conditional_mmd", "cross_sq_dists", "gaussian_kernel",
+           "kernel_bandwidth", "mmd", "pairwise_sq_dists", "pooled_kernel_blocks"]
 MULTISCALE_POWERS = (-2, -1, 0, 1, 2)  # kernels at s * 2**k, summed (multi-kernel MMD, Long et al. 2015)
 _EPS = 1e-12  # below this MMD^2 is treated as exactly zero: sqrt has no finite slope at 0
 
 
 def pairwise_sq_dists(z: Tensor) -> Tensor:
     """Squared Euclidean distances between all rows of ``z`` (N, D) -> (N, N), clamped at zero."""
-    sq = z.pow(2).sum(1)  # (N,)
-    return (sq[:, None] + sq[None, :] - 2.0 * z @ z.T).clamp_min_(0.0)
+    return cross_sq_dists(z, z)
 
 
 def off_diagonal(m: Tensor) -> Tensor:
@@ -69,12 +68,43 @@ def gaussian_kernel(d2: Tensor, sigma: Tensor, scheme: str = "median") -> Tensor
     return sum(torch.exp(-d2 / (sigma * 2.0**k)) for k in MULTISCALE_POWERS)
 
 
-def pooled_kernel(h1: Tensor, h2: Tensor, scheme: str = "median", sigma: float | Tensor | None = None) -> Tensor:
-    """The kernel matrix of the pooled batch [h1; h2], (m1 + m2, m1 + m2), in float32 or wider."""
-    z = torch.cat([h1, h2])  # a float32 memory beside bfloat16 features promotes to float32
-    z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z  # (m1 + m2, D)
-    d2 = pairwise_sq_dists(z)
-    return gaussian_kernel(d2, kernel_bandwidth(d2, scheme, sigma), scheme)
+def cross_sq_dists(a: Tensor, b: Tensor) -> Tensor:
+    """Squared Euclidean distances between the rows of ``a`` (N, D) and of ``b`` (M, D) -> (N, M), clamped at 0."""
+    return (a.pow(2).sum(1)[:, None] + b.pow(2).sum(1)[None, :] - 2.0 * a @ b.T).clamp_min_(0.0)
+
+
+def pooled_kernel_blocks(h1: Tensor, h2: Tensor, scheme: str = "median",
+                         sigma: float | Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The blocks K(S1, S1), K(S1, S2), K(S2, S2) of the pooled batch's kernel, in float32 or wider.
+
+    The bandwidth is that of the whole pooled batch (its off-diagonal distances, as ``kernel_bandwidth``).
+    When ``h2`` carries no gradient (S2 detached, or a memory), the S2 block is built without a graph: it still
+    enters the value (and so the square root's slope) but costs no backward, which matters when S2 is a
+    memory many times the size of S1.
+    """
+    z1 = h1.float() if h1.dtype in (torch.float16, torch.bfloat16) else h1  # (m1, D)
+    z2 = (h2.float() if h2.dtype in (torch.float16, torch.bfloat16) else h2).to(z1.dtype)  # (m2, D)
+    d11, d12 = pairwise_sq_dists(z1), cross_sq_dists(z1, z2)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and h2.requires_grad):
+        d22 = pairwise_sq_dists(z2)
+    s = _pooled_bandwidth(d11, d12, d22, scheme, sigma)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and h2.requires_grad):
+        k22 = gaussian_kernel(d22, s, scheme)
+    return gaussian_kernel(d11, s, scheme), gaussian_kernel(d12, s, scheme), k22
+
+
+def _pooled_bandwidth(d11: Tensor, d12: Tensor, d22: Tensor, scheme: str, sigma: float | Tensor | None) -> Tensor:
+    # The pooled matrix's upper triangle is the triangles of the two diagonal blocks and the whole S1-S2 block:
+    # the same values, hence the same median or mean, as kernel_bandwidth of the assembled matrix.
+    _check_scheme(scheme, sigma)
+    if sigma is not None and scheme in ("fixed", "multiscale"):
+        return kernel_bandwidth(d11, scheme, sigma)
+    with torch.no_grad():
+        i1 = torch.triu_indices(d11.shape[0], d11.shape[0], 1, device=d11.device)
+        i2 = torch.triu_indices(d22.shape[0], d22.shape[0], 1, device=d22.device)
+        values = torch.cat([d11[i1[0], i1[1]], d12.reshape(-1), d22[i2[0], i2[1]]])
+        s = values.mean() if scheme == "mean" else values.median()
+        return torch.where(s > 0, s, torch.ones_like(s))  # all points equal: any bandwidth gives MMD = 0
 
 
 def _safe_sqrt(x: Tensor) -> Tensor:
@@ -95,10 +125,8 @@ def mmd(h1: Tensor, h2: Tensor, bandwidth: str = "median", sigma: float | Tensor
     Returns:
         A scalar tensor; 0 with a finite (zero) gradient when h1 equals h2.
     """
-    m1 = h1.shape[0]
-    k = pooled_kernel(h1, h2, bandwidth, sigma)
-    mmd2 = k[:m1, :m1].mean() + k[m1:, m1:].mean() - 2.0 * k[:m1, m1:].mean()
-    return _safe_sqrt(mmd2)
+    k11, k12, k22 = pooled_kernel_blocks(h1, h2, bandwidth, sigma)
+    return _safe_sqrt(k11.mean() + k22.mean() - 2.0 * k12.mean())
 
 
 def class_conditional_mmd(
@@ -112,8 +140,9 @@ def class_conditional_mmd(
 ) -> Tensor:
     """ITRA-c matching loss, Eq. (5): the mean over classes present in both batches of per-class MMD.
 
-    One pooled kernel matrix and one same-class mask; per-class sums are gathered with ``index_add``,
-    so the cost is O((m1 + m2)^2 D + K) with no Python loop over the K classes and no host sync.
+    One pooled kernel (in its three blocks) and same-class masks; per-class sums are gathered with
+    ``index_add``, so the cost is O((m1 + m2)^2 D + K) with no Python loop over the K classes and no host sync;
+    without a gradient into S2 its block costs no backward.
 
     Args:
         h1, y1: features (m1, D) and integer labels (m1,) of the first mini-batch.
@@ -124,17 +153,21 @@ def class_conditional_mmd(
     Returns:
         A scalar tensor; 0 when no class is present in both batches.
     """
-    k = pooled_kernel(h1, h2, bandwidth, sigma)  # (n, n), n = m1 + m2
-    n1 = torch.bincount(y1, minlength=num_classes).to(k.dtype)  # (K,)
-    n2 = torch.bincount(y2, minlength=num_classes).to(k.dtype)
+    k11, k12, k22 = pooled_kernel_blocks(h1, h2, bandwidth, sigma)  # (m1, m1), (m1, m2), (m2, m2)
+    n1 = torch.bincount(y1, minlength=num_classes).to(k11.dtype)  # (K,)
+    n2 = torch.bincount(y2, minlength=num_classes).to(k11.dtype)
     present = (n1 > 0) & (n2 > 0)
     # With a_i = 1/n1[y_i] on S1 and -1/n2[y_i] on S2, the class-c MMD^2 is the quadratic form
-    # sum_{i,j in c} a_i a_j K_ij: the three blocks of Eq. (3) with their 1/n^2 and -2/(n1 n2) weights.
-    y = torch.cat([y1, y2])  # (n,)
-    a = torch.cat([1.0 / n1[y1], -1.0 / n2[y2]])  # (n,)
-    same = y[:, None] == y[None, :]  # (n, n)
-    per_example = a * ((k * same) @ a)  # (n,)
-    mmd2 = per_example.new_zeros(num_classes).index_add_(0, y, per_example)  # (K,)
+    # sum_{i,j in c} a_i a_j K_ij over the pooled batch: the three blocks of Eq. (3) with their 1/n^2 and
+    # -2/(n1 n2) weights, summed per class with index_add.
+    a1, a2 = 1.0 / n1[y1], -1.0 / n2[y2]  # (m1,), (m2,)
+    s11, s12, s22 = y1[:, None] == y1[None, :], y1[:, None] == y2[None, :], y2[:, None] == y2[None, :]
+    k12s = k12 * s12  # (m1, m2)
+    row1 = (k11 * s11) @ a1 + k12s @ a2  # (m1,): each S1 example against its class in S1 and S2
+    # (m2,): each S2 example likewise; contiguous, so that when S1 equals S2 both products round alike and
+    # the value is exactly 0
+    row2 = k12s.T.contiguous() @ a1 + (k22 * s22) @ a2
+    mmd2 = k11.new_zeros(num_classes).index_add(0, y1, a1 * row1).index_add(0, y2, a2 * row2)  # (K,)
     per_class = _safe_sqrt(torch.where(present, mmd2, torch.zeros_like(mmd2)))
     return per_class.sum() / present.sum().clamp_min(1)
 
