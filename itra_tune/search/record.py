@@ -14,7 +14,7 @@ from itra_tune import checkpoint, export, models, plots, spaces, tracking
 from itra_tune import config as config_mod
 from itra_tune import data as data_mod
 from itra_tune.search.results import is_nan, rank_key, started, trial_rows
-from itra_tune.search.trainable import BEST_FILE, trial_config, trial_params
+from itra_tune.search.trainable import SELECTION, STATE_FILE, trial_config, trial_params
 
 
 def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: config_mod.Config, uri: str,
@@ -86,15 +86,14 @@ def _history(result: Any) -> list[dict[str, Any]]:
 
 def _checkpoint_model(result: Any, row: dict[str, Any], data: data_mod.Data) -> models.Classifier | None:
     """The trial's checkpoint of its selected epoch as its classifier, or None when it has none."""
-    best = Path(result.path) / BEST_FILE  # written by the trainable at each new best epoch
-    if not best.is_file():
+    kept = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("epoch") == row.get("best_epoch")]
+    ckpt = kept[0][0] if kept else result.get_best_checkpoint(SELECTION, "max")
+    if ckpt is None:
         return None
-    saved = checkpoint.load(best)
-    if saved["epoch"] != row.get("best_epoch"):
-        return None  # the selected epoch's weights are not at hand (a trial restarted from scratch): log none
     cfg = trial_config(result.config)
     model = models.build(cfg.model.name, data.num_classes, data.input_shape)
-    model.load_state_dict(saved["model"])
+    with ckpt.as_directory() as d:
+        model.load_state_dict(checkpoint.load(Path(d) / STATE_FILE)["model"])
     return model.eval()
 
 

@@ -17,8 +17,7 @@ from itra_tune import checkpoint, engine
 from itra_tune import config as config_mod
 
 STATE_FILE = "state.pt"
-BEST_FILE = "best_model.pt"  # in the trial's folder: the weights of its selected epoch so far
-SELECTION = "selection_score"  # reported with every epoch: how the trial's epochs rank
+SELECTION = "selection_score"  # reported with every epoch; Tune keeps the checkpoints it ranks highest
 
 
 def selection_score(metrics: dict[str, Any], metric: str, mode: str) -> float:
@@ -54,17 +53,11 @@ def train_trial(tune_config: dict[str, Any], metric: str = "val_acc", mode: str 
     if ckpt is not None:
         with ckpt.as_directory() as d:
             resume = checkpoint.load(Path(d) / STATE_FILE)
-    best_file = Path(tune.get_context().get_trial_dir()) / BEST_FILE
-    scores = [selection_score(row, metric, mode) for row in (resume or {}).get("history", [])]
-    best = [max(scores) if scores else float("-inf")]
 
     def report(metrics: dict[str, float], state: dict[str, Any]) -> None:
-        score = selection_score(metrics, metric, mode)
-        if score > best[0]:  # the selected epoch so far: its weights, beside Tune's rolling checkpoints
-            best[0] = score
-            checkpoint.save({"model": state["model"], "epoch": int(metrics["epoch"])}, best_file)
         with tempfile.TemporaryDirectory() as d:
             checkpoint.save(state, Path(d) / STATE_FILE)
-            tune.report({**metrics, SELECTION: score}, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report({**metrics, SELECTION: selection_score(metrics, metric, mode)},
+                        checkpoint=tune.Checkpoint.from_directory(d))
 
     engine.fit(cfg, report=report, resume=resume)

@@ -16,7 +16,7 @@ from ray import tune
 
 from itra_tune import spaces, tracking
 from itra_tune.config import ConfigError
-from itra_tune.search.trainable import train_trial, trial_params
+from itra_tune.search.trainable import SELECTION, train_trial, trial_params
 
 # Ray's environment for a search driver (and the benchmarks): the classic progress table, which honours our
 # columns, and no warning about experiment-state syncing on a local disk. Authentication stays as Ray ships it:
@@ -25,10 +25,6 @@ from itra_tune.search.trainable import train_trial, trial_params
 RAY_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-    # Snapshot the experiment state at every step, not every 10 s or more: with checkpoints pruned in between, a
-    # driver killed before the next snapshot left a resumed search pointing at a deleted checkpoint ("Could not
-    # recover from checkpoint as it does not exist"), failing that trial.
-    "TUNE_GLOBAL_CHECKPOINT_S": "0",
 }
 SETTINGS_FILE = "search_settings.json"
 
@@ -218,9 +214,8 @@ def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, c
     run_config = tune.RunConfig(
         name=name,
         storage_path=str(storage),
-        # the 2 newest checkpoints, for resuming (with a snapshot every step, the one a snapshot names is never
-        # pruned); the trainable keeps the selected epoch's weights itself (BEST_FILE)
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=SELECTION,
+                                                checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=max_failures),
         progress_reporter=_reporter(space),
         callbacks=[callback],
