@@ -214,7 +214,9 @@ def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, c
     run_config = tune.RunConfig(
         name=name,
         storage_path=str(storage),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=SELECTION,
+        # the 4 best epochs' checkpoints: the selected one for the record, and room enough that the newest one,
+        # which a resume after a killed driver restarts from, is rarely pruned before Tune's next snapshot
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=4, checkpoint_score_attribute=SELECTION,
                                                 checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=max_failures),
         progress_reporter=_reporter(space),
