@@ -5,6 +5,9 @@
     result.best["val_acc"]
     cfg = itra_tune.best_config("cifar100")   # the winner of the newest search, from MLflow
 
+    loss_fn = itra_tune.ITRALoss(num_classes=10, lam=0.5)   # ITRA in your own loop, with
+    net = itra_tune.split_model(model)                       # SecondBatch; or itra_tune.ITRATrainer
+
 Attributes load on first use, so ``import itra_tune`` stays cheap.
 """
 
@@ -24,6 +27,11 @@ _LAZY = {
     "load_config": ("itra_tune.config", "load"),
     "Config": ("itra_tune.config", "Config"),
     "ConfigError": ("itra_tune.config", "ConfigError"),
+    # ITRA in your own training (README, "Your own training")
+    "ITRALoss": ("itra_tune.losses", "ITRALoss"),
+    "SecondBatch": ("itra_tune.dropin", "SecondBatch"),
+    "split_model": ("itra_tune.dropin", "split_model"),
+    "ITRATrainer": ("itra_tune.trainer", "ITRATrainer"),  # loads transformers
 }
 
 

@@ -195,6 +195,59 @@ class ITRA(nn.Module):
         self.steps = int(state["steps"])
 
 
+class ITRALoss(ITRA):
+    """ITRA for your own training loop: cross-entropy on S1 plus lambda times the MMD between the features of S1
+    and of a second mini-batch S2; ITRA-c (``class_conditional``, the default) averages the MMD over classes.
+
+        loss_fn = itra_tune.ITRALoss(num_classes=10, lam=0.5)
+        parts = loss_fn(logits1, y1, h1, h2, y2)     # parts.total to back-propagate; parts.ce, parts.match
+        parts = memory_loss(logits1, y1, h1)          # pairing="memory": S2 is the loss's own memory
+
+    ``pairing`` says what ``h2`` is:
+
+    - ``independent`` (the paper's): features of an independently drawn S2, forwarded with gradients (through
+      the network together with S1, so BatchNorm normalizes both with one set of statistics).
+    - ``detached``: S2's features without gradient: forward S2 under ``torch.no_grad()`` (saves S2's backward;
+      the loss detaches ``h2`` in any case), so the matching gradient reaches the network through S1 alone.
+    - ``memory``: pass no ``h2`` or ``y2``. The loss keeps the detached features and labels of the last
+      ``memory_batches`` S1 batches (sized at the first call) and matches each S1 against them: no extra forward.
+      The first call matches nothing (its match is 0), and the memory fills over ``memory_batches`` calls.
+      Move the loss to the model's device (``.to(device)``); its state (``state_dict``) holds the memory.
+
+    ``bandwidth``, ``sigma``, ``sigma_ema`` and ``lam_warmup_steps`` are those of the configuration's ``loss``
+    section. Calls in ``eval()`` mode neither move a smoothed bandwidth nor count warm-up steps.
+    """
+
+    PAIRINGS = ("independent", "detached", "memory")
+
+    def __init__(self, num_classes: int, lam: float, class_conditional: bool = True, bandwidth: str = "median",
+                 sigma: float | None = None, pairing: str = "independent", memory_batches: int = 4,
+                 sigma_ema: float = 0.0, lam_warmup_steps: int = 0) -> None:
+        super().__init__(num_classes, lam, bandwidth, sigma, class_conditional=class_conditional,
+                         sigma_ema=sigma_ema, lam_warmup_steps=lam_warmup_steps)
+        if pairing not in self.PAIRINGS:
+            raise ConfigError(f"ITRALoss: pairing must be one of {', '.join(self.PAIRINGS)} but got {pairing!r} "
+                              f"(for split, pass the two halves of one batch as h1 and h2)")
+        if memory_batches < 1:
+            raise ConfigError(f"ITRALoss: memory_batches must be at least 1 but got {memory_batches}")
+        self.pairing, self.memory_batches = pairing, memory_batches
+
+    def forward(self, logits: Tensor, y: Tensor, h1: Tensor, h2: Tensor | None = None,
+                y2: Tensor | None = None, y1: Tensor | None = None) -> Parts:
+        if self.pairing == "memory" and self.memory is None:
+            self.memory = FeatureMemory(self.memory_batches * h1.shape[0], h1.shape[1]).to(h1.device)
+        if self.pairing == "detached" and h2 is not None:
+            h2 = h2.detach()
+        return super().forward(logits, y, h1, h2, y2, y1)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: object) -> None:
+        # a memory saved by an earlier run: build it to the saved size before its buffers load
+        saved = state_dict.get(prefix + "memory.h")
+        if self.pairing == "memory" and self.memory is None and saved is not None:
+            self.memory = FeatureMemory(saved.shape[0], saved.shape[1]).to(saved.device)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
 LOSSES: dict[str, type[nn.Module]] = {  # name -> class; each has from_config(cfg, num_classes, feature_dim)
     "ce": CrossEntropy,
     "lsr": CrossEntropy,

@@ -1,0 +1,180 @@
+"""ITRA in a user's own loop: the README's loop as written, ITRALoss, SecondBatch and split_model."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import itra_tune
+from benchmarks.reference import class_conditional_mmd_loop
+from itra_tune.config import ConfigError
+from itra_tune.data.images import synthetic_mixture
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_loop() -> str:
+    """The first Python block of the README's "Your loop" section, as written there."""
+    section = README.read_text().split("### Your loop", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def mixture(n: int, held: int = 0) -> tuple[TensorDataset, TensorDataset]:
+    """n training and ``held`` held-out examples of one Gaussian mixture (64-d, 10 classes)."""
+    x, y = synthetic_mixture(n + held)
+    x = x.flatten(1)
+    return TensorDataset(x[:n], y[:n]), TensorDataset(x[n:], y[n:])
+
+
+def mlp(d: int, k: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(d, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, k))
+
+
+def run_loop(code: str, lam: float, epochs: int, train_set: TensorDataset) -> nn.Module:
+    model = mlp(train_set.tensors[0].shape[1], 10)
+    torch.manual_seed(1)  # the DataLoader's shuffle
+    exec(code, {"model": model, "train_set": train_set, "num_classes": 10, "lam": lam, "epochs": epochs})
+    return model
+
+
+def compactness(model: nn.Module, data: TensorDataset) -> float:
+    """The engine's figure: same-class over all-pairs feature distance between two halves of held-out data."""
+    x, y = data.tensors
+    with torch.no_grad():
+        _, h = itra_tune.split_model(model)(x)
+    n = len(x) // 2
+    d = torch.cdist(h[:n], h[n:2 * n])
+    same = y[:n, None] == y[None, n:2 * n]
+    return (d[same].mean() / d.mean()).item()
+
+
+def test_the_readme_loop_at_lambda_0_trains_exactly_as_cross_entropy():
+    code, data = readme_loop(), mixture(640)[0]
+    ce_code = code.replace("loss_fn(logits[:n], y1, h[:n], h[n:], y2).total", "F.cross_entropy(logits[:n], y1)")
+    assert ce_code != code, "the README's loss line moved; update this test"
+    itra = run_loop(code, 0.0, 2, data)
+    ce = run_loop("import torch.nn.functional as F\n" + ce_code, 0.0, 2, data)
+    for a, b in zip(itra.parameters(), ce.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_the_readme_loop_with_lambda_makes_features_more_compact():
+    train, held = mixture(2048, 1024)
+    plain = compactness(run_loop(readme_loop(), 0.0, 8, train), held)  # 8 epochs of 32 steps
+    itra = compactness(run_loop(readme_loop(), 1.0, 8, train), held)
+    assert itra < 0.9 * plain, (itra, plain)
+
+
+def test_itra_loss_at_lambda_0_is_cross_entropy_in_value_and_gradient():
+    torch.manual_seed(0)
+    for pairing in ("independent", "detached", "memory"):
+        logits = torch.randn(16, 4, requires_grad=True)
+        h = torch.randn(32, 8, requires_grad=True)
+        y = torch.randint(0, 4, (32,))
+        loss_fn = itra_tune.ITRALoss(4, lam=0.0, pairing=pairing)
+        parts = loss_fn(logits, y[:16], h[:16]) if pairing == "memory" else \
+            loss_fn(logits, y[:16], h[:16], h[16:], y[16:])
+        ce = F.cross_entropy(logits, y[:16])
+        assert torch.equal(parts.total, ce)
+        g_itra = torch.autograd.grad(parts.total, [logits, h], allow_unused=True)
+        g_ce = torch.autograd.grad(ce, [logits])
+        assert torch.equal(g_itra[0], g_ce[0]) and (g_itra[1] is None or not g_itra[1].any())
+
+
+def test_itra_loss_is_the_papers_class_conditional_mmd():
+    torch.manual_seed(0)
+    h1, h2 = torch.randn(24, 6), torch.randn(24, 6)
+    y1, y2 = torch.randint(0, 3, (24,)), torch.randint(0, 3, (24,))
+    parts = itra_tune.ITRALoss(3, lam=0.7)(torch.randn(24, 3), y1, h1, h2, y2)
+    want = class_conditional_mmd_loop(h1, y1, h2, y2, 3, "median")
+    assert torch.allclose(parts.match, want, atol=1e-5)
+    assert torch.allclose(parts.total, parts.ce + 0.7 * parts.match)
+
+
+def test_detached_pairing_sends_no_gradient_through_the_second_batch():
+    h1, h2 = torch.randn(16, 8, requires_grad=True), torch.randn(16, 8, requires_grad=True)
+    y = torch.randint(0, 2, (16,))
+    parts = itra_tune.ITRALoss(2, lam=1.0, pairing="detached")(torch.randn(16, 2), y, h1, h2, y)
+    parts.total.backward()
+    assert h2.grad is None and h1.grad.abs().sum() > 0
+
+
+def test_memory_pairing_matches_against_past_batches_and_resumes_from_its_state():
+    torch.manual_seed(0)
+    loss_fn = itra_tune.ITRALoss(3, lam=0.5, pairing="memory", memory_batches=2)
+    batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(4)]
+    matches = [loss_fn(torch.randn(8, 3), y, h).match for h, y in batches[:3]]
+    assert matches[0] == 0 and matches[1] > 0  # the first call has nothing to match
+    h_mem, y_mem = loss_fn.memory.contents()
+    assert torch.equal(h_mem.sort(0).values, torch.cat([batches[1][0], batches[2][0]]).sort(0).values)
+    resumed = itra_tune.ITRALoss(3, lam=0.5, pairing="memory", memory_batches=2)
+    resumed.load_state_dict(loss_fn.state_dict())
+    h, y = batches[3]
+    assert torch.equal(resumed(torch.zeros(8, 3), y, h).match, loss_fn(torch.zeros(8, 3), y, h).match)
+
+
+def test_itra_loss_refuses_bad_arguments_with_the_fix():
+    with pytest.raises(ConfigError, match="cannot be negative"):
+        itra_tune.ITRALoss(10, lam=-0.1)
+    with pytest.raises(ConfigError, match="pairing must be one of independent, detached, memory"):
+        itra_tune.ITRALoss(10, lam=0.1, pairing="split")
+    with pytest.raises(ValueError, match="needs the second mini-batch"):
+        itra_tune.ITRALoss(10, lam=0.1)(torch.randn(4, 10), torch.zeros(4, dtype=torch.long), torch.randn(4, 3))
+
+
+def test_second_batch_is_endless_reshuffled_and_resumes_exactly():
+    data = TensorDataset(torch.arange(10).float(), torch.arange(10))
+    second = itra_tune.SecondBatch(data, batch_size=4, seed=3)
+    seen = [next(second)[1] for _ in range(5)]  # 2 batches per pass (drop_last): 2.5 passes
+    assert all(len(b) == 4 for b in seen)
+    assert len(set(torch.cat(seen[:2]).tolist())) == 8  # a pass holds no repeat
+    assert not torch.equal(torch.cat(seen[:2]), torch.cat(seen[2:4]))  # each pass is a new permutation
+    again = itra_tune.SecondBatch(data, batch_size=4, seed=3)
+    assert all(torch.equal(next(again)[1], b) for b in seen)  # the same seed, the same stream
+    state = second.state_dict()
+    rest = [next(second)[1] for _ in range(3)]
+    resumed = itra_tune.SecondBatch(data, batch_size=4, seed=0)
+    resumed.load_state_dict(state)
+    assert all(torch.equal(next(resumed)[1], b) for b in rest)
+    with pytest.raises(ValueError, match="no batch of 16"):
+        itra_tune.SecondBatch(data, batch_size=16)
+
+
+def test_split_model_returns_the_heads_input_for_common_classifiers():
+    import torchvision
+
+    resnet = torchvision.models.resnet18(num_classes=7).eval()
+    x = torch.rand(2, 3, 32, 32)
+    out, h = itra_tune.split_model(resnet)(x)
+    assert h.shape == (2, 512) and torch.allclose(resnet.fc(h), out)
+    vgg = torchvision.models.mobilenet_v2(num_classes=5).eval()
+    out, h = itra_tune.split_model(vgg)(x)
+    assert h.shape == (2, 1280) and torch.allclose(vgg.classifier[-1](h), out)
+    plain = mlp(4, 3)
+    net = itra_tune.split_model(plain)
+    out, h = net(torch.rand(5, 4))
+    assert h.shape == (5, 32) and torch.allclose(plain[-1](h), out)
+    net.remove()
+    assert not plain[-1]._forward_pre_hooks
+    with pytest.raises(ValueError, match="found no linear layer"):
+        itra_tune.split_model(nn.Sequential(nn.ReLU()))
+
+
+def test_split_model_finds_a_hugging_face_classifiers_features():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, num_labels=3)
+    model = BertForSequenceClassification(cfg).eval()
+    ids = torch.randint(0, 50, (2, 6))
+    out, h = itra_tune.split_model(model)(input_ids=ids)
+    pooled = model.bert(input_ids=ids).pooler_output
+    assert torch.allclose(h, pooled) and torch.allclose(model.classifier(h), out.logits)
