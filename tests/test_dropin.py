@@ -178,3 +178,71 @@ def test_split_model_finds_a_hugging_face_classifiers_features():
     out, h = itra_tune.split_model(model)(input_ids=ids)
     pooled = model.bert(input_ids=ids).pooler_output
     assert torch.allclose(h, pooled) and torch.allclose(model.classifier(h), out.logits)
+
+
+def tiny_bert_trainer(tmp_path, trainer_cls, steps=4, **kwargs):
+    """A Trainer (or ITRATrainer) over a tiny BERT built in code, without dropout, on a learnable token task."""
+    from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = BertForSequenceClassification(cfg)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (64,), generator=g)
+    ids = torch.randint(3, 40, (64, 8), generator=g)
+    ids[:, 1] = labels  # the label is a token of the text
+    rows = [{"input_ids": i, "attention_mask": torch.ones(8, dtype=torch.long), "labels": int(y)}
+            for i, y in zip(ids, labels)]
+    args = TrainingArguments(output_dir=str(tmp_path / trainer_cls.__name__), max_steps=steps, logging_steps=1,
+                             per_device_train_batch_size=8, learning_rate=1e-3, use_cpu=True, report_to="none",
+                             save_strategy="no", seed=0, disable_tqdm=True)
+    return trainer_cls(model=model, args=args, train_dataset=rows, **kwargs)
+
+
+def test_itra_trainer_at_lambda_0_is_the_trainers_cross_entropy(tmp_path):
+    from transformers import Trainer
+
+    plain = tiny_bert_trainer(tmp_path, Trainer)
+    plain.train()
+    itra = tiny_bert_trainer(tmp_path, itra_tune.ITRATrainer, lam=0.0)
+    itra.train()
+    ce = [h["loss"] for h in plain.state.log_history if "loss" in h]
+    ours = [h["loss"] for h in itra.state.log_history if "loss" in h]
+    assert len(ce) == 4 and ours == pytest.approx(ce, rel=1e-5)
+    for a, b in zip(plain.model.parameters(), itra.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("pairing", ["independent", "memory"])
+def test_itra_trainer_logs_its_matching_loss(tmp_path, pairing):
+    trainer = tiny_bert_trainer(tmp_path, itra_tune.ITRATrainer, lam=0.5, pairing=pairing)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == 4 and all("match_loss" in h for h in logged)
+    assert all(h["match_loss"] > 0 for h in logged[1:])  # the memory holds nothing to match at the first step
+    assert logged[0]["loss"] > 0
+
+
+@pytest.mark.slow
+def test_the_trainers_own_ray_search_sets_lambda_and_pairing(tmp_path, ray_local):
+    from ray import tune
+    from transformers import BertForSequenceClassification
+
+    trainer = tiny_bert_trainer(tmp_path, itra_tune.ITRATrainer, lam=0.1)
+    trainer.eval_dataset = trainer.train_dataset
+    config = trainer.model.config
+
+    def model_init(trial=None):
+        torch.manual_seed(0)
+        return BertForSequenceClassification(config)
+
+    trainer.model_init = model_init
+    best = trainer.hyperparameter_search(
+        direction="minimize", backend="ray", n_trials=1, storage_path=str(tmp_path / "ray"),
+        hp_space=lambda _: {"lam": tune.grid_search([0.0, 2.0]), "pairing": "memory"},
+        compute_objective=lambda metrics: metrics["eval_loss"])
+    df = best.run_summary.dataframe()
+    by_lam = dict(zip(df["config/lam"], df["eval_loss"]))
+    assert set(by_lam) == {0.0, 2.0} and by_lam[0.0] != by_lam[2.0]  # lambda reached the loss
+    assert best.hyperparameters["pairing"] == "memory"
