@@ -12,15 +12,22 @@ from itra_tune import config as config_mod
 from itra_tune import tracking
 
 
-def best_config(space: str, tracking_uri: str | None = None) -> config_mod.Config:
+def best_config(space: str, tracking_uri: str | None = None) -> Any:
     """The best trial's configuration from the newest finished search of ``space`` in MLflow.
 
     Args:
         space: the space's name (its MLflow experiment).
         tracking_uri: where the search tracked; default ``$MLFLOW_TRACKING_URI`` or ./mlflow.db.
+
+    Returns:
+        The engine's ``Config``; for a search of a user's own trainable, the plain configuration (a dict) it
+        was called with.
     """
     c, run = tracking.latest_search(space, tracking_uri)
-    return config_mod.load(tracking.download(c, run.info.run_id, "best_config.yaml"))
+    path = tracking.download(c, run.info.run_id, "best_config.yaml")
+    if run.data.params.get("trainable", config_mod.ENGINE) != config_mod.ENGINE:
+        return config_mod.read_yaml(path)
+    return config_mod.load(path)
 
 
 def load_best_model(space: str, tracking_uri: str | None = None) -> Any:

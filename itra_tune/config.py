@@ -25,6 +25,7 @@ PAIRINGS = ("independent", "split", "detached", "memory")  # where S2 comes from
 SCHEDULES = ("cosine", "step", "none", "linear")
 OPTIMIZERS = ("sgd", "adamw")
 BANDWIDTHS = ("median", "mean", "fixed", "multiscale")  # kernel bandwidth schemes of itra_tune.mmd
+ENGINE = "itra_tune.engine"  # the trainable a search records when it trains with the engine, not a user's
 
 
 def check_lam(lam: float, key: str = "loss.lam") -> None:
@@ -182,6 +183,24 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
         except yaml.YAMLError:
             value = text
         _set_path(out, key.strip(), value)
+    return out
+
+
+def with_values(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of plain nested data with dotted-key values set, e.g. ``{"optim.lr": 0.1}`` (no validation: the
+    configuration of a user's trainable is theirs)."""
+    out = _deep_copy(raw)
+    for key, value in values.items():
+        _set_path(out, key, value)
+    return out
+
+
+def dotted(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys: ``{"loss": {"lam": 1}}`` -> ``{"loss.lam": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(dotted(v, key) if isinstance(v, dict) else {key: v})
     return out
 
 

@@ -3,6 +3,10 @@
 A space file holds the base training configuration (``base``), the parameters to search (``search``, dotted
 keys of the configuration), the selection metric and mode, the budget, the scheduler and the resources
 per trial. ``--space`` takes a name from ``search_spaces/`` or a path to a YAML file.
+
+A space that names a ``trainable`` (``package.module:function``) searches the user's own training function
+instead of the engine: its ``base`` is that function's configuration (any mapping), its ``metric`` any name the
+function reports (with ``mode``), and ``budget.max_epochs`` says how many reports a trial makes at most.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ SPACES_DIR = _shipped()
 METRICS = {"val_acc": "max", "val_ce": "min", "test_acc": "max", "test_ce": "min", "compactness": "min"}
 SCHEDULERS = ("asha", "median", "hyperband", "none")
 PARAM_KINDS = ("float", "int", "categorical")
-TOP_KEYS = ("name", "description", "base", "search", "metric", "mode", "budget", "scheduler", "resources", "smoke")
+TOP_KEYS = ("name", "description", "trainable", "base", "search", "metric", "mode", "budget", "scheduler", "resources",
+            "smoke")
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,8 @@ class Space:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     smoke: dict[str, Any] = field(default_factory=dict)  # overrides for --smoke
+    trainable: str | None = None  # "package.module:function": a user's training function; None: the engine
+    max_epochs: int | None = None  # a user trainable's reports per trial at most (the engine's: train.epochs)
 
     def base_config(self, overrides: list[str] | tuple[str, ...] = ()) -> Config:
         return config_mod.from_dict(config_mod.apply_overrides(self.base, overrides), str(self.path))
@@ -103,24 +110,39 @@ def resolve(name_or_path: str | Path) -> Path:
     raise ConfigError(f"unknown space {str(name_or_path)!r}; choose one of {', '.join(names())} or pass a YAML path")
 
 
-def load(name_or_path: str | Path) -> Space:
-    """Load and validate a space file; every error names the file and the key."""
+def load(name_or_path: str | Path, user: bool = False) -> Space:
+    """Load and validate a space file; every error names the file and the key.
+
+    ``user``: the space is for a user trainable given elsewhere (``--trainable``), though it names none.
+    """
     path = resolve(name_or_path)
     raw = config_mod.read_yaml(path)
     src = str(path)
     unknown = sorted(set(raw) - set(TOP_KEYS))
     if unknown:
         raise ConfigError(f"{src}: unknown key {unknown[0]!r}; valid keys: {', '.join(TOP_KEYS)}")
+    trainable = raw.get("trainable")
+    if trainable is not None:
+        check_trainable(trainable, f"{src}: trainable")
     base = raw.get("base") or {}
-    cfg = config_mod.from_dict(base, src)  # the base must be a valid configuration on its own
-    params = tuple(_param(key, spec, src, cfg) for key, spec in (raw.get("search") or {}).items())
+    if not isinstance(base, dict):
+        raise ConfigError(f"{src}: base must be a mapping of configuration sections")
+    user = user or trainable is not None
+    cfg = None if user else config_mod.from_dict(base, src)  # the engine's must be valid on its own
+    keys = cfg.flat() if cfg is not None else config_mod.dotted(base)
+    params = tuple(_param(key, spec, src, cfg, keys) for key, spec in (raw.get("search") or {}).items())
     metric = raw.get("metric", "val_acc")
-    if metric not in METRICS:
+    if not user and metric not in METRICS:
         raise ConfigError(f"{src}: metric {metric!r} is not reported; choose one of {', '.join(METRICS)}")
-    mode = raw.get("mode", METRICS[metric])
+    if not isinstance(metric, str) or not metric:
+        raise ConfigError(f"{src}: metric must be the name of a value the trainable reports")
+    mode = raw.get("mode", METRICS.get(metric))
     if mode not in ("max", "min"):
         raise ConfigError(f"{src}: mode must be max or min but got {mode!r}")
-    budget = _section(raw, "budget", {"num_samples": int, "max_concurrent": int}, src)
+    budget = _section(raw, "budget", {"num_samples": int, "max_concurrent": int, "max_epochs": int}, src)
+    if "max_epochs" in budget and not user:
+        raise ConfigError(f"{src}: budget.max_epochs is for a space with a trainable; the engine's epochs are "
+                          f"base.train.epochs")
     sched = raw.get("scheduler") or {"name": "asha"}
     if not isinstance(sched, dict) or sched.get("name", "asha") not in SCHEDULERS:
         raise ConfigError(f"{src}: scheduler.name must be one of {', '.join(SCHEDULERS)}")
@@ -130,11 +152,19 @@ def load(name_or_path: str | Path) -> Space:
         raise ConfigError(f"{src}: smoke must be a mapping of dotted keys to values")
     check_budget({**budget, **res}, src)
     return Space(name=raw.get("name", path.stem), path=path, base=base, params=params, metric=metric, mode=mode,
-                 scheduler={"name": "asha", **sched}, smoke=smoke, **budget, **res)
+                 scheduler={"name": "asha", **sched}, smoke=smoke, trainable=trainable, **budget, **res)
+
+
+def check_trainable(ref: Any, where: str) -> None:
+    """A reference to a user's training function: ``package.module:function``."""
+    module, sep, name = ref.partition(":") if isinstance(ref, str) else ("", "", "")
+    if not (sep and module and name and all(p.isidentifier() for p in module.split(".") + name.split("."))):
+        raise ConfigError(f"{where}: expected package.module:function but got {ref!r}")
 
 
 BUDGET_RULES = {  # key: (the file's section, the command line's flag, lowest value, whether the lowest is allowed)
     "num_samples": ("budget", "--num-samples", 1, True),
+    "max_epochs": ("budget", "budget.max_epochs", 1, True),
     "max_concurrent": ("budget", "--max-concurrent", 1, True),
     "cpus_per_trial": ("resources", "--cpus-per-trial", 0, False),
     "gpus_per_trial": ("resources", "--gpus-per-trial", 0, True),
@@ -171,10 +201,14 @@ def _section(raw: dict[str, Any], name: str, keys: dict[str, type], src: str) ->
     return out
 
 
-def _param(key: str, spec: Any, src: str, base: Config) -> Param:
+def _param(key: str, spec: Any, src: str, base: Config | None, keys: dict[str, Any]) -> Param:
+    """One ``search`` entry; ``base`` is the engine's configuration (None for a user trainable), ``keys`` its
+    dotted keys."""
     where = f"{src}: search.{key}"
-    if key not in base.flat():
+    if key not in keys and base is not None:
         raise ConfigError(f"{where}: not a configuration key; searchable keys look like loss.lam, data.batch_size")
+    if key not in keys:
+        raise ConfigError(f"{where}: not a key of base; searchable keys are {', '.join(keys) or 'none: base is empty'}")
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a mapping like {{type: float, low: 0.1, high: 1.0}}")
     allowed = {"type", "low", "high", "log", "step", "choices"}
@@ -202,7 +236,7 @@ def _param(key: str, spec: Any, src: str, base: Config) -> Param:
             raise ConfigError(f"{where}: a log range needs low > 0 but got {low}")
         param = Param(key, kind, float(low), float(high), log, spec.get("step"))
         probes = [{key: int(low) if kind == "int" else low}, {key: int(high) if kind == "int" else high}]
-    for values in probes:  # every end of the range must make a valid configuration
+    for values in probes if base is not None else ():  # every end of the range must make a valid configuration
         try:
             config_mod.override(base, values, src)
         except ConfigError as e:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from itra_tune import config as config_mod
 from itra_tune.config import ConfigError
 
 TRIAL_TAG = "itra_tune.trial_id"
@@ -107,9 +108,9 @@ def experiment_id(c: Any, name: str) -> str:
     return exp.experiment_id
 
 
-def headline(row: dict[str, Any]) -> dict[str, float]:
+def headline(row: dict[str, Any], names: Iterable[str] = HEADLINE_METRICS) -> dict[str, float]:
     """A trial's headline metrics, from its selected epoch's row: ``best_val_acc``, ..., ``best_epoch``."""
-    out = {f"best_{k}": float(row[k]) for k in HEADLINE_METRICS if k in row}
+    out = {f"best_{k}": float(row[k]) for k in names if k in row}
     if "epoch" in row or "best_epoch" in row:
         out["best_epoch"] = float(row.get("best_epoch", row.get("epoch")))
     return out
@@ -139,16 +140,6 @@ def _terminate(c: Any, run_id: str, status: str) -> None:
         c.set_terminated(run_id, status)
 
 
-def flat(prefix: str, value: Any) -> dict[str, Any]:
-    """Nested dicts as dotted keys: {"loss": {"lam": 1}} -> {"loss.lam": 1}."""
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(flat(f"{prefix}.{k}" if prefix else str(k), v))
-        return out
-    return {prefix: value}
-
-
 class Tracker:
     """The MLflow side of one search: its parent run and one child run per trial.
 
@@ -157,11 +148,16 @@ class Tracker:
         experiment: the MLflow experiment, one per space.
         parent_run_id: an existing parent run to continue (a resumed search), or None for a new one.
         run_name, params, artifacts: the new parent run's name, parameters and files to attach.
+        epoch_metrics: what an epoch logs; None: every number given (a user trainable's own metrics).
+        headline_metrics: what headlines a trial and the search, as ``best_<name>`` of the selected epoch.
     """
 
     def __init__(self, uri: str, experiment: str, parent_run_id: str | None = None, run_name: str = "",
-                 params: dict[str, Any] | None = None, artifacts: Iterable[Path] = ()) -> None:
+                 params: dict[str, Any] | None = None, artifacts: Iterable[Path] = (),
+                 epoch_metrics: tuple[str, ...] | None = EPOCH_METRICS,
+                 headline_metrics: tuple[str, ...] = HEADLINE_METRICS) -> None:
         self.uri, self.c = uri, client(uri)
+        self.epoch_metrics, self.headline_metrics = epoch_metrics, headline_metrics
         self.exp_id = experiment_id(self.c, experiment)
         self.failures = 0
         self.model_ids: dict[str, str] = {}  # run id -> the LoggedModel of its best checkpoint
@@ -179,8 +175,7 @@ class Tracker:
             for run in self.c.search_runs([self.exp_id], f"tags.`{PARENT_TAG}` = '{self.parent}'"):
                 tid = run.data.tags.get(TRIAL_TAG)
                 self._children[tid] = run.info.run_id
-                history = self.c.get_metric_history(run.info.run_id, "test_acc")  # every epoch has it
-                self._logged[tid] = {int(m.step) for m in history}
+                self._logged[tid] = self._epochs_logged(run)
 
     # --- live, during the search: never raise --------------------------------------------------------
 
@@ -225,7 +220,7 @@ class Tracker:
                 self._logged[trial_id].add(int(row["epoch"]))
         run_id = self._children[trial_id]
         if selected:
-            log_metrics(self.c, run_id, headline(selected))
+            log_metrics(self.c, run_id, self._headline(selected))
         self.c.set_tag(run_id, STATUS_TAG, status)
         if model is not None:
             self.model_ids[run_id] = log_model(self.uri, run_id, model, name)
@@ -254,7 +249,7 @@ class Tracker:
             if best_run_id in self.model_ids:
                 self.c.set_tag(self.parent, BEST_MODEL_TAG, self.model_ids[best_run_id])
         if best:
-            log_metrics(self.c, self.parent, headline(best))
+            log_metrics(self.c, self.parent, self._headline(best))
         _terminate(self.c, self.parent, "KILLED" if interrupted else "FINISHED")
 
     def set_parent_tag(self, key: str, value: str) -> None:
@@ -264,6 +259,20 @@ class Tracker:
         """Attach a file to the search's parent run."""
         self.c.log_artifact(self.parent, str(path))
 
+    def log_folder(self, run_id: str, folder: Path, artifact_path: str) -> None:
+        """Attach a folder's files to a run, under ``artifact_path``."""
+        with _quiet():
+            self.c.log_artifacts(run_id, str(folder), artifact_path)
+
+    def _epochs_logged(self, run: Any) -> set[int]:
+        """The epochs a run holds: those of a metric every epoch logs (test_acc; a user's, their first)."""
+        names = ["test_acc"] if self.epoch_metrics else [k for k in sorted(run.data.metrics)
+                                                         if not k.startswith("best_")][:1]
+        return {int(m.step) for k in names for m in self.c.get_metric_history(run.info.run_id, k)}
+
+    def _headline(self, row: dict[str, Any]) -> dict[str, float]:
+        return headline(row, self.headline_metrics)
+
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
         log_params(self.c, run_id, params)
 
@@ -271,9 +280,14 @@ class Tracker:
         from mlflow.entities import Metric
 
         step, ts = int(metrics["epoch"]), int(time.time() * 1000)
-        batch = [Metric(k, float(metrics[k]), ts, step) for k in EPOCH_METRICS if k in metrics]
+        names = self.epoch_metrics or [k for k, v in metrics.items() if k != "epoch" and _is_number(v)]
+        batch = [Metric(k, float(metrics[k]), ts, step) for k in names if k in metrics]
         self.c.log_batch(self._children[trial_id], metrics=batch)
         return True
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -311,7 +325,7 @@ def log_params(c: Any, run_id: str, params: dict[str, Any]) -> None:
     """Nested parameters as dotted keys, in batches of MLflow's limit of 100."""
     from mlflow.entities import Param
 
-    items = [Param(k, str(v)[:6000]) for k, v in flat("", params).items()]
+    items = [Param(k, str(v)[:6000]) for k, v in config_mod.dotted(params).items()]
     for i in range(0, len(items), 100):
         c.log_batch(run_id, params=items[i:i + 100])
 

@@ -2,8 +2,9 @@
 
 Optuna (TPE, seeded) samples the space's parameters, a scheduler (ASHA by default) stops weak trials early,
 and a concurrency limit bounds the trials in flight. Each trial is ``engine.fit`` behind
-``trainable.train_trial``. Each search ends with a summary: the best configuration, its validation and test
-metrics, how many trials completed, stopped early or failed, the wall time, and where the results are.
+``trainable.train_trial``, or a user's own training function (``trainable=``) behind ``trainable.user_trial``.
+Each search ends with a summary: the best configuration, its validation and test metrics, how many trials
+completed, stopped early or failed, the wall time, and where the results are.
 
 This package is the only part of itra_tune that imports Ray.
 """
@@ -56,6 +57,9 @@ class Options:
     tracking_uri: str | None = None  # MLflow; default $MLFLOW_TRACKING_URI, else ./mlflow.db
     register: bool = False  # register the best model as itra-<space>
     log_models: int | None = 3  # the best k trials' checkpoints become LoggedModels; None: every trial's
+    # a user's training function fn(config, report) (itra_tune.search.trainable.Report), or its
+    # "package.module:function"; None: the space's own trainable, else the engine
+    trainable: Any = None
 
 
 def run(space: str | Path = "demo", **options: Any) -> list[dict[str, Any]]:
@@ -109,14 +113,18 @@ def _run_plan(plan: list[tuple[spaces.Space, str | None]], names: list[str], sav
               storage: Path, uri: str, opts: Options, resume_cmd: str) -> list[dict[str, Any]]:
     import ray
 
-    from itra_tune.search import record, results, tuner
+    from itra_tune.search import record, results, trainable, tuner
 
     tuner.init_ray(opts.address)
     available = ray.cluster_resources()
     summaries = []
     for (sp, _method), name in zip(plan, names):
-        sp = record_threads(tuner.fit_resources(sp, available))
-        sp_cfg = config_mod.from_dict(sp.base, str(sp.path))
+        user_fn = trainable.resolve_trainable(opts.trainable or sp.trainable) if sp.trainable else None
+        sp = tuner.fit_resources(sp, available)
+        if user_fn is None:
+            sp = record_threads(sp)
+        sp_cfg = None if user_fn else config_mod.from_dict(sp.base, str(sp.path))
+        epochs = sp.max_epochs if sp_cfg is None else sp_cfg.train.epochs
         objective, parent = saved.get(name, (opts.objective, ""))
         if not parent:
             tracker = tracking.Tracker(uri, sp.name, run_name=name, params=_search_params(sp, opts, objective),
@@ -124,14 +132,15 @@ def _run_plan(plan: list[tuple[spaces.Space, str | None]], names: list[str], sav
             parent = tracker.parent
             tracker.log_artifact(tuner.save_settings(sp, objective, storage / name, parent))
         t0 = time.perf_counter()
-        grid = tuner.run_experiment(sp, sp_cfg.train.epochs, name, storage,
-                                    tuner.TrackingCallback(uri, sp.name, parent), objective=objective,
-                                    seed=opts.seed, max_failures=opts.max_failures, resume=opts.resume)
-        summary = results.summarize(grid, sp, sp_cfg, storage / name, time.perf_counter() - t0, objective)
+        grid = tuner.run_experiment(sp, epochs, name, storage,
+                                    tuner.TrackingCallback(uri, sp.name, parent, user=user_fn is not None),
+                                    objective=objective, seed=opts.seed, max_failures=opts.max_failures,
+                                    resume=opts.resume, user_fn=user_fn)
+        summary = results.summarize(grid, sp, epochs, storage / name, time.perf_counter() - t0, objective)
         summary["interrupted"] = summary["trials"] < sp.num_samples  # Ctrl-C: Tune saved its state, returned
         summary["resume_command"] = resume_cmd
         summary["tracking"] = record.record(grid, summary, sp, sp_cfg, uri, parent, storage / name,
-                                            opts.register and not summary["interrupted"], opts.log_models)
+                                            opts.register and not summary["interrupted"], opts.log_models, epochs)
         (storage / name / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         results.print_summary(summary, sp)
         summaries.append(summary)
@@ -143,9 +152,47 @@ def _run_plan(plan: list[tuple[spaces.Space, str | None]], names: list[str], sav
     return summaries
 
 
-def prepare(space: str | Path, opts: Options) -> tuple[spaces.Space, config_mod.Config]:
-    """The space with the options applied, and its validated base configuration; checks data and model."""
-    sp = spaces.load(space)
+def prepare(space: str | Path, opts: Options) -> tuple[spaces.Space, config_mod.Config | None]:
+    """The space with the options applied, and its validated base configuration (None for a user trainable);
+    checks data and model, or that the trainable imports."""
+    sp = spaces.load(space, user=opts.trainable is not None)
+    if opts.trainable is not None or sp.trainable is not None:
+        return _prepare_user(sp, opts), None
+    sp, overrides = _apply_options(sp, opts)
+    cfg = config_mod.from_dict(config_mod.apply_overrides(sp.base, overrides), str(sp.path))
+    if cfg.data.root is not None:  # trials run in their own folders: make a relative data root absolute
+        cfg = config_mod.override(cfg, {"data.root": str(Path(cfg.data.root).expanduser().resolve())})
+    sp = replace(sp, base=cfg.to_dict())
+    engine.check(cfg)
+    engine.check_available(cfg)
+    for m in opts.methods:
+        method_space(sp, m)
+    return sp, cfg
+
+
+def _prepare_user(sp: spaces.Space, opts: Options) -> spaces.Space:
+    """A space searching a user's trainable, with the options applied; the trainable imports (checked here)."""
+    from itra_tune.search import trainable
+
+    if isinstance(opts.trainable, str):
+        spaces.check_trainable(opts.trainable, "--trainable")
+    fn = trainable.resolve_trainable(opts.trainable or sp.trainable)
+    if opts.methods:
+        raise ConfigError("--methods compares the engine's losses; a user trainable searches its own space")
+    if opts.register:
+        raise ConfigError("--register needs the engine's model; a user trainable's best checkpoints are logged as "
+                          "files of their runs (checkpoint/)")
+    if sp.max_epochs is None:
+        raise ConfigError(f"{sp.path}: budget.max_epochs is required with a trainable: the most times a trial "
+                          f"reports (the schedulers count time in reports)")
+    sp, overrides = _apply_options(sp, opts)
+    return replace(sp, base=config_mod.apply_overrides(sp.base, overrides),
+                   trainable=opts.trainable if isinstance(opts.trainable, str) else trainable.trainable_ref(fn))
+
+
+def _apply_options(sp: spaces.Space, opts: Options) -> tuple[spaces.Space, list[str]]:
+    """The space with the command line's budget, resources and scheduler (and --smoke's); the base overrides
+    (--smoke's, then --set) for the caller to apply."""
     overrides = list(opts.overrides)
     budget: dict[str, Any] = {}
     if opts.smoke:
@@ -156,18 +203,10 @@ def prepare(space: str | Path, opts: Options) -> tuple[spaces.Space, config_mod.
         if getattr(opts, key) is not None:
             budget[key] = getattr(opts, key)
     spaces.check_budget(budget, "command line")
-    cfg = config_mod.from_dict(config_mod.apply_overrides(sp.base, overrides), str(sp.path))
-    if cfg.data.root is not None:  # trials run in their own folders: make a relative data root absolute
-        cfg = config_mod.override(cfg, {"data.root": str(Path(cfg.data.root).expanduser().resolve())})
     if opts.scheduler is not None and opts.scheduler not in spaces.SCHEDULERS:
         raise ConfigError(f"scheduler must be one of {', '.join(spaces.SCHEDULERS)} but got {opts.scheduler!r}")
     scheduler = dict(sp.scheduler, name=opts.scheduler) if opts.scheduler else sp.scheduler
-    sp = replace(sp, base=cfg.to_dict(), scheduler=scheduler, **budget)
-    engine.check(cfg)
-    engine.check_available(cfg)
-    for m in opts.methods:
-        method_space(sp, m)
-    return sp, cfg
+    return replace(sp, scheduler=scheduler, **budget), overrides
 
 
 def record_threads(space: spaces.Space) -> spaces.Space:
@@ -222,6 +261,7 @@ def _search_params(space: spaces.Space, opts: Options, objective: str) -> dict[s
     return {"space": space.name, "metric": space.metric, "mode": space.mode, "objective": objective,
             "num_samples": space.num_samples, "max_concurrent": space.max_concurrent, "seed": opts.seed,
             "scheduler": space.scheduler.get("name"), "searched": ",".join(p.key for p in space.params),
+            "trainable": space.trainable or config_mod.ENGINE,
             "code_version": config_mod.code_version()}
 
 

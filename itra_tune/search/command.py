@@ -20,6 +20,9 @@ def parser() -> cli.Parser:
     p.add_argument("--cpus-per-trial", type=float)
     p.add_argument("--gpus-per-trial", type=float, help="fractions let several small trials share a GPU")
     p.add_argument("--scheduler", choices=spaces.SCHEDULERS, help="early stopping (default: the space's)")
+    p.add_argument("--trainable", metavar="PACKAGE.MODULE:FUNCTION",
+                   help="search your own training function fn(config, report) instead of the engine (default: the "
+                        "space's own, else the engine)")
     p.add_argument("--objective", choices=OBJECTIVES, default="single",
                    help="acc_ce: validation accuracy (max) and CE (min) together; reports the Pareto front")
     p.add_argument("--methods", help="losses to compare, one search each, e.g. ce,lsr,center,itra_c")

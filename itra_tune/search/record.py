@@ -13,52 +13,62 @@ import torch
 from itra_tune import checkpoint, export, models, plots, spaces, tracking
 from itra_tune import config as config_mod
 from itra_tune import data as data_mod
-from itra_tune.search.results import is_nan, rank_key, started, trial_rows
+from itra_tune.search.results import is_nan, rank_key, row_metrics, started, trial_rows
 from itra_tune.search.trainable import SELECTION, STATE_FILE, trial_config, trial_params
 
 
-def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: config_mod.Config, uri: str,
-           parent: str, path: Path, register: bool, log_models: int | None = 3) -> dict[str, Any]:
+def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: config_mod.Config | None, uri: str,
+           parent: str, path: Path, register: bool, log_models: int | None = 3, epochs: int = 0) -> dict[str, Any]:
     """Complete the search in MLflow: back-fill, headline metrics, statuses, the best trials' models, pictures,
     the best configuration.
 
     Args:
+        cfg: the engine's base configuration; None for a user trainable, whose best trials' selected checkpoint
+            folders are logged as files (``checkpoint/``) instead of models.
         log_models: how many of the best trials get their best checkpoint logged as a LoggedModel (None: all).
+        epochs: what a completed trial reaches (default the configuration's ``train.epochs``).
 
     Returns:
         What happened, for the summary; a tracking server that is still away is reported, not raised.
     """
     out: dict[str, Any] = {"uri": uri, "experiment": space.name, "parent_run_id": parent}
     try:
-        tracker = tracking.Tracker(uri, space.name, parent)
+        rows = {r["trial"]: r for r in trial_rows(results, space, epochs or cfg.train.epochs)}
+        if cfg is None:
+            names = tuple(dict.fromkeys(k for r in rows.values() for k in row_metrics(r, space)))
+            tracker = tracking.Tracker(uri, space.name, parent, epoch_metrics=None, headline_metrics=names)
+        else:
+            tracker = tracking.Tracker(uri, space.name, parent)
         out["ui"] = tracking.ui_link(uri, tracker.exp_id)
-        rows = {r["trial"]: r for r in trial_rows(results, space, cfg.train.epochs)}
         ranked = sorted((r for r in rows.values() if space.metric in r and not r["status"].startswith("failed")),
                         key=lambda r: rank_key(r, space), reverse=True)
         with_model = {r["trial"] for r in (ranked if log_models is None else ranked[:log_models])}
-        data = data_mod.build(cfg.data, torch.device("cpu"), cfg.seed, paired=False, model_name=cfg.model.name)
+        data = None if cfg is None else \
+            data_mod.build(cfg.data, torch.device("cpu"), cfg.seed, paired=False, model_name=cfg.model.name)
         best_name = summary["best"]["trial"] if summary.get("best") else None
         histories, best_run, best_model = {}, None, None
         for res in started(results):
             name = Path(res.path).name
             row = rows[name]
-            histories[name] = _history(res)
+            histories[name] = _history(res, space.metric)
             model = None
             with tempfile.TemporaryDirectory() as tmp:
-                if name in with_model or name == best_name:
+                if data is not None and (name in with_model or name == best_name):
                     model = _checkpoint_model(res, row, data)
                 files = _model_files(model, trial_config(res.config), data, row, Path(tmp)) \
                     if model is not None and name in with_model else None
-                run_id = tracker.finish_trial(name.removeprefix("trial_"), name, trial_params(res.config),
-                                              histories[name], row["status"], row if space.metric in row else None,
-                                              files)
+                run_id = tracker.finish_trial(name.removeprefix("trial_"), name,
+                                              trial_params(res.config, user=cfg is None), histories[name],
+                                              row["status"], row if space.metric in row else None, files)
+            if data is None and name in with_model:
+                _log_checkpoint_files(tracker, run_id, res, row)
             if name == best_name:
                 best_run, best_model = run_id, model
         out["orphaned_runs_dropped"] = tracker.drop_orphans({Path(r.path).name.removeprefix("trial_")
                                                              for r in results})
         out["models_logged"] = len(tracker.model_ids)
         files = [f for f in (path / "trials.csv", path / "best_config.yaml") if f.exists()]
-        figures = _figures(list(rows.values()), histories, space)
+        figures = _figures(list(rows.values()), histories, space, engine=cfg is not None)
         if best_model is not None:
             x, y = data.sample("test", 1000)
             with torch.no_grad():
@@ -79,15 +89,28 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
     return out
 
 
-def _history(result: Any) -> list[dict[str, Any]]:
+def _history(result: Any, metric: str) -> list[dict[str, Any]]:
     df = result.metrics_dataframe
-    return [] if df is None or not len(df) else [h for h in df.to_dict("records") if not is_nan(h.get("val_acc"))]
+    return [] if df is None or not len(df) else [h for h in df.to_dict("records") if not is_nan(h.get(metric))]
+
+
+def _selected_checkpoint(result: Any, row: dict[str, Any]) -> Any:
+    """The trial's checkpoint of its selected epoch (else its best by the selection score), or None."""
+    kept = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("epoch") == row.get("best_epoch")]
+    return kept[0][0] if kept else result.get_best_checkpoint(SELECTION, "max")
+
+
+def _log_checkpoint_files(tracker: tracking.Tracker, run_id: str, result: Any, row: dict[str, Any]) -> None:
+    """A user trainable's selected checkpoint folder, as the files of its run (``checkpoint/``)."""
+    ckpt = _selected_checkpoint(result, row)
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            tracker.log_folder(run_id, Path(d), "checkpoint")
 
 
 def _checkpoint_model(result: Any, row: dict[str, Any], data: data_mod.Data) -> models.Classifier | None:
     """The trial's checkpoint of its selected epoch as its classifier, or None when it has none."""
-    kept = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("epoch") == row.get("best_epoch")]
-    ckpt = kept[0][0] if kept else result.get_best_checkpoint(SELECTION, "max")
+    ckpt = _selected_checkpoint(result, row)
     if ckpt is None:
         return None
     cfg = trial_config(result.config)
@@ -112,17 +135,20 @@ def _model_files(model: models.Classifier, cfg: config_mod.Config, data: data_mo
 
 
 def _figures(rows: list[dict[str, Any]], histories: dict[str, list[dict[str, Any]]],
-             space: spaces.Space) -> dict[str, Any]:
+             space: spaces.Space, engine: bool = True) -> dict[str, Any]:
     ranked = sorted((r for r in rows if space.metric in r and not r["status"].startswith("failed")),
                     key=lambda r: rank_key(r, space), reverse=True)
     top = {r["trial"]: histories[r["trial"]] for r in ranked[:5] if histories.get(r["trial"])}
     log_axes = frozenset(p.key for p in space.params if p.log)
     figs = {"plots/params_vs_metric.png": plots.params_vs_metric(rows, [p.key for p in space.params], space.metric,
                                                                  log_axes)}
-    if top:
+    if top and engine:
         figs["plots/learning_curves_top5.png"] = plots.learning_curves(top)
         best = ranked[0]["trial"]
         figs["plots/compactness_best.png"] = plots.compactness_curves({best: top[best]})
+    elif top:
+        figs["plots/learning_curves_top5.png"] = plots.seed_curves(
+            f"{space.metric} per epoch, the 5 best trials", {name: [rows] for name, rows in top.items()}, space.metric)
     figs.update(plots.optuna_figures(rows, list(space.params), space.metric, space.mode))
     return figs
 

@@ -14,8 +14,7 @@ from typing import Any
 import yaml
 
 from itra_tune import cli, engine, spaces
-from itra_tune import config as config_mod
-from itra_tune.search.trainable import selection_score, trial_config
+from itra_tune.search.trainable import reported, selection_score, trial_config, user_config
 
 
 def trial_rows(results: Any, space: spaces.Space, epochs: int) -> list[dict[str, Any]]:
@@ -36,9 +35,20 @@ def trial_rows(results: Any, space: spaces.Space, epochs: int) -> list[dict[str,
         row["epochs"] = int(history[-1]["epoch"]) if history else 0
         if history:
             best = max(history, key=lambda h: rank_key(h, space))
-            row.update({k: best[k] for k in engine.METRICS if k in best}, best_epoch=int(best["epoch"]))
+            row.update({k: best[k] for k in metric_names(best, space)}, best_epoch=int(best["epoch"]))
         rows.append(row)
     return rows
+
+
+def metric_names(result: dict[str, Any], space: spaces.Space) -> list[str]:
+    """The metrics of a reported epoch: the engine's, or every number a user trainable reported."""
+    return list(reported(result)) if space.trainable else [k for k in engine.METRICS if k in result]
+
+
+def row_metrics(row: dict[str, Any], space: spaces.Space) -> list[str]:
+    """The metrics in a trial's row (``trial_rows``), without its parameters and epoch counts."""
+    skip = {p.key for p in space.params} | {"epochs", "best_epoch"}
+    return [k for k in metric_names(row, space) if k not in skip]
 
 
 def started(results: Any) -> list[Any]:
@@ -76,20 +86,21 @@ def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted((r for r in ok if not any(dominates(o, r) for o in ok)), key=lambda r: -r["val_acc"])
 
 
-def summarize(results: Any, space: spaces.Space, cfg: config_mod.Config, path: Path, wall: float,
+def summarize(results: Any, space: spaces.Space, epochs: int, path: Path, wall: float,
               objective: str) -> dict[str, Any]:
     """The search's summary (the caller adds its MLflow record and writes summary.json); writes trials.csv and
-    best_config.yaml beside Tune's state."""
-    rows = trial_rows(results, space, cfg.train.epochs)
+    best_config.yaml beside Tune's state. ``epochs``: what a completed trial reaches."""
+    rows = trial_rows(results, space, epochs)
     best = best_row(rows, space)
     counts = {s: sum(r["status"].startswith(s) for r in rows) for s in ("completed", "stopped early", "failed")}
     summary: dict[str, Any] = {"space": space.name, "metric": space.metric, "mode": space.mode,
                                "experiment_path": str(path), "wall_time_s": round(wall, 1), "trials": len(rows),
                                "num_samples": space.num_samples, **counts, "best": best}
     if best is not None:
-        best_cfg = trial_config({"base": space.base, **{p.key: best[p.key] for p in space.params if p.key in best}})
-        summary["best_config"] = best_cfg.to_dict()
-        (path / "best_config.yaml").write_text(yaml.safe_dump(best_cfg.to_dict(), sort_keys=False))
+        tune_config = {"base": space.base, **{p.key: best[p.key] for p in space.params if p.key in best}}
+        best_cfg = user_config(tune_config) if space.trainable else trial_config(tune_config).to_dict()
+        summary["best_config"] = best_cfg
+        (path / "best_config.yaml").write_text(yaml.safe_dump(best_cfg, sort_keys=False))
     if objective == "acc_ce":
         summary["pareto_front"] = pareto_front(rows)
     _write_csv(rows, path / "trials.csv")
@@ -112,8 +123,12 @@ def print_summary(s: dict[str, Any], space: spaces.Space) -> None:
         print("no trial finished an epoch; see the errors in " + s["experiment_path"])
     else:
         params = ", ".join(f"{p.key}={_fmt(b.get(p.key))}" for p in space.params)
-        print(f"best trial {b['trial']} ({params}) at epoch {b['best_epoch']}: val_acc {100 * b['val_acc']:.2f}%  "
-              f"val_ce {b['val_ce']:.4f}  test_acc {100 * b['test_acc']:.2f}%  test_ce {b['test_ce']:.4f}")
+        if space.trainable:
+            figures = "  ".join(f"{k} {_fmt(b[k])}" for k in row_metrics(b, space))
+        else:
+            figures = (f"val_acc {100 * b['val_acc']:.2f}%  val_ce {b['val_ce']:.4f}  test_acc "
+                       f"{100 * b['test_acc']:.2f}%  test_ce {b['test_ce']:.4f}")
+        print(f"best trial {b['trial']} ({params}) at epoch {b['best_epoch']}: {figures}")
     for r in s.get("pareto_front", []):
         print(f"  pareto: {r['trial']}  val_acc {100 * r['val_acc']:.2f}%  val_ce {r['val_ce']:.4f}")
     print(f"results: {s['experiment_path']} (summary.json, trials.csv, best_config.yaml)")

@@ -3,11 +3,20 @@
 A trial's Tune config is ``{"base": <plain configuration>, "<dotted.key>": value, ...}``: the space's base
 configuration and the values the searcher sampled. The trial reports every epoch with a checkpoint and,
 on retry or resume, continues from its latest checkpoint rather than from scratch.
+
+Two trainables: ``train_trial`` runs the engine; ``user_trial`` runs a user's own training function
+``fn(config, report)`` (``Report``) with the same reports, so the rest of the search treats both alike.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
+import math
+import shutil
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +24,7 @@ from ray import tune
 
 from itra_tune import checkpoint, engine
 from itra_tune import config as config_mod
+from itra_tune.config import ConfigError
 
 STATE_FILE = "state.pt"
 SELECTION = "selection_score"  # reported with every epoch; Tune keeps the checkpoints it ranks highest
@@ -35,9 +45,14 @@ def trial_config(tune_config: dict[str, Any]) -> config_mod.Config:
     return config_mod.override(config_mod.from_dict(tune_config["base"], "trial"), params, "trial")
 
 
-def trial_params(tune_config: dict[str, Any]) -> dict[str, Any]:
+def user_config(tune_config: dict[str, Any]) -> dict[str, Any]:
+    """The configuration a user trainable receives: its base (plain data) with the sampled dotted values set."""
+    return config_mod.with_values(tune_config["base"], {k: v for k, v in tune_config.items() if k != "base"})
+
+
+def trial_params(tune_config: dict[str, Any], user: bool = False) -> dict[str, Any]:
     """A trial's whole configuration as dotted keys, as MLflow records it."""
-    return trial_config(tune_config).flat()
+    return config_mod.dotted(user_config(tune_config)) if user else trial_config(tune_config).flat()
 
 
 def train_trial(tune_config: dict[str, Any], metric: str = "val_acc", mode: str = "max") -> None:
@@ -61,3 +76,93 @@ def train_trial(tune_config: dict[str, Any], metric: str = "val_acc", mode: str 
                         checkpoint=tune.Checkpoint.from_directory(d))
 
     engine.fit(cfg, report=report, resume=resume)
+
+
+# --- a user's own training function ----------------------------------------------------------------------
+
+# What Tune adds to every result; the rest of a user trainable's result is what it reported.
+TUNE_KEYS = frozenset({"timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
+                       "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "config",
+                       "time_since_restore", "iterations_since_restore", "should_checkpoint", SELECTION, "epoch"})
+EPOCH_FILE = "itra_tune_epoch.json"  # beside the user's checkpoint files: the report it was made at
+
+
+def reported(result: dict[str, Any]) -> dict[str, float]:
+    """The numbers a user trainable reported in a Tune result (without Tune's own keys, ``epoch`` and the score)."""
+    return {k: float(v) for k, v in result.items()
+            if k not in TUNE_KEYS and not k.startswith("config/") and isinstance(v, (int, float))
+            and not isinstance(v, bool)}
+
+
+def resolve_trainable(ref: str | Callable[..., Any]) -> Callable[..., Any]:
+    """A user trainable: a callable, or ``package.module:function`` imported now (a ConfigError if it is not)."""
+    if callable(ref):
+        return ref
+    module, _, name = ref.partition(":")
+    try:
+        fn: Any = importlib.import_module(module)
+        for part in name.split("."):
+            fn = getattr(fn, part)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"trainable {ref!r} cannot be imported ({type(e).__name__}: {e}); run from the folder "
+                          f"that holds {module.split('.')[0]}, or install it") from None
+    if not callable(fn):
+        raise ConfigError(f"trainable {ref!r} is not a function")
+    return fn
+
+
+def trainable_ref(fn: Callable[..., Any]) -> str:
+    """``module:qualname`` of a user trainable, as the search records it."""
+    return f"{fn.__module__}:{fn.__qualname__}"
+
+
+def ship_by_value(fn: Callable[..., Any]) -> None:
+    """Let Ray pickle ``fn``'s module by value: the trial workers need not import the user's code themselves
+    (it may live in a script, a notebook or a test folder that is not on their path)."""
+    from ray import cloudpickle
+
+    module = sys.modules.get(fn.__module__)
+    if module is not None and fn.__module__ not in ("__main__", "builtins"):
+        cloudpickle.register_pickle_by_value(module)
+
+
+class Report:
+    """What a user trainable calls after every epoch: ``report({"val_acc": 0.9, ...}, checkpoint=folder)``.
+
+    Each call is one epoch (the schedulers' unit of time); the metrics must include the space's metric. A
+    checkpoint folder is copied into the trial's storage; ``report.restored`` is the folder of the latest one
+    when the trial resumes (after a failure, a killed driver or ``--resume``), else None, and ``report.epoch``
+    the epochs already done.
+    """
+
+    def __init__(self, metric: str, mode: str, restored: Path | None = None, epoch: int = 0) -> None:
+        self.metric, self.mode, self.restored, self.epoch = metric, mode, restored, epoch
+
+    def __call__(self, metrics: dict[str, Any], checkpoint: str | Path | None = None) -> None:
+        value = metrics.get(self.metric)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(f"the trainable's report {sorted(metrics)} lacks a number for the space's metric "
+                             f"{self.metric!r}")
+        self.epoch += 1
+        result = {**metrics, "epoch": self.epoch}
+        score = selection_score(result, self.metric, self.mode)
+        result[SELECTION] = score if math.isfinite(score) else -math.inf
+        if checkpoint is None:
+            tune.report(result)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            shutil.copytree(checkpoint, d, dirs_exist_ok=True)
+            (Path(d) / EPOCH_FILE).write_text(json.dumps({"epoch": self.epoch}))
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def user_trial(tune_config: dict[str, Any], fn: Callable[..., Any], metric: str = "val_acc",
+               mode: str = "max") -> None:
+    """Tune function trainable around a user's ``fn(config, report)``; resumes from its latest checkpoint."""
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        fn(user_config(tune_config), Report(metric, mode))
+        return
+    with ckpt.as_directory() as d:
+        epoch = json.loads((Path(d) / EPOCH_FILE).read_text())["epoch"]
+        fn(user_config(tune_config), Report(metric, mode, Path(d), epoch))

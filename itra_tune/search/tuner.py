@@ -7,7 +7,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from ray import tune
 
 from itra_tune import spaces, tracking
 from itra_tune.config import ConfigError
-from itra_tune.search.trainable import SELECTION, train_trial, trial_params
+from itra_tune.search.trainable import SELECTION, reported, ship_by_value, train_trial, trial_params, user_trial
 
 # Ray's environment for a search driver (and the benchmarks): the classic progress table, which honours our
 # columns, and no warning about experiment-state syncing on a local disk. Authentication stays as Ray ships it:
@@ -173,10 +173,11 @@ class TrackingCallback(tune.Callback):
     """Live MLflow logging from the driver: a child run per trial, metrics per epoch.
 
     Holds plain data only, so it pickles into Tune's experiment state; the client is made on first use.
+    ``user``: the trials run a user's trainable, whose every reported number is logged.
     """
 
-    def __init__(self, uri: str, experiment: str, parent_run_id: str) -> None:
-        self.uri, self.experiment, self.parent_run_id = uri, experiment, parent_run_id
+    def __init__(self, uri: str, experiment: str, parent_run_id: str, user: bool = False) -> None:
+        self.uri, self.experiment, self.parent_run_id, self.user = uri, experiment, parent_run_id, user
         self._tracker: tracking.Tracker | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -186,28 +187,34 @@ class TrackingCallback(tune.Callback):
     def tracker(self) -> tracking.Tracker | None:
         if self._tracker is None:
             try:
-                self._tracker = tracking.Tracker(self.uri, self.experiment, self.parent_run_id)
+                self._tracker = tracking.Tracker(self.uri, self.experiment, self.parent_run_id,
+                                                 epoch_metrics=None if self.user else tracking.EPOCH_METRICS)
             except Exception:  # noqa: BLE001 - the server is away: the end of the search back-fills
                 return None
         return self._tracker
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.tracker is not None:
-            self.tracker.trial_started(trial.trial_id, trial_name(trial), trial_params(trial.config))
+            self.tracker.trial_started(trial.trial_id, trial_name(trial), trial_params(trial.config, self.user))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if self.tracker is not None:
-            self.tracker.epoch(trial.trial_id, result)
+            self.tracker.epoch(trial.trial_id, {**reported(result), "epoch": result["epoch"]} if self.user else result)
 
 
 # --- one experiment -------------------------------------------------------------------------------------
 
 
 def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, callback: TrackingCallback, *,
-                   objective: str, seed: int, max_failures: int, resume: bool) -> Any:
-    """Run (or resume) one experiment and return its ResultGrid."""
-    trainable = tune.with_resources(tune.with_parameters(train_trial, metric=space.metric, mode=space.mode),
-                                    {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial})
+                   objective: str, seed: int, max_failures: int, resume: bool,
+                   user_fn: Callable[..., Any] | None = None) -> Any:
+    """Run (or resume) one experiment and return its ResultGrid; ``user_fn``: a user trainable, else the engine."""
+    if user_fn is not None:
+        ship_by_value(user_fn)
+        fn = tune.with_parameters(user_trial, fn=user_fn, metric=space.metric, mode=space.mode)
+    else:
+        fn = tune.with_parameters(train_trial, metric=space.metric, mode=space.mode)
+    trainable = tune.with_resources(fn, {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial})
     if resume:
         return tune.Tuner.restore(str(storage / name), trainable=trainable, resume_unfinished=True,
                                   resume_errored=max_failures > 0).fit()
@@ -243,6 +250,6 @@ def _reporter(space: spaces.Space) -> Any:
     from ray.tune import CLIReporter
 
     params = {p.key: p.key.split(".")[-1] for p in space.params}
-    return CLIReporter(parameter_columns=params, max_report_frequency=15,
-                       metric_columns={"epoch": "epoch", "val_acc": "val_acc", "val_ce": "val_ce",
-                                       "match_loss": "match"})
+    metrics = {"epoch": "epoch", space.metric: space.metric} if space.trainable else \
+        {"epoch": "epoch", "val_acc": "val_acc", "val_ce": "val_ce", "match_loss": "match"}
+    return CLIReporter(parameter_columns=params, max_report_frequency=15, metric_columns=metrics)
