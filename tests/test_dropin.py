@@ -224,25 +224,49 @@ def test_itra_trainer_logs_its_matching_loss(tmp_path, pairing):
     assert logged[0]["loss"] > 0
 
 
+TRAINER_SEARCH = """
+import json, sys, torch
+import ray
+from ray import tune
+from pathlib import Path
+from transformers import BertForSequenceClassification
+import itra_tune
+from test_dropin import tiny_bert_trainer
+
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+out = Path(sys.argv[1])
+trainer = tiny_bert_trainer(out, itra_tune.ITRATrainer, lam=0.1)
+trainer.eval_dataset = trainer.train_dataset
+config = trainer.model.config
+
+def model_init(trial=None):
+    torch.manual_seed(0)
+    return BertForSequenceClassification(config)
+
+trainer.model_init = model_init
+best = trainer.hyperparameter_search(
+    direction="minimize", backend="ray", n_trials=1, storage_path=str(out / "ray"),
+    hp_space=lambda _: {"lam": tune.grid_search([0.0, 2.0]), "pairing": "memory"},
+    compute_objective=lambda metrics: metrics["eval_loss"])
+df = best.run_summary.dataframe()
+print(json.dumps({"by_lam": [[float(l), float(e)] for l, e in zip(df["config/lam"], df["eval_loss"])],
+                  "pairing": best.hyperparameters["pairing"]}))
+"""
+
+
 @pytest.mark.slow
-def test_the_trainers_own_ray_search_sets_lambda_and_pairing(tmp_path, ray_local):
-    from ray import tune
-    from transformers import BertForSequenceClassification
+def test_the_trainers_own_ray_search_sets_lambda_and_pairing(tmp_path):
+    # a fresh process: transformers 5.24 cannot pickle a Trainer for Ray once another Trainer ran in the process
+    import json
+    import os
+    import subprocess
+    import sys
 
-    trainer = tiny_bert_trainer(tmp_path, itra_tune.ITRATrainer, lam=0.1)
-    trainer.eval_dataset = trainer.train_dataset
-    config = trainer.model.config
-
-    def model_init(trial=None):
-        torch.manual_seed(0)
-        return BertForSequenceClassification(config)
-
-    trainer.model_init = model_init
-    best = trainer.hyperparameter_search(
-        direction="minimize", backend="ray", n_trials=1, storage_path=str(tmp_path / "ray"),
-        hp_space=lambda _: {"lam": tune.grid_search([0.0, 2.0]), "pairing": "memory"},
-        compute_objective=lambda metrics: metrics["eval_loss"])
-    df = best.run_summary.dataframe()
-    by_lam = dict(zip(df["config/lam"], df["eval_loss"]))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(README.parent), str(Path(__file__).parent)])}
+    run = subprocess.run([sys.executable, "-c", TRAINER_SEARCH, str(tmp_path)], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    by_lam = dict(found["by_lam"])
     assert set(by_lam) == {0.0, 2.0} and by_lam[0.0] != by_lam[2.0]  # lambda reached the loss
-    assert best.hyperparameters["pairing"] == "memory"
+    assert found["pairing"] == "memory"
