@@ -118,6 +118,31 @@ def build_optimizer(cfg: Config, model: nn.Module, loss_fn: nn.Module) -> torch.
                            weight_decay=o.weight_decay)
 
 
+def load_optimization(optimizer: torch.optim.Optimizer, schedule: LRScheduler, optimizer_state: dict[str, Any],
+                      schedule_state: dict[str, Any]) -> None:
+    """Restore the optimizer's and the schedule's state, keeping the hyperparameters they were built with.
+
+    Loading an optimizer's state also loads its hyperparameters (rate, momentum, weight decay). A checkpoint
+    resumed under a changed configuration (population based training hands a trial another trial's checkpoint
+    with mutated values) must train on with the new ones: every hyperparameter of a group is the new one, and
+    the schedule is rescaled so that its peak rate is the new ``lr`` at the position the checkpoint reached.
+    Under an unchanged configuration this is exactly ``load_state_dict``.
+    """
+    built = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(optimizer_state)
+    schedule.load_state_dict(schedule_state)
+    ratios = []
+    for group, new in zip(optimizer.param_groups, built):
+        ratio = new["initial_lr"] / group["initial_lr"] if group.get("initial_lr") else 1.0
+        ratios.append(ratio)
+        lr = group["lr"] * ratio
+        group.update(new, lr=lr)
+    if any(r != 1.0 for r in ratios):
+        for sched in [schedule, *getattr(schedule, "_schedulers", [])]:
+            sched.base_lrs = [b * r for b, r in zip(sched.base_lrs, ratios)]
+            sched._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
     """bfloat16 autocast on CUDA when ``enabled``; nothing elsewhere."""
     if device.type == "cuda" and enabled:
@@ -249,8 +274,7 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
     if resume is not None:
         model.load_state_dict(resume["model"])
         loss_fn.load_state_dict(resume["loss"])
-        optimizer.load_state_dict(resume["optimizer"])
-        schedule.load_state_dict(resume["schedule"])
+        load_optimization(optimizer, schedule, resume["optimizer"], resume["schedule"])
         data.load_state_dict(resume["data"])
         torch.set_rng_state(resume["rng"])
         history, start = list(resume["history"]), int(resume["epoch"])

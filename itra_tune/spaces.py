@@ -28,7 +28,9 @@ def _shipped() -> Path:
 
 SPACES_DIR = _shipped()
 METRICS = {"val_acc": "max", "val_ce": "min", "test_acc": "max", "test_ce": "min", "compactness": "min"}
-SCHEDULERS = ("asha", "median", "hyperband", "none")
+SCHEDULERS = ("asha", "median", "hyperband", "pbt", "none")
+MUTABLE = ("loss.", "optim.")  # what population based training mutates mid-training: the loss's and the optimizer's
+
 PARAM_KINDS = ("float", "int", "categorical")
 TOP_KEYS = ("name", "description", "trainable", "base", "search", "metric", "mode", "budget", "scheduler", "resources",
             "smoke")

@@ -57,6 +57,30 @@ def test_resume_continues_bit_for_bit(tiny_config):
     assert strip(resumed) == strip(full)
 
 
+@pytest.mark.parametrize("schedule", ["none", "cosine", "linear"])
+def test_a_checkpoint_resumed_under_mutated_values_trains_on_with_them(tiny_config, schedule):
+    # population based training hands a trial another's checkpoint with mutated lambda, rate and weight decay
+    from itra_tune import config
+
+    cfg = tiny_config(**{"train.epochs": 4, "loss.lam": 0.5, "optim.lr": 0.05, "optim.schedule": schedule})
+    saved = {}
+
+    def keep_first(metrics, state):
+        if metrics["epoch"] == 1:
+            saved.update(torch.utils._pytree.tree_map(lambda t: t.clone() if torch.is_tensor(t) else t, state))
+
+    plain = engine.fit(cfg, report=keep_first).history
+    copy = lambda: torch.utils._pytree.tree_map(lambda t: t.clone() if torch.is_tensor(t) else t, saved)  # noqa: E731
+    mutated = config.override(cfg, {"loss.lam": 2.0, "optim.lr": 0.01, "optim.weight_decay": 0.0})
+    rows = engine.fit(mutated, resume=copy()).history[1:]
+    for row in rows:  # the loss after the restore weighs the matching term with the mutated lambda
+        assert row["train_loss"] == pytest.approx(row["train_ce"] + 2.0 * row["match_loss"], rel=1e-5)
+    for old, new in zip(plain[1:], rows):  # the schedule goes on from where it was, scaled to the new peak rate
+        assert new["lr"] == pytest.approx(old["lr"] * 0.01 / 0.05)
+    unchanged = engine.fit(cfg, resume=copy()).history[1:]
+    assert [r["train_loss"] for r in unchanged] == [r["train_loss"] for r in plain[1:]]
+
+
 def test_divergence_raises(tiny_config):
     with pytest.raises(engine.Diverged, match="nan|inf"):
         engine.fit(tiny_config(**{"optim.lr": 1e12, "optim.momentum": 0.0}))

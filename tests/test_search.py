@@ -72,6 +72,34 @@ def test_the_pairing_of_s2_is_searched_like_any_other_key(ray_local, space_file,
     assert len({r["data.pairing"] for r in rows}) >= 2 and all(float(r["match_loss"]) > 0 for r in rows)
 
 
+@pytest.mark.slow
+def test_population_based_training_exploits_and_mutates_lambda_mid_trial(ray_local, space_file, tmp_path):
+    from itra_tune import search
+
+    space = space_file(name="pbt", search={
+        "loss.lam": {"type": "float", "low": 0.05, "high": 2.0, "log": True},
+        "optim.lr": {"type": "float", "low": 0.01, "high": 0.2, "log": True},
+        "data.batch_size": {"type": "categorical", "choices": [32, 64]}},
+        budget={"num_samples": 4, "max_concurrent": 4}, scheduler={"name": "pbt", "perturbation_interval": 1},
+        base={"data": {"name": "synthetic", "batch_size": 32, "subset": 640}, "model": {"name": "mlp"},
+              "loss": {"name": "itra_c", "lam": 0.5}, "optim": {"lr": 0.05},
+              "train": {"epochs": 4, "compactness_samples": 64}})
+    [summary] = search.run(space, storage_path=str(tmp_path / "st"), name="pbt", cpus_per_trial=0.5)
+    assert summary["completed"] == 4
+    exploits = [json.loads(line) for f in (tmp_path / "st" / "pbt").rglob("pbt_global.txt")
+                for line in f.read_text().splitlines()]
+    assert exploits, "no trial was exploited"
+    # a trial that took over another's checkpoint trains on with mutated lambda: its reported lambda changes
+    histories = [json.loads(line) for f in (tmp_path / "st" / "pbt").glob("trial_*/result.json")
+                 for line in f.read_text().splitlines()]
+    lams_by_trial: dict[str, list[float]] = {}
+    for h in histories:
+        lams_by_trial.setdefault(h["trial_id"], []).append(h["lam"])
+    assert any(len(set(lams)) > 1 for lams in lams_by_trial.values()), lams_by_trial
+    for lams in lams_by_trial.values():
+        assert all(0.05 <= v <= 2.0 for v in lams)
+
+
 def test_diverging_trial_is_failed_never_best(ray_local, space_file, tmp_path, capsys):
     space = space_file(search={"optim.lr": {"type": "categorical", "choices": [0.05, 1.0e12]}},
                        base={"data": {"name": "synthetic", "batch_size": 32, "subset": 320}, "model": {"name": "mlp"},

@@ -86,6 +86,8 @@ def run(space: str | Path = "demo", **options: Any) -> list[dict[str, Any]]:
     if opts.objective not in OBJECTIVES:
         raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)} but got {opts.objective!r}")
     prepared, cfg = prepare(space, opts)
+    if opts.objective == "acc_ce" and prepared.scheduler["name"] == "pbt":
+        raise ConfigError("--objective acc_ce ranks on two metrics; population based training (pbt) needs one")
     storage = Path(opts.storage_path or DEFAULT_STORAGE).expanduser().resolve()
     uri = tracking.resolve_uri(opts.tracking_uri)
     tracking.check_reachable(uri)

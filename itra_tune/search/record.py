@@ -150,6 +150,12 @@ def _figures(rows: list[dict[str, Any]], histories: dict[str, list[dict[str, Any
         figs["plots/learning_curves_top5.png"] = plots.seed_curves(
             f"{space.metric} per epoch, the 5 best trials", {name: [rows] for name, rows in top.items()}, space.metric)
     figs.update(plots.optuna_figures(rows, list(space.params), space.metric, space.mode))
+    if space.scheduler["name"] == "pbt":  # the schedules population based training found, trial by trial
+        for key in ("lam", "lr"):
+            runs = {name: [h] for name, h in histories.items() if h and key in h[0]}
+            if runs:
+                figs[f"plots/pbt_{key}_per_epoch.png"] = plots.seed_curves(f"{key} per epoch, every trial (PBT)",
+                                                                           runs, key)
     return figs
 
 

@@ -69,10 +69,14 @@ def train_trial(tune_config: dict[str, Any], metric: str = "val_acc", mode: str 
         with ckpt.as_directory() as d:
             resume = checkpoint.load(Path(d) / STATE_FILE)
 
+    weighted = cfg.loss.name not in ("ce", "lsr")  # lambda weighs a matching or center loss
+
     def report(metrics: dict[str, float], state: dict[str, Any]) -> None:
+        # lambda with the metrics: under population based training it changes mid-trial
+        extra = {"lam": cfg.loss.lam} if weighted else {}
         with tempfile.TemporaryDirectory() as d:
             checkpoint.save(state, Path(d) / STATE_FILE)
-            tune.report({**metrics, SELECTION: selection_score(metrics, metric, mode)},
+            tune.report({**metrics, **extra, SELECTION: selection_score(metrics, metric, mode)},
                         checkpoint=tune.Checkpoint.from_directory(d))
 
     engine.fit(cfg, report=report, resume=resume)
