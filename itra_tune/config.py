@@ -112,6 +112,11 @@ class TrainConfig:
     # torch's intra-op CPU threads while training; null leaves torch's own setting. A search records each trial's
     # (its CPUs), so retraining its best configuration on a CPU reproduces the trial's metrics exactly.
     threads: int | None = None
+    # a search trial's data-parallel workers (Ray Train, itra_tune.parallel): each takes data.batch_size rows of
+    # every global batch, and the matching loss sees all of them. Outside a search, a process group started by
+    # torchrun is used as it is; with none, training runs in one process whatever this says.
+    workers_per_trial: int = 1
+    sync_batchnorm: bool = False  # with several workers: BatchNorm over the global batch (nn.SyncBatchNorm)
 
 
 @dataclass(frozen=True)
@@ -250,6 +255,7 @@ def validate(cfg: Config, source: str = "config") -> None:
         (t.compactness_samples > 1, "train.compactness_samples", f"must be at least 2 but got {t.compactness_samples}"),
         (t.threads is None or t.threads > 0, "train.threads",
          f"must be a positive integer or null but got {t.threads}"),
+        (t.workers_per_trial >= 1, "train.workers_per_trial", f"must be at least 1 but got {t.workers_per_trial}"),
     ]
     for ok, key, message in checks:
         if not ok:

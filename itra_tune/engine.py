@@ -11,7 +11,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from itra_tune import data as data_mod
-from itra_tune import losses, models
+from itra_tune import losses, models, parallel
 from itra_tune.config import Config, ConfigError, OptimConfig
 from itra_tune.data import Step, memory_rows
 
@@ -150,38 +150,52 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return contextlib.nullcontext()
 
 
-def train_step_loss(model: models.Classifier, loss_fn: nn.Module, step: Step) -> losses.Parts:
+def train_step_loss(model: models.Classifier, loss_fn: nn.Module, step: Step,
+                    net: nn.Module | None = None) -> losses.Parts:
     """The loss of one step: what the Step says goes through the network with gradients in one forward pass
     (S1, and S2 under ``independent`` or ``split``), S2 without gradient under ``detached``; then the loss's
-    parts. Under ``memory`` the loss matches S1 against its own memory."""
-    h = model.features(step.x)  # (m1 [+ m2], D)
-    logits = model.head(h[: step.ce_rows])
-    m1 = step.m1
+    parts. Under ``memory`` the loss matches S1 against its own memory.
+
+    ``net``: the data-parallel forward (``parallel.wrap``) when this is one of several workers; the matching
+    loss then sees every worker's features (gathered with their gradients) and the cross-entropy this worker's.
+    """
+    if net is not None:
+        h, logits = net(step.x, step.ce_rows)  # (m1 [+ m2], D), (ce_rows, K)
+    else:
+        h = model.features(step.x)  # (m1 [+ m2], D)
+        logits = model.head(h[: step.ce_rows])
+    m1, ce_y = step.m1, step.y[: step.ce_rows]
+    if not getattr(loss_fn, "needs_second_batch", False):
+        return loss_fn(logits, ce_y, h[:m1], y1=step.y[:m1])
+    gather = parallel.gather
     if step.x2 is not None:
         with torch.no_grad():
             h2 = model.features(step.x2)  # (m2, D), no graph: the matching gradient flows through S1 alone
-        return loss_fn(logits, step.y[: step.ce_rows], h[:m1], h2, step.y2, y1=step.y[:m1])
+        return loss_fn(logits, ce_y, gather(h[:m1]), gather(h2), gather(step.y2), y1=gather(step.y[:m1]))
     if step.paired:
-        return loss_fn(logits, step.y[: step.ce_rows], h[:m1], h[m1:], step.y[m1:], y1=step.y[:m1])
-    return loss_fn(logits, step.y, h)
+        return loss_fn(logits, ce_y, gather(h[:m1]), gather(h[m1:]), gather(step.y[m1:]), y1=gather(step.y[:m1]))
+    return loss_fn(logits, ce_y, gather(h), y1=gather(step.y))
 
 
 def train_epoch(model: models.Classifier, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                schedule: LRScheduler | None, data: data_mod.Data, device: torch.device, amp: bool,
-                channels_last: bool, progress: Any = None) -> dict[str, float]:
-    """One pass over the training Steps, stepping ``schedule`` (when given) per step; returns mean losses."""
+                schedule: LRScheduler | None, steps_of_epoch: Any, device: torch.device, amp: bool,
+                channels_last: bool, progress: Any = None, net: nn.Module | None = None) -> dict[str, float]:
+    """One pass over the training Steps, stepping ``schedule`` (when given) per step; returns mean losses (over
+    every worker's, when ``net`` is a data-parallel forward)."""
     model.train()
     sums = torch.zeros(4, device=device)  # total, ce, match, center; synchronised once per epoch
     steps = 0
-    for step in data.train:
+    centers = list(loss_fn.parameters())
+    for step in steps_of_epoch:
         if channels_last and step.x.dim() == 4:
             step.x = step.x.contiguous(memory_format=torch.channels_last)
             if step.x2 is not None:
                 step.x2 = step.x2.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
-            parts = train_step_loss(model, loss_fn, step)
+            parts = train_step_loss(model, loss_fn, step, net)
         optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
+        parallel.average_gradients(centers)  # the model's are averaged by DistributedDataParallel
         optimizer.step()
         if schedule is not None:
             schedule.step()
@@ -189,7 +203,7 @@ def train_epoch(model: models.Classifier, loss_fn: nn.Module, optimizer: torch.o
         steps += 1
         if progress is not None:
             progress.update(1)
-    means = (sums / max(steps, 1)).tolist()
+    means = (parallel.mean(sums) / max(steps, 1)).tolist()
     if not math.isfinite(means[0]):
         raise Diverged(f"training loss became {means[0]} (lr {optimizer.param_groups[0]['lr']:.3g})")
     return dict(zip(("train_loss", "train_ce", "match_loss", "center_loss"), means))
@@ -260,13 +274,20 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
     cuda = device.type == "cuda"
     amp, channels_last = cuda and config.train.amp, cuda and config.train.channels_last
     paired = losses.needs_second_batch(config.loss.name)
-    data = data_mod.build(config.data, device, config.seed, paired=paired, model_name=config.model.name)
+    workers, rank = parallel.world(), parallel.rank()
+    data_cfg = config.data  # with several workers, one global batch of every worker's m rows per step
+    if workers > 1:
+        data_cfg = replace(data_cfg, batch_size=data_cfg.batch_size * workers,
+                           second_batch_size=data_cfg.second_batch_size and data_cfg.second_batch_size * workers)
+    data = data_mod.build(data_cfg, device, config.seed, paired=paired, model_name=config.model.name)
     model = models.build(config.model.name, data.num_classes, data.input_shape, config.model.pretrained,
                          data.normalization).to(device)
     if channels_last and len(data.input_shape) == 3:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = losses.build(config.loss, data.num_classes, model.feature_dim,
-                           memory=memory_rows(config.data, paired)).to(device)
+                           memory=memory_rows(data_cfg, paired)).to(device)
+    net = parallel.wrap(model, device, config.train.sync_batchnorm)
+    steps_of_epoch = parallel.Sharded(data.train, rank, workers)
     optimizer = build_optimizer(config, model, loss_fn)
     schedule, per_step = build_schedule(config.optim, optimizer, config.train.epochs, len(data.train))
     history: list[dict[str, float]] = []
@@ -285,8 +306,8 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
         bar = _bar(progress, len(data.train), f"epoch {epoch + 1}/{config.train.epochs}")
         lr = optimizer.param_groups[0]["lr"]
         try:
-            row = train_epoch(model, loss_fn, optimizer, schedule if per_step else None, data, device, amp,
-                              channels_last, bar)
+            row = train_epoch(model, loss_fn, optimizer, schedule if per_step else None, steps_of_epoch, device,
+                              amp, channels_last, bar, net)
         finally:
             if bar is not None:
                 bar.close()
