@@ -78,8 +78,9 @@ class Space:
     num_samples: int = 8
     max_concurrent: int = 2
     scheduler: dict[str, Any] = field(default_factory=lambda: {"name": "asha"})
-    cpus_per_trial: float = 1.0
+    cpus_per_trial: float = 1.0  # with several workers per trial: each worker's
     gpus_per_trial: float = 0.0
+    workers_per_trial: int = 1  # data-parallel workers of one trial (Ray Train)
     smoke: dict[str, Any] = field(default_factory=dict)  # overrides for --smoke
     trainable: str | None = None  # "package.module:function": a user's training function; None: the engine
     max_epochs: int | None = None  # a user trainable's reports per trial at most (the engine's: train.epochs)
@@ -148,7 +149,8 @@ def load(name_or_path: str | Path, user: bool = False) -> Space:
     sched = raw.get("scheduler") or {"name": "asha"}
     if not isinstance(sched, dict) or sched.get("name", "asha") not in SCHEDULERS:
         raise ConfigError(f"{src}: scheduler.name must be one of {', '.join(SCHEDULERS)}")
-    res = _section(raw, "resources", {"cpus_per_trial": float, "gpus_per_trial": float}, src)
+    res = _section(raw, "resources", {"cpus_per_trial": float, "gpus_per_trial": float, "workers_per_trial": int},
+                   src)
     smoke = raw.get("smoke") or {}
     if not isinstance(smoke, dict):
         raise ConfigError(f"{src}: smoke must be a mapping of dotted keys to values")
@@ -170,6 +172,7 @@ BUDGET_RULES = {  # key: (the file's section, the command line's flag, lowest va
     "max_concurrent": ("budget", "--max-concurrent", 1, True),
     "cpus_per_trial": ("resources", "--cpus-per-trial", 0, False),
     "gpus_per_trial": ("resources", "--gpus-per-trial", 0, True),
+    "workers_per_trial": ("resources", "--workers-per-trial", 1, True),
 }
 
 

@@ -73,6 +73,28 @@ def test_the_pairing_of_s2_is_searched_like_any_other_key(ray_local, space_file,
 
 
 @pytest.mark.slow
+def test_trials_of_two_data_parallel_workers_track_and_log_their_model(ray_local, tmp_path):
+    from mlflow import MlflowClient
+
+    from itra_tune import search, tracking
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    [summary] = search.run("demo", smoke=True, workers_per_trial=2, num_samples=2, max_concurrent=1,
+                           storage_path=str(tmp_path / "st"), name="w", tracking_uri=uri, scheduler="none")
+    assert summary["completed"] == 2 and summary["best"]["val_acc"] > 0.5
+    assert summary["best_config"]["train"]["workers_per_trial"] == 2
+    c = MlflowClient(uri)
+    runs = c.search_runs([c.get_experiment_by_name("demo").experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("itra_tune.role") == "search")
+    children = [r for r in runs if r.data.tags.get(tracking.PARENT_TAG) == parent.info.run_id]
+    assert parent.data.params["workers_per_trial"] == "2"
+    assert len(children) == 2 and all(r.data.params["train.workers_per_trial"] == "2" for r in children)
+    # rank 0's checkpoints live in each trial's Ray Train run; the best one became the trial's MLflow model
+    assert len(list((tmp_path / "st" / "w").glob("trial_*-workers/checkpoint_*"))) >= 2
+    assert summary["tracking"]["best_model_id"]
+
+
+@pytest.mark.slow
 def test_population_based_training_exploits_and_mutates_lambda_mid_trial(ray_local, space_file, tmp_path):
     from itra_tune import search
 

@@ -43,6 +43,7 @@ class Options:
     max_concurrent: int | None = None  # trials in flight at once
     cpus_per_trial: float | None = None
     gpus_per_trial: float | None = None  # fractions let several small trials share a GPU
+    workers_per_trial: int | None = None  # data-parallel workers per trial; cpus and gpus are then each worker's
     scheduler: str | None = None  # asha | median | hyperband | none
     objective: str = "single"  # single: the space's metric; acc_ce: val_acc (max) and val_ce (min), Pareto
     methods: tuple[str, ...] = ()  # one search per method with the same budget, e.g. ("ce", "itra_c")
@@ -184,6 +185,9 @@ def _prepare_user(sp: spaces.Space, opts: Options) -> spaces.Space:
     if opts.register:
         raise ConfigError("--register needs the engine's model; a user trainable's best checkpoints are logged as "
                           "files of their runs (checkpoint/)")
+    if (opts.workers_per_trial or sp.workers_per_trial) > 1:
+        raise ConfigError("--workers-per-trial runs the engine's data-parallel workers; a user trainable runs as one "
+                          "process (start your own process group inside it)")
     if sp.max_epochs is None:
         raise ConfigError(f"{sp.path}: budget.max_epochs is required with a trainable: the most times a trial "
                           f"reports (the schedulers count time in reports)")
@@ -201,7 +205,7 @@ def _apply_options(sp: spaces.Space, opts: Options) -> tuple[spaces.Space, list[
         smoke = dict(sp.smoke)
         budget["num_samples"] = int(smoke.pop("num_samples", 3))
         overrides = [f"{k}={v}" for k, v in smoke.items()] + overrides
-    for key in ("num_samples", "max_concurrent", "cpus_per_trial", "gpus_per_trial"):
+    for key in ("num_samples", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "workers_per_trial"):
         if getattr(opts, key) is not None:
             budget[key] = getattr(opts, key)
     spaces.check_budget(budget, "command line")
@@ -212,12 +216,14 @@ def _apply_options(sp: spaces.Space, opts: Options) -> tuple[spaces.Space, list[
 
 
 def record_threads(space: spaces.Space) -> spaces.Space:
-    """The space with ``train.threads`` set to each trial's CPUs (Ray gives a trial that many threads), unless it
-    says otherwise: the best configuration then retrains to the same numbers outside Ray."""
+    """The space with ``train.threads`` set to each trial's (or worker's) CPUs (Ray gives it that many threads),
+    unless it says otherwise: the best configuration then retrains to the same numbers outside Ray; and with
+    ``train.workers_per_trial``, the workers a trial runs as."""
+    workers = [f"train.workers_per_trial={space.workers_per_trial}"] if space.workers_per_trial > 1 else []
     if space.base.get("train", {}).get("threads") is not None:
-        return space
+        return replace(space, base=config_mod.apply_overrides(space.base, workers))
     threads = max(1, int(space.cpus_per_trial))
-    return replace(space, base=config_mod.apply_overrides(space.base, [f"train.threads={threads}"]))
+    return replace(space, base=config_mod.apply_overrides(space.base, [f"train.threads={threads}"] + workers))
 
 
 def parse_method(method: str) -> tuple[str, str | None]:
@@ -262,6 +268,7 @@ def resume_command(space: str | Path, stem: str, opts: Options) -> str:
 def _search_params(space: spaces.Space, opts: Options, objective: str) -> dict[str, Any]:
     return {"space": space.name, "metric": space.metric, "mode": space.mode, "objective": objective,
             "num_samples": space.num_samples, "max_concurrent": space.max_concurrent, "seed": opts.seed,
+            "workers_per_trial": space.workers_per_trial,
             "scheduler": space.scheduler.get("name"), "searched": ",".join(p.key for p in space.params),
             "trainable": space.trainable or config_mod.ENGINE,
             "code_version": config_mod.code_version()}

@@ -19,6 +19,8 @@ def parser() -> cli.Parser:
     p.add_argument("--max-concurrent", type=int, help="trials in flight at once")
     p.add_argument("--cpus-per-trial", type=float)
     p.add_argument("--gpus-per-trial", type=float, help="fractions let several small trials share a GPU")
+    p.add_argument("--workers-per-trial", type=int,
+                   help="data-parallel workers per trial (Ray Train); --cpus/--gpus-per-trial are each worker's")
     p.add_argument("--scheduler", choices=spaces.SCHEDULERS, help="early stopping (default: the space's)")
     p.add_argument("--trainable", metavar="PACKAGE.MODULE:FUNCTION",
                    help="search your own training function fn(config, report) instead of the engine (default: the "

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ray import tune
 
 from itra_tune import checkpoint, export, models, plots, spaces, tracking
 from itra_tune import config as config_mod
@@ -95,9 +96,21 @@ def _history(result: Any, metric: str) -> list[dict[str, Any]]:
 
 
 def _selected_checkpoint(result: Any, row: dict[str, Any]) -> Any:
-    """The trial's checkpoint of its selected epoch (else its best by the selection score), or None."""
+    """The trial's checkpoint of its selected epoch (else its best by the selection score), or None.
+
+    A trial of several workers keeps its checkpoints in its Ray Train run; its results name them
+    (``checkpoint_path``)."""
     kept = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("epoch") == row.get("best_epoch")]
-    return kept[0][0] if kept else result.get_best_checkpoint(SELECTION, "max")
+    if kept:
+        return kept[0][0]
+    best = result.get_best_checkpoint(SELECTION, "max")
+    if best is not None:
+        return best
+    df = result.metrics_dataframe
+    rows = [] if df is None or "checkpoint_path" not in df else df.to_dict("records")
+    paths = [r["checkpoint_path"] for r in rows if r.get("epoch") == row.get("best_epoch")
+             and isinstance(r.get("checkpoint_path"), str) and Path(r["checkpoint_path"]).is_dir()]
+    return tune.Checkpoint(paths[-1]) if paths else None
 
 
 def _log_checkpoint_files(tracker: tracking.Tracker, run_id: str, result: Any, row: dict[str, Any]) -> None:

@@ -55,31 +55,91 @@ def trial_params(tune_config: dict[str, Any], user: bool = False) -> dict[str, A
     return config_mod.dotted(user_config(tune_config)) if user else trial_config(tune_config).flat()
 
 
-def train_trial(tune_config: dict[str, Any], metric: str = "val_acc", mode: str = "max") -> None:
+def train_trial(tune_config: dict[str, Any], metric: str = "val_acc", mode: str = "max",
+                worker_resources: dict[str, float] | None = None, storage: str | None = None) -> None:
     """Tune function trainable: ``engine.fit`` with a report and checkpoint after every epoch.
 
     Each report carries ``selection_score`` (the space's ``metric`` and ``mode``). A diverging trial raises
     ``engine.Diverged``: Tune records it as an errored trial with that reason, the searcher marks the sample
-    as failed, and the other trials go on.
+    as failed, and the other trials go on. With ``train.workers_per_trial`` above 1 the trial runs as that
+    many data-parallel workers of Ray Train (``train_workers``), each with ``worker_resources``.
     """
     cfg = trial_config(tune_config)
-    resume = None
+    if cfg.train.workers_per_trial > 1:
+        train_workers(cfg, metric, mode, worker_resources or {"CPU": 1.0}, storage)
+        return
     ckpt = tune.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            resume = checkpoint.load(Path(d) / STATE_FILE)
+    resume = _load(ckpt)
+    engine.fit(cfg, report=_reporter(cfg, metric, mode, tune.report, tune.Checkpoint), resume=resume)
 
+
+def _load(ckpt: Any) -> dict[str, Any] | None:
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        return checkpoint.load(Path(d) / STATE_FILE)
+
+
+def _reporter(cfg: config_mod.Config, metric: str, mode: str, report: Callable[..., None], ckpt_cls: Any,
+              keep: bool = True) -> Callable[[dict[str, float], dict[str, Any]], None]:
+    """The engine's per-epoch callback: metrics, lambda and the selection score to ``report``, with the state
+    as a checkpoint when ``keep`` (a data-parallel trial's rank 0 keeps it, the other workers report alone)."""
     weighted = cfg.loss.name not in ("ce", "lsr")  # lambda weighs a matching or center loss
 
-    def report(metrics: dict[str, float], state: dict[str, Any]) -> None:
+    def on_epoch(metrics: dict[str, float], state: dict[str, Any]) -> None:
         # lambda with the metrics: under population based training it changes mid-trial
-        extra = {"lam": cfg.loss.lam} if weighted else {}
+        payload = {**metrics, **({"lam": cfg.loss.lam} if weighted else {}),
+                   SELECTION: selection_score(metrics, metric, mode)}
+        if not keep:
+            report(payload)
+            return
         with tempfile.TemporaryDirectory() as d:
             checkpoint.save(state, Path(d) / STATE_FILE)
-            tune.report({**metrics, **extra, SELECTION: selection_score(metrics, metric, mode)},
-                        checkpoint=tune.Checkpoint.from_directory(d))
+            report(payload, checkpoint=ckpt_cls.from_directory(d))
 
-    engine.fit(cfg, report=report, resume=resume)
+    return on_epoch
+
+
+# --- a trial of several data-parallel workers (Ray Train) -------------------------------------------------
+
+
+def worker_loop(loop_config: dict[str, Any]) -> None:
+    """What each Ray Train worker runs: ``engine.fit`` in the workers' process group (``itra_tune.parallel``),
+    resumed from the run's latest checkpoint; rank 0 reports the checkpoints."""
+    from ray import train
+
+    cfg = config_mod.from_dict(loop_config["config"], "trial")
+    rank = train.get_context().get_world_rank()
+    on_epoch = _reporter(cfg, loop_config["metric"], loop_config["mode"], train.report, train.Checkpoint,
+                         keep=rank == 0)
+    engine.fit(cfg, report=on_epoch, resume=_load(train.get_checkpoint()))
+
+
+def train_workers(cfg: config_mod.Config, metric: str, mode: str, resources: dict[str, float],
+                  storage: str | None) -> None:
+    """One trial as ``cfg.train.workers_per_trial`` workers of Ray Train's ``TorchTrainer`` (gloo on CPUs, NCCL
+    on GPUs), the pattern Ray gives for tuning distributed training: rank 0's metrics reach Tune through
+    ``TuneReportCallback``; its checkpoints stay in the Train run's folder beside the trial (``checkpoint_path``
+    in each result), and a restarted trial's run resumes from its latest one."""
+    from ray import train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    context = tune.get_context()
+    gpus = resources.get("GPU", 0.0)
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={"config": cfg.to_dict(), "metric": metric, "mode": mode},
+        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
+        scaling_config=train.ScalingConfig(num_workers=cfg.train.workers_per_trial, use_gpu=gpus > 0,
+                                           resources_per_worker=resources),
+        run_config=train.RunConfig(
+            name=f"{context.get_trial_name()}-workers", storage_path=storage or context.get_trial_dir(),
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=train.CheckpointConfig(num_to_keep=4, checkpoint_score_attribute=SELECTION,
+                                                     checkpoint_score_order="max")),
+    )
+    trainer.fit()
 
 
 # --- a user's own training function ----------------------------------------------------------------------

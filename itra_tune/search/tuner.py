@@ -75,14 +75,15 @@ def fit_resources(space: spaces.Space, available: dict[str, float]) -> spaces.Sp
 
     No GPU in the cluster runs trials on the CPU; more CPUs per trial than the cluster has become all of them.
     """
-    gpus, cpus = space.gpus_per_trial, space.cpus_per_trial
+    gpus, cpus, workers = space.gpus_per_trial, space.cpus_per_trial, space.workers_per_trial
     if gpus > 0 and available.get("GPU", 0) == 0:
         print(f"note: the Ray cluster has no GPU; trials run on the CPU (gpus_per_trial {gpus} -> 0)", file=sys.stderr)
         gpus = 0
-    if cpus > available.get("CPU", cpus):
-        print(f"note: the Ray cluster has {available['CPU']:g} CPUs; cpus_per_trial {cpus} -> {available['CPU']:g}",
-              file=sys.stderr)
-        cpus = available["CPU"]
+    if cpus * workers > available.get("CPU", cpus * workers):
+        fit = available["CPU"] / workers
+        print(f"note: the Ray cluster has {available['CPU']:g} CPUs; cpus_per_trial {cpus} -> {fit:g}"
+              + (f" per worker ({workers} workers)" if workers > 1 else ""), file=sys.stderr)
+        cpus = fit
     return replace(space, gpus_per_trial=gpus, cpus_per_trial=cpus)
 
 
@@ -266,12 +267,17 @@ def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, c
                    objective: str, seed: int, max_failures: int, resume: bool,
                    user_fn: Callable[..., Any] | None = None) -> Any:
     """Run (or resume) one experiment and return its ResultGrid; ``user_fn``: a user trainable, else the engine."""
+    resources = {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial}
     if user_fn is not None:
         ship_by_value(user_fn)
         fn = tune.with_parameters(user_trial, fn=user_fn, metric=space.metric, mode=space.mode)
+    elif space.workers_per_trial > 1:  # the trial only drives its workers, which hold the resources
+        fn = tune.with_parameters(train_trial, metric=space.metric, mode=space.mode, storage=str(storage / name),
+                                  worker_resources={"CPU": space.cpus_per_trial, "GPU": space.gpus_per_trial})
+        resources = {"cpu": 0, "gpu": 0, "memory": 1}  # Tune refuses an empty request: one byte, no CPU
     else:
         fn = tune.with_parameters(train_trial, metric=space.metric, mode=space.mode)
-    trainable = tune.with_resources(fn, {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial})
+    trainable = tune.with_resources(fn, resources)
     if resume:
         return tune.Tuner.restore(str(storage / name), trainable=trainable, resume_unfinished=True,
                                   resume_errored=max_failures > 0).fit()
@@ -297,7 +303,8 @@ def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, c
                                     num_samples=space.num_samples,
                                     # Ray 2.60: under PBT a reused actor ended exploited trials an epoch or two
                                     # early (measured: 2 of 4 trials); a fresh actor per restart does not
-                                    reuse_actors=not pbt,
+                                    # (and a trial driving Train workers has nothing to reuse)
+                                    reuse_actors=not pbt and space.workers_per_trial == 1,
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=run_config,
     )
