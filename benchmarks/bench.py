@@ -30,7 +30,7 @@ from itra_tune.data import Step
 from itra_tune.data.images import CIFAR_MEAN, CIFAR_STD
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -40,12 +40,12 @@ def interleaved(fns: dict[str, Callable[[], object]], reps: int, device: torch.d
     times: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():
         fn()
-    _sync(device)
+    sync(device)
     for _ in range(reps):
         for k, fn in fns.items():
             t0 = time.perf_counter()
             fn()
-            _sync(device)
+            sync(device)
             times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.multiprocessing as mp
 
+from benchmarks.bench import interleaved, sync
 from benchmarks.reference import class_conditional_mmd_loop
 from itra_tune import engine, losses, mmd, models
 from itra_tune.config import LossConfig
@@ -55,26 +55,6 @@ FULL = Sizes(batch=128, reps=20, train_images=50_000, processes=4, process_steps
 # the CPU fallback: every part runs, on sizes a 2-core CPU finishes in seconds
 TINY = Sizes(batch=4, reps=1, train_images=32, processes=2, process_steps=2, compile=False, side=16, mmd_rows=128,
              bf16_steps=5)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved(fns: dict[str, Callable[[], object]], reps: int, device: torch.device) -> dict[str, float]:
-    """Median seconds per call of each function, timed in ``reps`` interleaved rounds after a warm-up."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():
-        fn()
-    sync(device)
-    for _ in range(reps):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def resnet(device: torch.device, side: int, seed: int = 0) -> models.Classifier:
