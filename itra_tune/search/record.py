@@ -103,9 +103,8 @@ def _selected_checkpoint(result: Any, row: dict[str, Any]) -> Any:
     kept = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("epoch") == row.get("best_epoch")]
     if kept:
         return kept[0][0]
-    best = result.get_best_checkpoint(SELECTION, "max")
-    if best is not None:
-        return best
+    if result.best_checkpoints:
+        return result.get_best_checkpoint(SELECTION, "max")
     df = result.metrics_dataframe
     rows = [] if df is None or "checkpoint_path" not in df else df.to_dict("records")
     paths = [r["checkpoint_path"] for r in rows if r.get("epoch") == row.get("best_epoch")

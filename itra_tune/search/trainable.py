@@ -81,15 +81,17 @@ def _load(ckpt: Any) -> dict[str, Any] | None:
 
 
 def _reporter(cfg: config_mod.Config, metric: str, mode: str, report: Callable[..., None], ckpt_cls: Any,
-              keep: bool = True) -> Callable[[dict[str, float], dict[str, Any]], None]:
-    """The engine's per-epoch callback: metrics, lambda and the selection score to ``report``, with the state
-    as a checkpoint when ``keep`` (a data-parallel trial's rank 0 keeps it, the other workers report alone)."""
+              keep: bool = True, extra: dict[str, Any] | None = None
+              ) -> Callable[[dict[str, float], dict[str, Any]], None]:
+    """The engine's per-epoch callback: metrics, lambda and the selection score (and ``extra``) to ``report``,
+    with the state as a checkpoint when ``keep`` (a data-parallel trial's rank 0 keeps it, the other workers
+    report alone)."""
     weighted = cfg.loss.name not in ("ce", "lsr")  # lambda weighs a matching or center loss
 
     def on_epoch(metrics: dict[str, float], state: dict[str, Any]) -> None:
         # lambda with the metrics: under population based training it changes mid-trial
         payload = {**metrics, **({"lam": cfg.loss.lam} if weighted else {}),
-                   SELECTION: selection_score(metrics, metric, mode)}
+                   SELECTION: selection_score(metrics, metric, mode), **(extra or {})}
         if not keep:
             report(payload)
             return
@@ -102,16 +104,23 @@ def _reporter(cfg: config_mod.Config, metric: str, mode: str, report: Callable[.
 
 # --- a trial of several data-parallel workers (Ray Train) -------------------------------------------------
 
+# Reported by a data-parallel trial: the placement group holding its workers. Ray Train 2.60 frees it when the
+# run ends, or, when Tune stops the trial first (a scheduler's stop), through a cleaner that asks Ray's state
+# API, which a search's cluster (no dashboard) does not serve: the search frees it (tuner.FreeWorkers).
+WORKERS_GROUP = "workers_placement_group"
+
 
 def worker_loop(loop_config: dict[str, Any]) -> None:
     """What each Ray Train worker runs: ``engine.fit`` in the workers' process group (``itra_tune.parallel``),
     resumed from the run's latest checkpoint; rank 0 reports the checkpoints."""
     from ray import train
+    from ray.util import get_current_placement_group
 
     cfg = config_mod.from_dict(loop_config["config"], "trial")
     rank = train.get_context().get_world_rank()
+    group = get_current_placement_group()  # the workers' resources, which the search frees when the trial ends
     on_epoch = _reporter(cfg, loop_config["metric"], loop_config["mode"], train.report, train.Checkpoint,
-                         keep=rank == 0)
+                         keep=rank == 0, extra={WORKERS_GROUP: group.id.hex()} if group is not None else None)
     engine.fit(cfg, report=on_epoch, resume=_load(train.get_checkpoint()))
 
 

@@ -16,7 +16,15 @@ from ray import tune
 
 from itra_tune import spaces, tracking
 from itra_tune.config import ConfigError
-from itra_tune.search.trainable import SELECTION, reported, ship_by_value, train_trial, trial_params, user_trial
+from itra_tune.search.trainable import (
+    SELECTION,
+    WORKERS_GROUP,
+    reported,
+    ship_by_value,
+    train_trial,
+    trial_params,
+    user_trial,
+)
 
 # Ray's environment for a search driver (and the benchmarks): the classic progress table, which honours our
 # columns, and no warning about experiment-state syncing on a local disk. Authentication stays as Ray ships it:
@@ -260,6 +268,28 @@ class TrackingCallback(tune.Callback):
             self.tracker.epoch(trial.trial_id, {**reported(result), "epoch": result["epoch"]} if self.user else result)
 
 
+class FreeWorkers(tune.Callback):
+    """Free a data-parallel trial's workers when the trial ends, however it ends (``trainable.WORKERS_GROUP``)."""
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._free(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._free(trial)
+
+    @staticmethod
+    def _free(trial: Any) -> None:
+        from ray._raylet import PlacementGroupID
+        from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+        group = (trial.last_result or {}).get(WORKERS_GROUP)
+        if group:
+            try:
+                remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(group))))
+            except Exception:  # noqa: BLE001 - already removed by Ray Train itself
+                pass
+
+
 # --- one experiment -------------------------------------------------------------------------------------
 
 
@@ -290,7 +320,7 @@ def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, c
                                                 checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=max_failures),
         progress_reporter=_reporter(space),
-        callbacks=[callback],
+        callbacks=[callback, FreeWorkers()] if space.workers_per_trial > 1 else [callback],
         verbose=1,
     )
     pbt = space.scheduler["name"] == "pbt"
