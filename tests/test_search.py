@@ -95,6 +95,29 @@ def test_trials_of_two_data_parallel_workers_track_and_log_their_model(ray_local
 
 
 @pytest.mark.slow
+def test_a_data_parallel_trial_resumes_from_its_workers_checkpoint(space_file, tmp_path):
+    space = space_file(budget={"num_samples": 1, "max_concurrent": 1}, scheduler={"name": "none"},
+                       resources={"cpus_per_trial": 1, "workers_per_trial": 2},
+                       base={"data": {"name": "synthetic", "batch_size": 32, "subset": 1280},
+                             "model": {"name": "mlp"}, "loss": {"name": "itra_c"},
+                             "train": {"epochs": 4, "compactness_samples": 64}})
+    base = [sys.executable, "-m", "itra_tune.search", "--space", str(space), "--storage-path", str(tmp_path / "st"),
+            "--name", "w", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    exp = tmp_path / "st" / "w"
+    proc = _start_and_wait(base, exp, epochs_done=1)
+    deadline = time.time() + 120  # the workers' run has recorded a checkpoint it can restore
+    while not list(exp.glob("trial_*-workers/checkpoint_manager_snapshot.json")) and time.time() < deadline:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = subprocess.run(base + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    [trial] = [d for d in exp.glob("trial_*") if not d.name.endswith("-workers")]
+    epochs = [r["epoch"] for r in _progress(trial)]
+    assert epochs.count(1) == 1 and max(epochs) == 4, f"the workers ran from scratch again: {epochs}"
+
+
+@pytest.mark.slow
 def test_population_based_training_exploits_and_mutates_lambda_mid_trial(ray_local, space_file, tmp_path):
     from itra_tune import search
 
