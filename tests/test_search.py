@@ -186,7 +186,7 @@ def test_pareto_objective_and_method_comparison(ray_local, space_file, tmp_path,
     (["--space", "demo", "--resume"], "--resume needs --name"),
     (["--space", "demo", "--set", "data.name=cifar10", "--set", "data.root=/nonexistent"],
      "dataset 'cifar10' not found"),
-    (["--space", "demo", "--scheduler", "pbt"], "invalid choice"),
+    (["--space", "demo", "--scheduler", "bohb"], "invalid choice"),
 ])
 def test_bad_input_exits_2_with_one_line_before_ray(tmp_path, capsys, args, message):
     code = _search([*args, "--storage-path", tmp_path / "st"])

@@ -10,10 +10,12 @@ from itra_tune.config import ConfigError
 from itra_tune.search import Options, prepare
 from itra_tune.search.tuner import (
     DefineByRun,
+    KeepInRange,
     build_scheduler,
     build_searcher,
     fit_resources,
     load_settings,
+    mutations,
     objectives,
     save_settings,
 )
@@ -30,6 +32,33 @@ def test_scheduler_choices_map_to_tune_schedulers(space_file):
         assert type(scheduler) is cls
         if name != "none":
             assert scheduler.metric == "val_acc" and scheduler._mode == "max"
+
+
+def test_population_based_training_mutates_loss_and_optimizer_keys_within_their_ranges(space_file):
+    from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.search import BasicVariantGenerator
+
+    space = spaces.load(space_file(scheduler={"name": "pbt"}, search={
+        "loss.lam": {"type": "float", "low": 0.1, "high": 1.0, "log": True},
+        "optim.momentum": {"type": "float", "low": 0.5, "high": 0.99},
+        "data.batch_size": {"type": "categorical", "choices": [32, 64]}}))
+    assert type(build_scheduler(space, epochs=4)) is PopulationBasedTraining
+    assert type(build_searcher(space, "single", seed=0)) is BasicVariantGenerator  # PBT takes no searcher
+    assert set(mutations(space)) == {"loss.lam", "optim.momentum"}  # the batch size stays as the trial began
+    clipped = KeepInRange(space.params)({"loss.lam": 1.2, "optim.momentum": 0.4, "data.batch_size": 64})
+    assert clipped == {"loss.lam": 1.0, "optim.momentum": 0.5, "data.batch_size": 64}
+    nothing = spaces.load(space_file(scheduler={"name": "pbt"}, search={
+        "data.batch_size": {"type": "categorical", "choices": [32, 64]}}))
+    with pytest.raises(ConfigError, match="scheduler pbt mutates searched keys of loss or optim"):
+        build_scheduler(nothing, epochs=4)
+
+
+def test_workers_per_trial_fit_the_cluster_per_worker(space_file, capsys):
+    space = spaces.load(space_file(resources={"cpus_per_trial": 2, "workers_per_trial": 4}))
+    assert fit_resources(space, {"CPU": 4.0}).cpus_per_trial == 1.0
+    assert "per worker (4 workers)" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="resources.workers_per_trial must be at least 1"):
+        spaces.load(space_file(resources={"workers_per_trial": 0}))
 
 
 def test_trials_asking_for_resources_the_cluster_lacks_are_fitted_to_it(space_file, capsys):
@@ -79,7 +108,7 @@ def test_settings_round_trip_restores_the_prepared_space(space_file, tmp_path):
     (Options(num_samples=0), "--num-samples must be at least 1 but got 0"),
     (Options(cpus_per_trial=0), "--cpus-per-trial must be above 0"),
     (Options(gpus_per_trial=-1), "--gpus-per-trial must be at least 0"),
-    (Options(scheduler="pbt"), "scheduler must be one of"),
+    (Options(scheduler="bohb"), "scheduler must be one of"),
     (Options(overrides=("loss.lam=-1",)), "loss.lam cannot be negative"),
 ])
 def test_prepare_refuses_bad_options_with_one_line(space_file, options, message):
@@ -101,3 +130,12 @@ def test_a_method_names_its_loss_and_optionally_its_pairing(space_file):
     for bad in ("ce:memory", "itra_c:sideways", "focal"):
         with pytest.raises(ConfigError, match="--methods"):
             parse_method(bad)
+
+
+def test_pbt_over_a_space_with_nothing_to_mutate_is_refused_before_ray(space_file, tmp_path):
+    from itra_tune import search
+
+    space = space_file(search={"data.batch_size": {"type": "categorical", "choices": [32, 64]}})
+    with pytest.raises(ConfigError, match="scheduler pbt mutates searched keys"):
+        search.run(space, scheduler="pbt", storage_path=str(tmp_path / "st"))
+    assert not (tmp_path / "st").exists()

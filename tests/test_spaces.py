@@ -56,7 +56,7 @@ def test_method_spaces_tune_their_own_knob():
     ({"search": {"loss.lam": {"type": "gaussian"}}}, "type must be one of"),
     ({"search": {"data.batch_size": {"type": "categorical", "choices": []}}}, "non-empty list"),
     ({"budget": {"num_samples": "many"}}, "budget.num_samples must be int"),
-    ({"scheduler": {"name": "pbt"}}, "scheduler.name must be one of"),
+    ({"scheduler": {"name": "bohb"}}, "scheduler.name must be one of"),
     ({"metric": "train_acc"}, "metric 'train_acc' is not reported"),
 ])
 def test_bad_space_files_name_file_and_key(space_file, change, message):

@@ -93,6 +93,10 @@ def run(space: str | Path = "demo", **options: Any) -> list[dict[str, Any]]:
     uri = tracking.resolve_uri(opts.tracking_uri)
     tracking.check_reachable(uri)
     plan = [(method_space(prepared, m), m) for m in opts.methods] or [(prepared, None)]
+    for sp, _ in plan:
+        if sp.scheduler["name"] == "pbt" and not any(p.key.startswith(spaces.MUTABLE) for p in sp.params):
+            raise ConfigError(f"{sp.name}: scheduler pbt mutates searched keys of loss or optim, and the space "
+                              f"searches none; search loss.lam or optim.lr, or choose another scheduler")
     if opts.resume and not opts.name:
         raise ConfigError("--resume needs --name, the experiment to continue (see the last search's summary)")
     stem = opts.name or f"{prepared.name}-{time.strftime('%Y%m%d-%H%M%S')}"
