@@ -44,7 +44,7 @@ class Options:
     cpus_per_trial: float | None = None
     gpus_per_trial: float | None = None  # fractions let several small trials share a GPU
     workers_per_trial: int | None = None  # data-parallel workers per trial; cpus and gpus are then each worker's
-    scheduler: str | None = None  # asha | median | hyperband | none
+    scheduler: str | None = None  # asha | median | hyperband | pbt | none
     objective: str = "single"  # single: the space's metric; acc_ce: val_acc (max) and val_ce (min), Pareto
     methods: tuple[str, ...] = ()  # one search per method with the same budget, e.g. ("ce", "itra_c")
     address: str | None = None  # join this Ray cluster; None starts a local one
