@@ -263,6 +263,12 @@ def needs_second_batch(name: str) -> bool:
     return LOSSES[name].needs_second_batch
 
 
+def weighted(name: str) -> bool:
+    """Whether ``loss.lam`` weighs a term of the loss ``name`` (a matching or center loss; not ce or lsr)."""
+    check_name(name)
+    return LOSSES[name] is not CrossEntropy
+
+
 def check_name(name: str) -> None:
     if name not in LOSSES:
         raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)} (loss.name)")

@@ -22,7 +22,7 @@ from typing import Any
 
 from ray import tune
 
-from itra_tune import checkpoint, engine
+from itra_tune import checkpoint, engine, losses
 from itra_tune import config as config_mod
 from itra_tune.config import ConfigError
 
@@ -86,7 +86,7 @@ def _reporter(cfg: config_mod.Config, metric: str, mode: str, report: Callable[.
     """The engine's per-epoch callback: metrics, lambda and the selection score (and ``extra``) to ``report``,
     with the state as a checkpoint when ``keep`` (a data-parallel trial's rank 0 keeps it, the other workers
     report alone)."""
-    weighted = cfg.loss.name not in ("ce", "lsr")  # lambda weighs a matching or center loss
+    weighted = losses.weighted(cfg.loss.name)
 
     def on_epoch(metrics: dict[str, float], state: dict[str, Any]) -> None:
         # lambda with the metrics: under population based training it changes mid-trial
