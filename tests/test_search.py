@@ -110,13 +110,17 @@ def test_a_data_parallel_trial_resumes_from_its_workers_checkpoint(space_file, t
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    [trial] = [d for d in exp.glob("trial_*") if not d.name.endswith("-workers")]
+    before = {r["epoch"]: r["epoch_time"] for r in _progress(trial)}
     resumed = subprocess.run(base + ["--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    [trial] = [d for d in exp.glob("trial_*") if not d.name.endswith("-workers")]
     # Tune restarts the trial (its checkpoints are the Train run's) with a fresh result file; the workers go on
-    # from their latest checkpoint, so the restarted trial's first epoch is not 1
-    epochs = [r["epoch"] for r in _progress(trial)]
-    assert epochs[0] > 1 and epochs == list(range(epochs[0], 5)), f"the workers ran from scratch again: {epochs}"
+    # from their latest checkpoint and first report again the epochs it holds, as they were (same epoch times)
+    after = {r["epoch"]: r["epoch_time"] for r in _progress(trial)}
+    assert sorted(after) == [1, 2, 3, 4], after
+    kept = [e for e in before if e in after and after[e] == before[e]]
+    assert kept and kept[0] == 1, f"the workers ran from scratch again: {before} then {after}"
+    assert json.loads((exp / "summary.json").read_text())["completed"] == 1
 
 
 @pytest.mark.slow

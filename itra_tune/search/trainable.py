@@ -119,9 +119,16 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     cfg = config_mod.from_dict(loop_config["config"], "trial")
     rank = train.get_context().get_world_rank()
     group = get_current_placement_group()  # the workers' resources, which the search frees when the trial ends
+    extra = {WORKERS_GROUP: group.id.hex()} if group is not None else None
     on_epoch = _reporter(cfg, loop_config["metric"], loop_config["mode"], train.report, train.Checkpoint,
-                         keep=rank == 0, extra={WORKERS_GROUP: group.id.hex()} if group is not None else None)
-    engine.fit(cfg, report=on_epoch, resume=_load(train.get_checkpoint()))
+                         keep=rank == 0, extra=extra)
+    resume = _load(train.get_checkpoint())
+    if resume is not None:  # a restarted trial: Tune's results start afresh, so give them the epochs done so far
+        again = _reporter(cfg, loop_config["metric"], loop_config["mode"], train.report, train.Checkpoint,
+                          keep=False, extra=extra)
+        for row in resume["history"]:
+            again(row, {})
+    engine.fit(cfg, report=on_epoch, resume=resume)
 
 
 def train_workers(cfg: config_mod.Config, metric: str, mode: str, resources: dict[str, float],
