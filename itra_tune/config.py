@@ -25,6 +25,13 @@ PAIRINGS = ("independent", "split", "detached", "memory")  # where S2 comes from
 SCHEDULES = ("cosine", "step", "none", "linear")
 OPTIMIZERS = ("sgd", "adamw")
 BANDWIDTHS = ("median", "mean", "fixed", "multiscale")  # kernel bandwidth schemes of itra_tune.mmd
+# the gradient of the matching loss (itra_tune.losses.ITRA; its value is the paper's in every form). paper: the
+# bandwidth detached (Sec. 4.1), so shrinking every feature lowers the loss, which collapses models whose features
+# no normalization holds (docs/results/collapse.md); scale_invariant: the features' common scale taken out of the
+# gradient, as if the bandwidth were carried in the graph; guarded (the default): scale_invariant while CE is at
+# chance, the paper's once the classifier has learned (CE below half of ln K), blended in between
+FORMS = ("guarded", "scale_invariant", "paper")
+UNRANKED = ("failed", "collapsed")  # trial statuses that never rank: an error, or a matching loss's collapse
 ENGINE = "itra_tune.engine"  # the trainable a search records when it trains with the engine, not a user's
 
 
@@ -80,6 +87,7 @@ class LossConfig:
     lam: float = 0.6  # lambda: weight of the matching loss (Eq. 4, 6) or of the center loss
     bandwidth: str = "median"  # kernel bandwidth scheme of the MMD
     sigma: float | None = None  # bandwidth for 'fixed', base scale for 'multiscale', in squared feature units
+    form: str = "guarded"  # guarded | scale_invariant | paper (the paper's exact form): see FORMS
     # 0: the bandwidth of each batch (the paper's). m in (0, 1]: median and mean (and multiscale's base) follow
     # the batches through an exponential moving average, sigma <- m sigma + (1 - m) sigma_batch; 1 keeps the first
     # batch's. Breaks the feedback of a bandwidth that shrinks with collapsing features (not the paper's).
@@ -239,6 +247,7 @@ def validate(cfg: Config, source: str = "config") -> None:
         (d.subset is None or d.subset > 0, "data.subset", f"must be positive or null but got {d.subset}"),
         (d.memory_batches > 0, "data.memory_batches", f"must be a positive integer but got {d.memory_batches}"),
         (d.pairing in PAIRINGS, "data.pairing", f"unknown pairing {d.pairing!r}; choose one of {', '.join(PAIRINGS)}"),
+        (lo.form in FORMS, "loss.form", f"unknown form {lo.form!r}; choose one of {', '.join(FORMS)}"),
         (0.0 <= lo.eps < 1.0, "loss.eps", f"must be in [0, 1) but got {lo.eps}"),
         (0.0 <= lo.sigma_ema <= 1.0, "loss.sigma_ema", f"must be in [0, 1] but got {lo.sigma_ema}"),
         (lo.lam_warmup_steps >= 0, "loss.lam_warmup_steps", f"cannot be negative but got {lo.lam_warmup_steps}"),

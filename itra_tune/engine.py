@@ -32,6 +32,10 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class Collapsed(Diverged):
+    """The matching loss collapsed the features (``losses.CollapseWatch``): the trial ends like a diverged one."""
+
+
 @dataclass(repr=False)
 class FitResult:
     model: models.Classifier
@@ -206,6 +210,10 @@ def train_epoch(model: models.Classifier, loss_fn: nn.Module, optimizer: torch.o
     means = (parallel.mean(sums) / max(steps, 1)).tolist()
     if not math.isfinite(means[0]):
         raise Diverged(f"training loss became {means[0]} (lr {optimizer.param_groups[0]['lr']:.3g})")
+    # the matching loss's own watch (losses.CollapseWatch); every worker ends together, or the others would hang
+    reason = getattr(loss_fn, "collapse", None)
+    if parallel.mean(torch.tensor(float(reason is not None), device=device)).item() > 0:
+        raise Collapsed(f"{reason or 'collapsed on another worker'} (lambda {loss_fn.lam}, form {loss_fn.form})")
     return dict(zip(("train_loss", "train_ce", "match_loss", "center_loss"), means))
 
 

@@ -9,6 +9,8 @@ their labels (``y`` itself unless given: they differ only when S2 also enters th
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from itra_tune import mmd
-from itra_tune.config import ConfigError, LossConfig, check_bandwidth, check_lam
+from itra_tune.config import FORMS, ConfigError, LossConfig, check_bandwidth, check_lam
 
 
 class Parts(NamedTuple):
@@ -114,8 +116,71 @@ class FeatureMemory(nn.Module):
         self.filled, self.pos = int(state["filled"]), int(state["pos"])
 
 
+class CollapseWatch:
+    """Notices a feature collapse as it happens: the spread of S1's features (root-mean-square distance between
+    them) falls below ``fraction`` of its peak while the moving average of CE stays above ``chance`` times ln K.
+
+    Both are kept as tensors on the features' device; the host reads them every ``every`` steps only.
+    """
+
+    def __init__(self, num_classes: int, fraction: float = 0.05, chance: float = 0.9, every: int = 20) -> None:
+        self.ln_k = math.log(max(num_classes, 2))
+        self.fraction, self.at_chance, self.every = fraction, chance, every
+        self.peak: Tensor | None = None  # the largest spread seen
+        self.ce_avg: Tensor | None = None  # CE, exponential moving average over steps (0.9)
+        self.steps = 0
+        self.reason: str | None = None  # set once a collapse is seen
+
+    def observe_ce(self, ce: Tensor) -> None:
+        """Move the average CE (a training step's, before its features are checked)."""
+        ce = ce.detach().float()
+        self.ce_avg = ce if self.ce_avg is None else 0.9 * self.ce_avg.to(ce.device) + 0.1 * ce
+
+    LEARNED, CHANCE = 0.5, 0.9  # average CE, as a fraction of ln K: learned at or below, at chance at or above
+
+    def chance(self, ce: Tensor) -> Tensor:
+        """How near chance the average CE is: 0 when learned, 1 at chance, linear in between (a tensor)."""
+        avg = ce.detach().float() if self.ce_avg is None else self.ce_avg.to(ce.device)
+        return ((avg / self.ln_k - self.LEARNED) / (self.CHANCE - self.LEARNED)).clamp(0.0, 1.0)
+
+    def update(self, h1: Tensor) -> str | None:
+        """Count one training step; returns the reason the first time a collapse is seen, else None."""
+        with torch.no_grad():
+            spread = mmd.mean_sq_dist(h1.detach().float()).sqrt()
+            self.peak = spread if self.peak is None else torch.maximum(self.peak.to(spread.device), spread)
+        self.steps += 1
+        if self.reason is not None or self.steps % self.every:
+            return None
+        now, peak, ce_avg = torch.stack([spread, self.peak, self.ce_avg.to(spread.device)]).tolist()  # one sync
+        if now < self.fraction * peak and ce_avg > self.at_chance * self.ln_k:
+            self.reason = (f"collapsed: feature spread {now:.3g} is {100 * now / peak:.1f}% of its peak {peak:.3g} "
+                           f"while CE {ce_avg:.3f} stays at chance (ln K = {self.ln_k:.3f}) after {self.steps} steps")
+            return self.reason
+        return None
+
+    def state_dict(self) -> dict[str, float]:
+        nan = float("nan")
+        return {"peak": nan if self.peak is None else float(self.peak),
+                "ce_avg": nan if self.ce_avg is None else float(self.ce_avg), "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        peak, ce_avg = state.get("peak", float("nan")), state.get("ce_avg", float("nan"))
+        self.peak = None if math.isnan(peak) else torch.tensor(peak)
+        self.ce_avg = None if math.isnan(ce_avg) else torch.tensor(ce_avg)
+        self.steps = int(state.get("steps", 0))
+
+
 class ITRA(nn.Module):
     """ITRA, Eq. (4): CE on S1 + lambda * MMD(H1, H2); with ``class_conditional``, ITRA-c, Eq. (6).
+
+    ``form`` says what the gradient sees; the value is the paper's in every form. ``paper``: the batch's bandwidth
+    detached, the paper's exact form, under which shrinking every feature together always lowers the loss: it
+    collapses models whose features no normalization holds (docs/results/collapse.md). ``scale_invariant``: the
+    features' common scale taken out of the gradient (``mmd.detach_scale``), so shrinking them gains nothing.
+    ``guarded`` (the default): scale-invariant while the classifier is at chance (average CE at 0.9 ln K or above)
+    and the paper's once it has learned (at half of ln K or below), blended in between, so the paper's pull on the
+    features' scale, which is where ITRA's lower test CE comes from, acts only once CE can hold against it. Every
+    form watches for a collapse while training (``collapse``: None, or the reason with its numbers).
 
     With ``memory`` (rows), S2 is the loss's own memory of past S1 features (``data.pairing: memory``): call it
     without ``h2`` and ``y2``; each call matches S1 against the memory, then adds S1 to it.
@@ -129,52 +194,71 @@ class ITRA(nn.Module):
 
     def __init__(self, num_classes: int, lam: float, bandwidth: str = "median", sigma: float | None = None,
                  class_conditional: bool = False, memory: int | None = None, feature_dim: int | None = None,
-                 sigma_ema: float = 0.0, lam_warmup_steps: int = 0) -> None:
+                 sigma_ema: float = 0.0, lam_warmup_steps: int = 0, form: str = "guarded") -> None:
         super().__init__()
         check_lam(lam)
         check_bandwidth(bandwidth, sigma)
         if not 0.0 <= sigma_ema <= 1.0 or lam_warmup_steps < 0:
             raise ConfigError(f"loss.sigma_ema must be in [0, 1] and loss.lam_warmup_steps not negative but got "
                               f"{sigma_ema} and {lam_warmup_steps}")
+        if form not in FORMS:
+            raise ConfigError(f"loss.form: unknown form {form!r}; choose one of {', '.join(FORMS)}")
         # a smoothed bandwidth only replaces a batch statistic: 'fixed' and a given multiscale base stay as set
         self.sigma_ema = sigma_ema if bandwidth != "fixed" and sigma is None else 0.0
         self.lam_warmup_steps, self.steps = lam_warmup_steps, 0
         self.register_buffer("sigma_avg", torch.full((), float("nan")))  # NaN until the first batch
-        self.num_classes, self.lam = num_classes, lam
+        self.num_classes, self.lam, self.form = num_classes, lam, form
         self.bandwidth, self.sigma, self.class_conditional = bandwidth, sigma, class_conditional
         if memory is not None and feature_dim is None:
             raise ValueError("ITRA with a memory needs feature_dim, the width of the features it keeps")
         self.memory = FeatureMemory(memory, feature_dim) if memory is not None else None
+        self.watch = CollapseWatch(num_classes)
+
+    @property
+    def collapse(self) -> str | None:
+        """None, or why the features are seen to have collapsed (with the numbers)."""
+        return self.watch.reason
 
     @classmethod
     def from_config(cls, cfg: LossConfig, num_classes: int, feature_dim: int, memory: int | None = None) -> ITRA:
         return cls(num_classes, cfg.lam, cfg.bandwidth, cfg.sigma, class_conditional=cfg.name == "itra_c",
                    memory=memory, feature_dim=feature_dim, sigma_ema=cfg.sigma_ema,
-                   lam_warmup_steps=cfg.lam_warmup_steps)
+                   lam_warmup_steps=cfg.lam_warmup_steps, form=cfg.form)
 
     def forward(self, logits: Tensor, y: Tensor, h1: Tensor, h2: Tensor | None = None,
                 y2: Tensor | None = None, y1: Tensor | None = None) -> Parts:
         ce = F.cross_entropy(logits.float(), y)
         y1 = y if y1 is None else y1
+        if self.training:
+            self.watch.observe_ce(ce)
+        weight = self.watch.chance(ce) if self.form == "guarded" else float(self.form == "scale_invariant")
         if self.memory is not None:
             if h2 is not None:
                 raise ValueError("ITRA with a memory takes its S2 from the memory; pass no h2")
             h2, y2 = (t.clone() for t in self.memory.contents())  # a snapshot: push() below writes in place
-            match = self.match(h1, y1, h2, y2) if h2.shape[0] else ce.new_zeros(())
+            match = self.match(h1, y1, h2, y2, weight) if h2.shape[0] else ce.new_zeros(())
             self.memory.push(h1, y1)
         elif h2 is None or y2 is None:
             raise ValueError("ITRA needs the second mini-batch's features h2 and labels y2")
         else:
-            match = self.match(h1, y1, h2, y2)
+            match = self.match(h1, y1, h2, y2, weight)
         lam = self.lam
         if self.training and self.lam_warmup_steps:
             lam *= min(1.0, (self.steps + 1) / self.lam_warmup_steps)
         if self.training:
             self.steps += 1
+            if self.lam > 0 and self.watch.update(h1) is not None:
+                self.on_collapse(self.watch.reason)
         return Parts(ce + lam * match, ce, match, ce.new_zeros(()))
 
-    def match(self, h1: Tensor, y1: Tensor, h2: Tensor, y2: Tensor) -> Tensor:
-        """The matching loss: MMD (Eq. 3) or its class-conditional mean (Eq. 5)."""
+    def on_collapse(self, reason: str) -> None:
+        """Called once, when the watch first sees a collapse (the engine reads ``collapse`` after the epoch)."""
+
+    def match(self, h1: Tensor, y1: Tensor, h2: Tensor, y2: Tensor, scale_weight: float | Tensor = 0.0) -> Tensor:
+        """The matching loss: MMD (Eq. 3) or its class-conditional mean (Eq. 5), with the features' common scale
+        taken out of its gradient by ``scale_weight`` (0: the paper's gradient; 1: scale-invariant)."""
+        if not isinstance(scale_weight, float) or scale_weight > 0:
+            h1, h2 = mmd.detach_scale(h1, h2, scale_weight)
         scheme, sigma = self.bandwidth, self.sigma
         if self.sigma_ema:
             batch = mmd.batch_bandwidth(h1, h2, scheme)
@@ -188,11 +272,12 @@ class ITRA(nn.Module):
             return mmd.class_conditional_mmd(h1, y1, h2, y2, self.num_classes, scheme, sigma)
         return mmd.mmd(h1, h2, scheme, sigma)
 
-    def get_extra_state(self) -> dict[str, int]:
-        return {"steps": self.steps}
+    def get_extra_state(self) -> dict[str, float]:
+        return {"steps": self.steps, **{f"watch.{k}": v for k, v in self.watch.state_dict().items()}}
 
-    def set_extra_state(self, state: dict[str, int]) -> None:
+    def set_extra_state(self, state: dict[str, float]) -> None:
         self.steps = int(state["steps"])
+        self.watch.load_state_dict({k[len("watch."):]: v for k, v in state.items() if k.startswith("watch.")})
 
 
 class ITRALoss(ITRA):
@@ -214,17 +299,23 @@ class ITRALoss(ITRA):
       The first call matches nothing (its match is 0), and the memory fills over ``memory_batches`` calls.
       Move the loss to the model's device (``.to(device)``); its state (``state_dict``) holds the memory.
 
-    ``bandwidth``, ``sigma``, ``sigma_ema`` and ``lam_warmup_steps`` are those of the configuration's ``loss``
-    section. Calls in ``eval()`` mode neither move a smoothed bandwidth nor count warm-up steps.
+    ``form``: ``guarded`` (the default) keeps the features' scale out of the matching gradient while CE is at
+    chance and is the paper's form once the classifier has learned; ``scale_invariant`` keeps it out always;
+    ``paper`` is the paper's exact form (bandwidth detached), which collapses models without normalization before
+    the features. If the features do collapse (their spread falls to 5% of its peak while CE stays at chance),
+    the loss warns once, naming the remedy, and ``collapse`` says why.
+
+    ``bandwidth``, ``sigma``, ``sigma_ema``, ``lam_warmup_steps`` and ``form`` are those of the configuration's
+    ``loss`` section. Calls in ``eval()`` mode neither move a smoothed bandwidth nor count warm-up steps.
     """
 
     PAIRINGS = ("independent", "detached", "memory")
 
     def __init__(self, num_classes: int, lam: float, class_conditional: bool = True, bandwidth: str = "median",
                  sigma: float | None = None, pairing: str = "independent", memory_batches: int = 4,
-                 sigma_ema: float = 0.0, lam_warmup_steps: int = 0) -> None:
+                 sigma_ema: float = 0.0, lam_warmup_steps: int = 0, form: str = "guarded") -> None:
         super().__init__(num_classes, lam, bandwidth, sigma, class_conditional=class_conditional,
-                         sigma_ema=sigma_ema, lam_warmup_steps=lam_warmup_steps)
+                         sigma_ema=sigma_ema, lam_warmup_steps=lam_warmup_steps, form=form)
         if pairing not in self.PAIRINGS:
             raise ConfigError(f"ITRALoss: pairing must be one of {', '.join(self.PAIRINGS)} but got {pairing!r} "
                               f"(for split, pass the two halves of one batch as h1 and h2)")
@@ -239,6 +330,12 @@ class ITRALoss(ITRA):
         if self.pairing == "detached" and h2 is not None:
             h2 = h2.detach()
         return super().forward(logits, y, h1, h2, y2, y1)
+
+    def on_collapse(self, reason: str) -> None:
+        fix = ("use form='guarded' (the default) or 'scale_invariant', which do not collapse this way"
+               if self.form == "paper" else "lower lam or the learning rate")
+        warnings.warn(f"ITRALoss: the features {reason}; the model is learning nothing: {fix}", RuntimeWarning,
+                      stacklevel=3)
 
     def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: object) -> None:
         # a memory saved by an earlier run: build it to the saved size before its buffers load

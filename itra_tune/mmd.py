@@ -5,7 +5,10 @@ The estimate is the paper's (Gretton et al. 2012, biased V-statistic, then the s
     MMD(S1, S2) = [ mean K(S1, S1) + mean K(S2, S2) - 2 mean K(S1, S2) ]^(1/2),
     K(x, y) = exp(-||x - y||^2 / sigma).
 
-The bandwidth sigma is a statistic of the batch and is never back-propagated (the paper, Sec. 4.1).
+The bandwidth sigma is a statistic of the batch and is never back-propagated (the paper, Sec. 4.1). Then
+shrinking every feature together lowers the MMD at each step, and a model whose features no normalization
+holds can collapse; ``detach_scale`` takes the features' common scale out of the gradient (as if the
+bandwidth were carried in the graph), so the estimate cannot gain by shrinking them (docs/results/collapse.md).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from torch import Tensor
 from itra_tune.config import BANDWIDTHS, check_bandwidth
 
 __all__ = ["BANDWIDTHS", "batch_bandwidth", "class_conditional_mmd", "cross_sq_dists", "gaussian_kernel",
-           "kernel_bandwidth", "mmd", "pairwise_sq_dists", "pooled_kernel_blocks"]
+           "detach_scale", "kernel_bandwidth", "mean_sq_dist", "mmd", "pairwise_sq_dists", "pooled_kernel_blocks"]
 MULTISCALE_POWERS = (-2, -1, 0, 1, 2)  # kernels at s * 2**k, summed (multi-kernel MMD, Long et al. 2015)
 _EPS = 1e-12  # below this MMD^2 is treated as exactly zero: sqrt has no finite slope at 0
 
@@ -170,6 +173,38 @@ def class_conditional_mmd(
     mmd2 = k11.new_zeros(num_classes).index_add(0, y1, a1 * row1).index_add(0, y2, a2 * row2)  # (K,)
     per_class = _safe_sqrt(torch.where(present, mmd2, torch.zeros_like(mmd2)))
     return per_class.sum() / present.sum().clamp_min(1)
+
+
+def mean_sq_dist(z: Tensor) -> Tensor:
+    """The mean squared distance between distinct rows of ``z`` (N, D), in O(N D) and in the graph.
+
+    Over the N(N-1) ordered pairs, mean ||z_i - z_j||^2 = 2N / (N - 1) * (mean ||z_i||^2 - ||mean z||^2): the
+    off-diagonal mean of ``pairwise_sq_dists(z)``, which the ``mean`` bandwidth takes, without the N x N matrix.
+    """
+    n = z.shape[0]
+    centred = z - z.mean(0, keepdim=True)  # centring first keeps the difference of two large numbers out
+    return centred.pow(2).sum(1).mean() * (2.0 * n / max(n - 1, 1))
+
+
+def detach_scale(h1: Tensor, h2: Tensor, weight: float | Tensor = 1.0) -> tuple[Tensor, Tensor]:
+    """Both feature sets with their common scale taken out of the gradient, by ``weight``; values unchanged.
+
+    With ``s`` the pooled root-mean-square distance (``mean_sq_dist``), each set becomes ``h * (sg(s) / s)^w``
+    (sg: detached): the same numbers, but an MMD of them no longer gains by shrinking every feature together.
+    At ``w = 1`` the MMD's gradient has no component along the features themselves (Euler: a function of
+    ``h / s`` satisfies f(c h) = f(h), so <grad f, h> = 0), as if the bandwidth were carried in the graph; at
+    ``w = 0`` it is the paper's. ``h2`` without gradient (a memory, a detached S2) enters ``s`` as a constant.
+
+    Args:
+        h1, h2: features (m1, D), (m2, D).
+        weight: w in [0, 1], a number or a scalar tensor (no host sync).
+    """
+    z1 = h1.float() if h1.dtype in (torch.float16, torch.bfloat16) else h1  # (m1, D)
+    z2 = (h2.float() if h2.dtype in (torch.float16, torch.bfloat16) else h2).to(z1.dtype)  # (m2, D)
+    msd = mean_sq_dist(torch.cat([z1, z2]))
+    s = torch.where(msd > _EPS, msd, torch.ones_like(msd)).sqrt()  # all points equal: MMD is 0 at any scale
+    factor = (s.detach() / s) ** weight
+    return z1 * factor, z2 * factor
 
 
 def batch_bandwidth(h1: Tensor, h2: Tensor, scheme: str = "median") -> Tensor:

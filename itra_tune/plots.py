@@ -10,6 +10,8 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
+from itra_tune.config import UNRANKED
+
 Rows = list[dict[str, Any]]
 
 
@@ -21,7 +23,7 @@ def close(figures: Any) -> None:
 
 def params_vs_metric(rows: Rows, params: list[str], metric: str, log_axes: frozenset[str] = frozenset()) -> Any:
     """Each searched parameter against the trial's best metric, coloured by bandwidth scheme (Fig. 2 style)."""
-    ok = [r for r in rows if metric in r and not str(r.get("status", "")).startswith("failed")]
+    ok = [r for r in rows if metric in r and not str(r.get("status", "")).startswith(UNRANKED)]
     fig, axes = plt.subplots(1, max(1, len(params)), figsize=(4 * max(1, len(params)), 3.4), squeeze=False)
     schemes = sorted({str(r.get("loss.bandwidth", r.get("bandwidth", "-"))) for r in ok})
     colours = {s: plt.cm.tab10(i) for i, s in enumerate(schemes)}
@@ -114,7 +116,7 @@ def _study(rows: Rows, params: list[Any], metric: str, mode: str) -> Any:
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     dists = {p.key: p.distribution() for p in params}
     for r in rows:
-        if metric in r and not str(r.get("status", "")).startswith("failed") and all(k in r for k in dists):
+        if metric in r and not str(r.get("status", "")).startswith(UNRANKED) and all(k in r for k in dists):
             study.add_trial(optuna.trial.create_trial(params={k: r[k] for k in dists}, distributions=dists,
                                                       value=float(r[metric])))
     return study

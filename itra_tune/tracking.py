@@ -224,7 +224,7 @@ class Tracker:
         self.c.set_tag(run_id, STATUS_TAG, status)
         if model is not None:
             self.model_ids[run_id] = log_model(self.uri, run_id, model, name)
-        _terminate(self.c, run_id, "FAILED" if status.startswith("failed") else "FINISHED")
+        _terminate(self.c, run_id, "FAILED" if status.startswith(config_mod.UNRANKED) else "FINISHED")
         return run_id
 
     def drop_orphans(self, trial_ids: set[str]) -> int:

@@ -21,7 +21,7 @@ from transformers import Trainer
 from itra_tune.dropin import SecondBatch, WithFeatures
 from itra_tune.losses import ITRALoss
 
-ITRA_ARGS = ("lam", "pairing", "bandwidth")  # what hyperparameter_search may set beside TrainingArguments' own
+ITRA_ARGS = ("lam", "pairing", "bandwidth", "form")  # what hyperparameter_search may set beside TrainingArguments' own
 
 
 class ITRATrainer(Trainer):
@@ -32,7 +32,10 @@ class ITRATrainer(Trainer):
     (S2 forwarded with gradients, the paper's) and ``detached`` (without); ``memory`` matches each batch against
     the features of the last ``memory_batches`` batches and draws no S2. Evaluation loss is the plain CE.
 
-    ``lam``, ``pairing`` and ``bandwidth`` can be searched with ``trainer.hyperparameter_search``: put them in the
+    ``form`` is ``ITRALoss``'s: ``guarded`` (the default), ``scale_invariant``, or ``paper``, the paper's exact
+    form, which can collapse an encoder's features (the loss warns when it sees that happen).
+
+    ``lam``, ``pairing``, ``bandwidth`` and ``form`` can be searched with ``trainer.hyperparameter_search``: put them in the
     ``hp_space`` beside TrainingArguments' fields. Works with single-label classification models whose output
     has ``logits``; the features are the input of the model's head (``itra_tune.split_model``).
     """
@@ -41,9 +44,10 @@ class ITRATrainer(Trainer):
 
     def __init__(self, *args: Any, lam: float = 0.1, pairing: str = "independent", class_conditional: bool = True,
                  bandwidth: str = "median", sigma: float | None = None, memory_batches: int = 4,
-                 second_batch_size: int | None = None, head: nn.Module | None = None, **kwargs: Any) -> None:
+                 second_batch_size: int | None = None, head: nn.Module | None = None,
+                 form: str = "guarded", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.lam, self.pairing, self.bandwidth = lam, pairing, bandwidth
+        self.lam, self.pairing, self.bandwidth, self.form = lam, pairing, bandwidth, form
         self.class_conditional, self.sigma, self.memory_batches = class_conditional, sigma, memory_batches
         self.second_batch_size, self.head = second_batch_size, head
         self.itra = self._build_loss()  # checks the arguments now; rebuilt when a search sets them
@@ -57,7 +61,7 @@ class ITRATrainer(Trainer):
         if num_classes is None:
             raise ValueError("ITRATrainer needs a classification model whose config has num_labels")
         return ITRALoss(num_classes, float(self.lam), self.class_conditional, self.bandwidth, self.sigma,
-                        self.pairing, self.memory_batches)
+                        self.pairing, self.memory_batches, form=self.form)
 
     def _hp_search_setup(self, trial: Any) -> None:
         own = {}

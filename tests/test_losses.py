@@ -99,16 +99,16 @@ def test_a_smoothed_bandwidth_follows_the_batches_slowly_and_one_keeps_the_first
     y = torch.arange(8) % 2
     first, second = (mmd.batch_bandwidth(h1, h2) for h1, h2 in batches)
     for momentum, expected in ((1.0, first), (0.5, 0.5 * first + 0.5 * second)):
-        loss = losses.ITRA(2, lam=1.0, sigma_ema=momentum)
+        loss = losses.ITRA(2, lam=1.0, sigma_ema=momentum, form="paper")
         for h1, h2 in batches:
             parts = loss(torch.zeros(8, 2), y, h1, h2, y)
         torch.testing.assert_close(loss.sigma_avg, expected)
         torch.testing.assert_close(parts.match, mmd.mmd(*batches[1], "fixed", float(expected)))
-        again = losses.ITRA(2, lam=1.0, sigma_ema=momentum)
+        again = losses.ITRA(2, lam=1.0, sigma_ema=momentum, form="paper")
         again.load_state_dict(loss.state_dict())
         torch.testing.assert_close(again.sigma_avg, loss.sigma_avg)
     # the paper's form takes each batch's own bandwidth: the shrunk batch's match stays scale-free
-    paper = losses.ITRA(2, lam=1.0)
+    paper = losses.ITRA(2, lam=1.0, form="paper")
     torch.testing.assert_close(paper(torch.zeros(8, 2), y, *batches[1], y).match,
                                mmd.mmd(*batches[1], "fixed", float(second)))
 

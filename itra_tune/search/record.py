@@ -41,7 +41,7 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
         else:
             tracker = tracking.Tracker(uri, space.name, parent)
         out["ui"] = tracking.ui_link(uri, tracker.exp_id)
-        ranked = sorted((r for r in rows.values() if space.metric in r and not r["status"].startswith("failed")),
+        ranked = sorted((r for r in rows.values() if space.metric in r and not r["status"].startswith(config_mod.UNRANKED)),
                         key=lambda r: rank_key(r, space), reverse=True)
         with_model = {r["trial"] for r in (ranked if log_models is None else ranked[:log_models])}
         data = None if cfg is None else \
@@ -148,7 +148,7 @@ def _model_files(model: models.Classifier, cfg: config_mod.Config, data: data_mo
 
 def _figures(rows: list[dict[str, Any]], histories: dict[str, list[dict[str, Any]]],
              space: spaces.Space, engine: bool = True) -> dict[str, Any]:
-    ranked = sorted((r for r in rows if space.metric in r and not r["status"].startswith("failed")),
+    ranked = sorted((r for r in rows if space.metric in r and not r["status"].startswith(config_mod.UNRANKED)),
                     key=lambda r: rank_key(r, space), reverse=True)
     top = {r["trial"]: histories[r["trial"]] for r in ranked[:5] if histories.get(r["trial"])}
     log_axes = frozenset(p.key for p in space.params if p.log)

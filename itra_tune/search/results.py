@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from itra_tune import cli, engine, spaces
+from itra_tune.config import UNRANKED
 from itra_tune.search.trainable import reported, selection_score, trial_config, user_config
 
 
@@ -27,7 +28,10 @@ def trial_rows(results: Any, space: spaces.Space, epochs: int) -> list[dict[str,
         history = df.to_dict("records") if df is not None and len(df) else []
         history = [h for h in history if not is_nan(h.get(space.metric))]
         if r.error is not None:
-            row["status"] = "failed: " + str(r.error).strip().splitlines()[-1][:200]
+            last = str(r.error).strip().splitlines()[-1]
+            # a collapse (engine.Collapsed) is recorded as itself, with its numbers; any other error as a failure
+            row["status"] = last.partition("Collapsed: ")[2][:200] if "Collapsed: " in last else \
+                "failed: " + last[:200]
         elif history and int(history[-1]["epoch"]) >= epochs:
             row["status"] = "completed"
         else:
@@ -63,7 +67,7 @@ def is_nan(v: Any) -> bool:
 
 def best_row(rows: list[dict[str, Any]], space: spaces.Space) -> dict[str, Any] | None:
     """The best trial that did not fail (Tune's own get_best_result would accept errored ones)."""
-    ok = [r for r in rows if not r["status"].startswith("failed") and space.metric in r]
+    ok = [r for r in rows if not r["status"].startswith(UNRANKED) and space.metric in r]
     if not ok:
         return None
     return max(ok, key=lambda r: rank_key(r, space))
@@ -77,7 +81,7 @@ def rank_key(row: dict[str, Any], space: spaces.Space) -> float:
 
 def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Trials not dominated on (validation accuracy up, validation CE down)."""
-    ok = [r for r in rows if not r["status"].startswith("failed") and "val_acc" in r]
+    ok = [r for r in rows if not r["status"].startswith(UNRANKED) and "val_acc" in r]
 
     def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
         return (a["val_acc"] >= b["val_acc"] and a["val_ce"] <= b["val_ce"]
@@ -92,7 +96,8 @@ def summarize(results: Any, space: spaces.Space, epochs: int, path: Path, wall: 
     best_config.yaml beside Tune's state. ``epochs``: what a completed trial reaches."""
     rows = trial_rows(results, space, epochs)
     best = best_row(rows, space)
-    counts = {s: sum(r["status"].startswith(s) for r in rows) for s in ("completed", "stopped early", "failed")}
+    counts = {s: sum(r["status"].startswith(s) for r in rows)
+              for s in ("completed", "stopped early", "failed", "collapsed")}
     summary: dict[str, Any] = {"space": space.name, "metric": space.metric, "mode": space.mode,
                                "experiment_path": str(path), "wall_time_s": round(wall, 1), "trials": len(rows),
                                "num_samples": space.num_samples, **counts, "best": best}
@@ -117,7 +122,8 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 def print_summary(s: dict[str, Any], space: spaces.Space) -> None:
     print(f"\n== {s['space']}: {s['trials']} trials in {s['wall_time_s']:.0f}s: {s['completed']} completed, "
-          f"{s['stopped early']} stopped early, {s['failed']} failed")
+          f"{s['stopped early']} stopped early, {s['failed']} failed"
+          + (f", {s['collapsed']} collapsed" if s.get("collapsed") else ""))
     b = s.get("best")
     if b is None:
         print("no trial finished an epoch; see the errors in " + s["experiment_path"])
