@@ -148,7 +148,10 @@ def _cell(value: float | None, fmt: str) -> str:
 
 def report_table(row: str, results: dict[str, Any], paper: dict[str, Any] | None, seeds: int) -> list[str]:
     """The row in the paper's form: lambda, accuracy and CE (mean ± std over seeds), the paper's, the gap."""
-    lines = [f"### {Path(row).stem}", "",
+    forms = sorted({r["config"]["loss"].get("form", "paper") for m, r in results.items() if m.startswith("itra")})
+    form_line = [f"ITRA's form: {', '.join(forms)} (`loss.form`; `paper` is the paper's exact form).", ""] \
+        if forms else []
+    lines = [f"### {Path(row).stem}", "", *form_line,
              f"| method | λ (ours) | test acc % (mean ± std, {seeds} seeds) | test CE (mean ± std) | "
              "compactness (mean ± std) | s/epoch | λ (paper) | acc % (paper) | CE (paper) | acc gap | CE gap |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -127,3 +127,47 @@ def test_lambda_warms_up_linearly_over_its_steps_and_resumes_its_count():
     resumed.load_state_dict(losses.ITRA(2, lam=0.8, lam_warmup_steps=4).state_dict() | {"_extra_state": {"steps": 2}})
     parts = resumed(torch.zeros(8, 2), y, h1, h2, y)
     assert ((parts.total - parts.ce) / parts.match).item() == pytest.approx(0.6)
+
+
+def test_the_guarded_form_is_scale_invariant_at_chance_and_the_papers_once_learned():
+    g = torch.Generator().manual_seed(12)
+    h1 = torch.randn(16, 6, generator=g, requires_grad=True)
+    h2 = torch.randn(16, 6, generator=g, requires_grad=True)
+    y = torch.arange(16) % 4
+    chance, learned = torch.zeros(16, 4), 20.0 * F.one_hot(y, 4).float()  # CE ln 4, and about 0
+
+    def radial(form, logits):
+        parts = losses.ITRA(4, lam=1.0, class_conditional=True, form=form)(logits, y, h1, h2, y)
+        grads = torch.autograd.grad(parts.match, [h1, h2])
+        return sum((gr * h).sum() for gr, h in zip(grads, (h1, h2))).item(), parts.match
+
+    paper, value = radial("paper", chance)
+    assert paper > 1e-3
+    at_chance, value_guarded = radial("guarded", chance)
+    assert abs(at_chance) < 1e-5 and torch.equal(value_guarded, value)
+    assert radial("guarded", learned)[0] == pytest.approx(paper, rel=1e-5)
+    assert abs(radial("scale_invariant", learned)[0]) < 1e-5
+
+
+@pytest.mark.parametrize("form", ["paper", "guarded"])
+def test_the_engine_ends_a_collapsing_trial_and_the_default_form_does_not_collapse(tiny_config, form):
+    from itra_tune import engine
+
+    cfg = tiny_config(**{"loss.form": form, "loss.lam": 2.0})  # the engine's mlp: no normalization
+    if form == "paper":
+        with pytest.raises(engine.Collapsed, match=r"collapsed: feature spread .* stays at chance .*form paper"):
+            engine.fit(cfg)
+    else:
+        assert engine.fit(cfg).history[-1]["val_acc"] > 0.6  # measured 0.92; chance is 0.1
+
+
+def test_the_watch_resumes_from_the_losss_state():
+    loss = losses.ITRA(3, lam=1.0)
+    g = torch.Generator().manual_seed(13)
+    y = torch.arange(8) % 3
+    for _ in range(3):
+        loss(torch.zeros(8, 3), y, torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g), y)
+    resumed = losses.ITRA(3, lam=1.0)
+    resumed.load_state_dict(loss.state_dict())
+    assert resumed.watch.state_dict() == pytest.approx(loss.watch.state_dict())
+    assert resumed.watch.steps == 3

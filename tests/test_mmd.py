@@ -152,3 +152,30 @@ def test_no_shared_class_gives_zero():
 def test_bad_bandwidth_arguments(scheme, sigma, message):
     with pytest.raises(ValueError, match=message):
         mmd.mmd(torch.randn(3, 2), torch.randn(3, 2), scheme, sigma)
+
+
+
+def test_detach_scale_keeps_the_value_and_takes_the_scale_out_of_the_gradient():
+    g = torch.Generator().manual_seed(11)
+    h1 = torch.randn(12, 5, generator=g, requires_grad=True)
+    h2 = torch.randn(12, 5, generator=g, requires_grad=True)
+    y = torch.arange(12) % 3
+
+    def match(weight):
+        a, b = mmd.detach_scale(h1, h2, weight) if weight is not None else (h1, h2)
+        value = mmd.class_conditional_mmd(a, y, b, y, 3)
+        grads = torch.autograd.grad(value, [h1, h2])
+        return value, sum((gr * h).sum() for gr, h in zip(grads, (h1, h2))).item()  # <grad, h>: along the scale
+
+    paper, radial_paper = match(None)
+    free, radial_free = match(1.0)
+    torch.testing.assert_close(free, paper)  # the same value
+    assert radial_paper > 1e-3  # the paper's form: shrinking every feature lowers the loss
+    assert abs(radial_free) < 1e-5  # taken out: nothing to gain by shrinking
+    assert match(0.5)[1] == pytest.approx(0.5 * radial_paper, rel=1e-3)
+    assert match(0.0)[1] == pytest.approx(radial_paper, rel=1e-5)
+
+
+def test_mean_sq_dist_is_the_off_diagonal_mean_of_the_pairwise_distances():
+    z = torch.randn(9, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    torch.testing.assert_close(mmd.mean_sq_dist(z), mmd.pairwise_sq_dists(z).sum() / (9 * 8))

@@ -58,7 +58,7 @@ def test_lambda_zero_is_cross_entropy_in_value_and_gradient(pairing, name):
 
 def test_detached_sends_the_matching_gradient_through_s1_only():
     model, x, y = _setup(1)
-    loss = _loss("itra_c", 0.8, "detached", model.feature_dim)
+    loss = losses.build(LossConfig(name="itra_c", lam=0.8, form="paper"), K, model.feature_dim)  # by hand below
     parts = engine.train_step_loss(model, loss, _steps(x, y)["detached"])
     got = torch.autograd.grad(parts.total, list(model.parameters()))
     # by hand: S2's features are constants; CE on S1 plus lambda times the matching loss against them
@@ -98,7 +98,7 @@ def test_memory_matches_before_it_remembers_and_starts_with_cross_entropy_alone(
 
 def test_class_conditional_loss_against_the_memory_equals_the_per_class_loop():
     g = torch.Generator().manual_seed(3)
-    loss = losses.build(LossConfig(name="itra_c", lam=1.0), 10, 8, memory=4 * M)
+    loss = losses.build(LossConfig(name="itra_c", lam=1.0, form="paper"), 10, 8, memory=4 * M)
     for _ in range(5):  # more batches than the memory holds: it wraps around
         loss.memory.push(torch.randn(M, 8, generator=g), torch.randint(0, 10, (M,), generator=g))
     h1 = torch.randn(M, 8, generator=g, requires_grad=True)

@@ -23,12 +23,17 @@ def test_rows_statuses_best_and_pareto(space_file, tmp_path):
         _result(tmp_path / "trial_a", {"loss.lam": 0.2}, [(0.5, 1.0), (0.8, 0.6)]),  # completed
         _result(tmp_path / "trial_b", {"loss.lam": 0.9}, [(0.8, 0.5)]),  # stopped early, ties a on acc
         _result(tmp_path / "trial_c", {"loss.lam": 2.0}, [(0.9, 0.4)], error=RuntimeError("loss became nan")),
+        # the engine's Collapsed, as Ray hands it back: a traceback whose last line names the error
+        _result(tmp_path / "trial_e", {"loss.lam": 4.0}, [(0.95, 0.3)], error=RuntimeError(
+            "Traceback (most recent call last):\n  ...\nitra_tune.engine.Collapsed: collapsed: feature spread 0 is "
+            "0.0% of its peak 3.98 while CE 2.302 stays at chance (ln K = 2.303) after 20 steps")),
         # Ctrl-C can leave a trial Tune created but never started: no configuration, no results
         Result(metrics=None, checkpoint=None, error=None, path=str(tmp_path / "trial_d")),
     ]
     rows = results.trial_rows(grid, space, epochs=2)
-    assert [r["trial"] for r in rows] == ["trial_a", "trial_b", "trial_c"]
-    assert [r["status"][:13] for r in rows] == ["completed", "stopped early", "failed: loss "]
+    assert [r["trial"] for r in rows] == ["trial_a", "trial_b", "trial_c", "trial_e"]
+    assert [r["status"][:13] for r in rows] == ["completed", "stopped early", "failed: loss ", "collapsed: fe"]
+    assert rows[3]["status"].endswith("after 20 steps")
     best = results.best_row(rows, space)
-    assert best["trial"] == "trial_b"  # equal val_acc with a, lower val_ce; c failed and is never best
+    assert best["trial"] == "trial_b"  # equal val_acc with a, lower val_ce; c failed and e collapsed: never best
     assert [r["trial"] for r in results.pareto_front(rows)] == ["trial_b"]
