@@ -35,9 +35,9 @@ class ITRATrainer(Trainer):
     ``form`` is ``ITRALoss``'s: ``guarded`` (the default), ``scale_invariant``, or ``paper``, the paper's exact
     form, which can collapse an encoder's features (the loss warns when it sees that happen).
 
-    ``lam``, ``pairing``, ``bandwidth`` and ``form`` can be searched with ``trainer.hyperparameter_search``: put them in the
-    ``hp_space`` beside TrainingArguments' fields. Works with single-label classification models whose output
-    has ``logits``; the features are the input of the model's head (``itra_tune.split_model``).
+    ``lam``, ``pairing``, ``bandwidth`` and ``form`` can be searched with ``trainer.hyperparameter_search``: put
+    them in the ``hp_space`` beside TrainingArguments' fields. Works with single-label classification models
+    whose output has ``logits``; the features are the input of the model's head (``itra_tune.split_model``).
     """
 
     loss_is_scaled_for_ga = False  # the loss is a per-batch mean: the Trainer divides it for accumulation

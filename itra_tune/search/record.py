@@ -41,7 +41,8 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
         else:
             tracker = tracking.Tracker(uri, space.name, parent)
         out["ui"] = tracking.ui_link(uri, tracker.exp_id)
-        ranked = sorted((r for r in rows.values() if space.metric in r and not r["status"].startswith(config_mod.UNRANKED)),
+        ranked = sorted((r for r in rows.values()
+                         if space.metric in r and not r["status"].startswith(config_mod.UNRANKED)),
                         key=lambda r: rank_key(r, space), reverse=True)
         with_model = {r["trial"] for r in (ranked if log_models is None else ranked[:log_models])}
         data = None if cfg is None else \
