@@ -171,3 +171,12 @@ def test_the_watch_resumes_from_the_losss_state():
     resumed.load_state_dict(loss.state_dict())
     assert resumed.watch.state_dict() == pytest.approx(loss.watch.state_dict())
     assert resumed.watch.steps == 3
+
+
+def test_an_unknown_form_is_one_line_naming_the_choices():
+    from itra_tune import config
+
+    with pytest.raises(ConfigError, match="unknown form 'exact'; choose one of guarded, scale_invariant, paper"):
+        losses.ITRA(3, lam=0.5, form="exact")
+    with pytest.raises(ConfigError, match=r"loss.form unknown form 'exact'"):
+        config.from_dict({"loss": {"form": "exact"}}, "my.yaml")
