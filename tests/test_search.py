@@ -60,6 +60,26 @@ def test_four_trial_search_end_to_end(ray_local, space_file, tmp_path, capsys):
     lams = {float(r["loss.lam"]) for r in _trials(exp)}
     assert len(lams) == 4 and all(0.1 <= v <= 1.0 for v in lams)
 
+    # the Optuna study is stored in the experiment's folder, where optuna.load_study and optuna-dashboard read it
+    import optuna
+
+    url = f"sqlite:///{exp / 'optuna.db'}"
+    assert summary["optuna"] == {"storage": url, "study": "e2e", "dashboard": f"optuna-dashboard {url}"}
+    assert f"optuna-dashboard {url}" in out
+    study = optuna.load_study(study_name="e2e", storage=url)
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert sorted(t.params["loss.lam"] for t in done) == sorted(lams)
+
+    # a new search starts from it: its trials seed the sampler, its best configuration runs first
+    assert _search(["--space", space, "--storage-path", tmp_path / "st", "--name", "again", "--warm-start", "e2e",
+                    "--num-samples", "2", "--seed", "4"]) == 0
+    again = optuna.load_study(study_name="again", storage=f"sqlite:///{tmp_path / 'st' / 'again' / 'optuna.db'}")
+    copied = [t for t in again.trials if t.user_attrs.get("warm_start_from") == "e2e"]
+    assert sorted(t.params["loss.lam"] for t in copied) == sorted(lams)
+    new = [t for t in again.trials if t not in copied]
+    assert len(new) == 2 and new[0].params == study.best_trial.params
+    assert "started from 4 trials of 'e2e'" in capsys.readouterr().out
+
 
 def test_the_pairing_of_s2_is_searched_like_any_other_key(ray_local, space_file, tmp_path):
     space = space_file(name="pairings", search={
@@ -193,6 +213,9 @@ def test_pareto_objective_and_method_comparison(ray_local, space_file, tmp_path,
     (["--space", "demo", "--set", "data.name=cifar10", "--set", "data.root=/nonexistent"],
      "dataset 'cifar10' not found"),
     (["--space", "demo", "--scheduler", "bohb"], "invalid choice"),
+    (["--space", "demo", "--warm-start", "nosuch"], "--warm-start: no search 'nosuch'"),
+    (["--space", "demo", "--warm-start", "a", "--name", "b", "--resume"], "--warm-start starts a new search"),
+    (["--space", "demo", "--optuna-storage", "nosuchdb://x"], "--optuna-storage 'nosuchdb://x' cannot be opened"),
 ])
 def test_bad_input_exits_2_with_one_line_before_ray(tmp_path, capsys, args, message):
     code = _search([*args, "--storage-path", tmp_path / "st"])

@@ -52,6 +52,8 @@ class Options:
     name: str | None = None  # the experiment (default <space>-<time>); with resume, the one to continue
     resume: bool = False  # continue the experiment ``name`` as it was started
     seed: int = 0  # the Optuna sampler's seed
+    optuna_storage: str | None = None  # the Optuna study's database URL (default a SQLite file in the experiment)
+    warm_start: str | None = None  # an earlier search's name: its trials seed the sampler, its best runs first
     overrides: tuple[str, ...] = ()  # key=value overrides of the base configuration
     smoke: bool = False  # the space's smoke settings: a handful of short trials
     max_failures: int = 0  # retries of a failing trial from its latest checkpoint
@@ -102,6 +104,11 @@ def run(space: str | Path = "demo", **options: Any) -> list[dict[str, Any]]:
     stem = opts.name or f"{prepared.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     names = [f"{stem}-{method_slug(m)}" if m else stem for _, m in plan]
     saved: dict[str, tuple[str, str]] = {}  # name -> (objective, parent run id), for a resumed search
+    if opts.optuna_storage is not None:
+        from itra_tune.search import study
+
+        study.storage(opts.optuna_storage)  # answers, or one line before Ray starts
+    warm = check_warm_start(plan, storage, opts)
     for i, n in enumerate(names):
         exists = (storage / n).is_dir()
         if opts.resume and not exists:
@@ -113,19 +120,43 @@ def run(space: str | Path = "demo", **options: Any) -> list[dict[str, Any]]:
 
             sp, objective, parent = load_settings(storage / n)
             plan[i], saved[n] = (sp, plan[i][1]), (objective, parent)
-    return _run_plan(plan, names, saved, storage, uri, opts, resume_command(space, stem, opts))
+    return _run_plan(plan, names, saved, storage, uri, opts, resume_command(space, stem, opts), warm)
+
+
+def check_warm_start(plan: list[tuple[spaces.Space, str | None]], storage: Path, opts: Options) -> list[Any]:
+    """The earlier studies each experiment of ``plan`` starts from (None each without ``warm_start``); ConfigError,
+    before anything is written, when one is missing or ranked by another objective."""
+    if opts.warm_start is None:
+        return [None] * len(plan)
+    if opts.resume:
+        raise ConfigError("--warm-start starts a new search from an earlier one; --resume continues a search as it "
+                          "was started: give one of them")
+    from itra_tune.search import study, tuner
+
+    out = []
+    for sp, method in plan:
+        if sp.scheduler["name"] == "pbt":
+            raise ConfigError("--warm-start seeds Optuna's sampler; population based training (pbt) samples without "
+                              "it: choose another scheduler")
+        name = f"{opts.warm_start}-{method_slug(method)}" if method else opts.warm_start
+        url = study.storage_url(opts.optuna_storage, storage / name)
+        if opts.optuna_storage is None and not (storage / name / study.DB_FILE).is_file():
+            raise ConfigError(f"--warm-start: no search {name!r} with an Optuna study in {storage}; name an earlier "
+                              f"search of this space (its --name), or give its --optuna-storage")
+        out.append(study.load_previous(url, name, *tuner.objectives(sp, opts.objective)))
+    return out
 
 
 def _run_plan(plan: list[tuple[spaces.Space, str | None]], names: list[str], saved: dict[str, tuple[str, str]],
-              storage: Path, uri: str, opts: Options, resume_cmd: str) -> list[dict[str, Any]]:
+              storage: Path, uri: str, opts: Options, resume_cmd: str, warm: list[Any]) -> list[dict[str, Any]]:
     import ray
 
-    from itra_tune.search import record, results, trainable, tuner
+    from itra_tune.search import record, results, study, trainable, tuner
 
     tuner.init_ray(opts.address)
     available = ray.cluster_resources()
     summaries = []
-    for (sp, _method), name in zip(plan, names):
+    for (sp, _method), name, previous in zip(plan, names, warm):
         user_fn = trainable.resolve_trainable(opts.trainable or sp.trainable) if sp.trainable else None
         sp = tuner.fit_resources(sp, available)
         if user_fn is None:
@@ -138,12 +169,20 @@ def _run_plan(plan: list[tuple[spaces.Space, str | None]], names: list[str], sav
                                        artifacts=[sp.path])
             parent = tracker.parent
             tracker.log_artifact(tuner.save_settings(sp, objective, storage / name, parent))
+        stored = None
+        if sp.scheduler["name"] != "pbt":  # population based training samples without Optuna
+            stored = (study.storage_url(opts.optuna_storage, storage / name), name)
+            seeded = study.create(*stored, *tuner.objectives(sp, objective), previous, sp.params)
         t0 = time.perf_counter()
         grid = tuner.run_experiment(sp, epochs, name, storage,
                                     tuner.TrackingCallback(uri, sp.name, parent, user=user_fn is not None),
                                     objective=objective, seed=opts.seed, max_failures=opts.max_failures,
-                                    resume=opts.resume, user_fn=user_fn)
+                                    resume=opts.resume, user_fn=user_fn, study=stored)
         summary = results.summarize(grid, sp, epochs, storage / name, time.perf_counter() - t0, objective)
+        if stored is not None:
+            summary["optuna"] = {"storage": stored[0], "study": name, "dashboard": study.dashboard_command(stored[0])}
+            if previous is not None:
+                summary["optuna"]["warm_start"] = {"from": previous.study_name, "trials": seeded}
         summary["interrupted"] = summary["trials"] < sp.num_samples  # Ctrl-C: Tune saved its state, returned
         summary["resume_command"] = resume_cmd
         summary["tracking"] = record.record(grid, summary, sp, sp_cfg, uri, parent, storage / name,
@@ -266,6 +305,7 @@ def resume_command(space: str | Path, stem: str, opts: Options) -> str:
     return " ".join([cli.command(), "-m itra_tune.search", "--space", str(space), "--name", stem, "--resume"]
                     + (["--methods", ",".join(opts.methods)] if opts.methods else [])
                     + (["--storage-path", opts.storage_path] if opts.storage_path else [])
+                    + (["--optuna-storage", opts.optuna_storage] if opts.optuna_storage else [])
                     + (["--tracking-uri", opts.tracking_uri] if opts.tracking_uri else []))
 
 

@@ -33,6 +33,11 @@ def parser() -> cli.Parser:
     p.add_argument("--name", help="experiment name (default <space>-<time>); with --resume, the one to continue")
     p.add_argument("--resume", action="store_true", help="continue the experiment --name after a crash or kill")
     p.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler")
+    p.add_argument("--optuna-storage", metavar="URL",
+                   help="database of the Optuna study, e.g. postgresql://host/db for a cluster (default: "
+                        "optuna.db in the experiment's folder)")
+    p.add_argument("--warm-start", metavar="NAME",
+                   help="start from the earlier search NAME: its trials seed the sampler, its best runs first")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base configuration")
     p.add_argument("--smoke", action="store_true", help="a handful of short trials, to try a space")
     p.add_argument("--max-failures", type=int, default=0, help="retries of a failing trial from its checkpoint")

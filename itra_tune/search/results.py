@@ -149,6 +149,12 @@ def print_summary(s: dict[str, Any], space: spaces.Space) -> None:
               + ("" if t["uri"].startswith("http") else
                  f"\n         browse with `{cli.command('mlflow')} ui --backend-store-uri {t['uri']}`, then open")
               + f"\n         {t['ui']}")
+    o = s.get("optuna")
+    if o:
+        warm = o.get("warm_start")
+        print(f"Optuna:  study {o['study']!r} in {o['storage']}"
+              + (f", started from {warm['trials']} trials of {warm['from']!r}" if warm else "")
+              + f"\n         browse with `{o['dashboard']}` (pip install optuna-dashboard)")
     print(f"resume:  {s['resume_command']}")
 
 

@@ -16,6 +16,7 @@ from ray import tune
 
 from itra_tune import spaces, tracking
 from itra_tune.config import ConfigError
+from itra_tune.search import study as study_mod
 from itra_tune.search.trainable import (
     SELECTION,
     WORKERS_GROUP,
@@ -116,8 +117,9 @@ def objectives(space: spaces.Space, objective: str) -> tuple[Any, Any]:
     return space.metric, space.mode
 
 
-def build_searcher(space: spaces.Space, objective: str, seed: int) -> Any:
-    """Optuna's TPE (seeded) over the space's parameters, at most ``max_concurrent`` trials in flight.
+def build_searcher(space: spaces.Space, objective: str, seed: int, study: tuple[str, str] | None = None) -> Any:
+    """Optuna's TPE (seeded) over the space's parameters, at most ``max_concurrent`` trials in flight; ``study``:
+    (database URL, study name) of a stored study to record into and continue, else an in-memory one.
 
     Under population based training, which takes no searcher, Tune's random sampling of the same space
     (``param_space``) draws the first population.
@@ -130,7 +132,8 @@ def build_searcher(space: spaces.Space, objective: str, seed: int) -> Any:
         return BasicVariantGenerator(max_concurrent=space.max_concurrent, random_state=seed)
     metric, mode = objectives(space, objective)
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, max(1, space.num_samples // 2)))
-    searcher = OptunaSearch(space=DefineByRun(space.params), metric=metric, mode=mode, sampler=sampler)
+    stored = {} if study is None else {"storage": study_mod.storage(study[0]), "study_name": study[1]}
+    searcher = OptunaSearch(space=DefineByRun(space.params), metric=metric, mode=mode, sampler=sampler, **stored)
     return ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent)
 
 
@@ -295,8 +298,9 @@ class FreeWorkers(tune.Callback):
 
 def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, callback: TrackingCallback, *,
                    objective: str, seed: int, max_failures: int, resume: bool,
-                   user_fn: Callable[..., Any] | None = None) -> Any:
-    """Run (or resume) one experiment and return its ResultGrid; ``user_fn``: a user trainable, else the engine."""
+                   user_fn: Callable[..., Any] | None = None, study: tuple[str, str] | None = None) -> Any:
+    """Run (or resume) one experiment and return its ResultGrid; ``user_fn``: a user trainable, else the engine;
+    ``study``: (database URL, study name) of the stored Optuna study the searcher records into."""
     resources = {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial}
     if user_fn is not None:
         ship_by_value(user_fn)
@@ -328,7 +332,7 @@ def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, c
     tuner = tune.Tuner(
         trainable,
         param_space={"base": space.base, **sampled},
-        tune_config=tune.TuneConfig(search_alg=build_searcher(space, objective, seed),
+        tune_config=tune.TuneConfig(search_alg=build_searcher(space, objective, seed, study),
                                     scheduler=build_scheduler(space, epochs),
                                     num_samples=space.num_samples,
                                     # Ray 2.60: under PBT a reused actor ended exploited trials an epoch or two

@@ -1,0 +1,157 @@
+"""Oracle grids for the search-quality benchmark: every point of a grid over a task's searched keys, trained at
+the full budget with 3 seeds, its validation and test figures recorded at every epoch.
+
+    ITRA_TUNE_DATA=/path/to/data python -m benchmarks.oracle [--tasks fmnist_overfit,digits,fmnist_cosine] \\
+        [--workers 2] [--out docs/results/search-quality/oracle.json]
+
+The cache is written after every run (atomically) and read back on start: an interrupted grid resumes where it
+stopped, and a finished one costs nothing. ``benchmarks.search_quality`` replays searches against these curves:
+a trial of a configuration at epoch e sees the validation figures one of its seeds reached at epoch e and costs
+the seconds that seed's epochs took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from itra_tune import engine, spaces
+
+OUT = Path("docs/results/search-quality/oracle.json")
+SEEDS = (0, 1, 2)
+LAMS = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0)  # a log grid with lambda = 0 (plain cross-entropy) on it
+BANDWIDTHS = ("median", "mean", "multiscale")
+FIGURES = ("val_acc", "val_ce", "test_acc", "test_ce", "epoch_time")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A CPU-sized task: a shipped space, the overrides that size it, the grid over its searched keys."""
+
+    space: str
+    overrides: tuple[str, ...]
+    grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    max_concurrent: int = 4  # trials side by side, as the space runs them (ASHA's asynchrony depends on it)
+
+    @property
+    def epochs(self) -> int:
+        return spaces.load(self.space).base_config(self.overrides).train.epochs
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every grid point; at lambda = 0 the bandwidth is unused, so one point per other value."""
+        keys = list(self.grid)
+        seen, out = set(), []
+        for values in itertools.product(*self.grid.values()):
+            point = dict(zip(keys, values))
+            if point.get("loss.lam", 1) == 0:
+                point["loss.bandwidth"] = "median"
+            key = point_key(point)
+            if key not in seen:
+                seen.add(key)
+                out.append(point)
+        return out
+
+
+_FMNIST_1K = ("model.name=mlp", "data.augment=false", "data.subset=1000", "train.threads=1")
+TASKS = {
+    # Where plain CE overfits: 1,000 images, 60 epochs at a constant rate, no weight decay (the pairings study's
+    # regime). ITRA's benefit there is a late one: test CE that does not climb.
+    "fmnist_overfit": Task("fmnist", (*_FMNIST_1K, "optim.schedule=none", "optim.weight_decay=0", "train.epochs=60"),
+                           {"loss.lam": LAMS, "data.batch_size": (64, 128, 256), "loss.bandwidth": BANDWIDTHS}),
+    # The space's own recipe (cosine schedule, weight decay) on the same 1,000 images, 30 epochs: early epochs run
+    # at a high rate, so early rungs rank trials at a moment unlike the end.
+    "fmnist_cosine": Task("fmnist", (*_FMNIST_1K, "train.epochs=30"),
+                          {"loss.lam": LAMS, "data.batch_size": (64, 128, 256), "loss.bandwidth": BANDWIDTHS}),
+    # The embedded demo as shipped (small CNN, bundled digits, 6 epochs), its learning rate searched too.
+    "digits": Task("demo", ("train.threads=1",),
+                   {"loss.lam": LAMS, "data.batch_size": (32, 64, 128), "loss.bandwidth": BANDWIDTHS,
+                    "optim.lr": (0.015, 0.05, 0.15)}, max_concurrent=2),
+}
+
+
+def point_key(point: dict[str, Any]) -> str:
+    return ",".join(f"{k}={point[k]}" for k in sorted(point))
+
+
+def run_key(task: str, point: dict[str, Any], seed: int) -> str:
+    return f"{task}|{point_key(point)}|seed={seed}"
+
+
+def train(job: tuple[str, dict[str, Any], int]) -> dict[str, Any]:
+    """One grid point and seed at the full budget: its figures at every epoch."""
+    name, point, seed = job
+    task = TASKS[name]
+    torch.set_num_threads(1)
+    cfg = spaces.load(task.space).base_config([*task.overrides, f"seed={seed}",
+                                               *(f"{k}={v}" for k, v in point.items())])
+    curves: dict[str, list[float]] = {f: [] for f in FIGURES}
+
+    def report(row: dict[str, Any], _checkpoint: dict[str, Any]) -> None:
+        for f in FIGURES:
+            curves[f].append(round(float(row[f]), 5))
+
+    status = "ok"
+    try:
+        engine.fit(cfg, report)
+    except engine.Diverged as e:  # a collapsed or diverged point is a result too: its trial would end there
+        status = f"{type(e).__name__.lower()}: {e}"
+    return {"task": name, "params": point, "seed": seed, "status": status, "curves": curves}
+
+
+def load(path: Path = OUT) -> dict[str, dict[str, Any]]:
+    """The cached runs by run key (empty when there is no cache yet)."""
+    if not path.exists():
+        return {}
+    runs = json.loads(path.read_text())["runs"]
+    return {run_key(r["task"], r["params"], r["seed"]): r for r in runs}
+
+
+def save(runs: dict[str, dict[str, Any]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"seeds": list(SEEDS), "tasks": {n: {"space": t.space, "overrides": list(t.overrides),
+                                                "grid": {k: list(v) for k, v in t.grid.items()}}
+                                            for n, t in TASKS.items()},
+            "runs": sorted(runs.values(), key=lambda r: run_key(r["task"], r["params"], r["seed"]))}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(body, separators=(",", ":")))
+    os.replace(tmp, path)  # a killed grid leaves the previous cache, never half of one
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.oracle", description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--workers", type=int, default=2, help="runs side by side, one thread each")
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args(argv)
+    unknown = [t for t in args.tasks.split(",") if t not in TASKS]
+    if unknown:
+        p.error(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+    runs = load(args.out)
+    jobs = [(name, point, seed) for name in args.tasks.split(",") for point in TASKS[name].points() for seed in SEEDS
+            if run_key(name, point, seed) not in runs]
+    print(f"{len(runs)} runs cached, {len(jobs)} to train with {args.workers} workers", flush=True)
+    t0 = time.perf_counter()
+    with mp.get_context("spawn").Pool(args.workers) as pool:
+        for i, r in enumerate(pool.imap_unordered(train, jobs), 1):
+            runs[run_key(r["task"], r["params"], r["seed"])] = r
+            save(runs, args.out)
+            done = time.perf_counter() - t0
+            c = r["curves"]
+            last = f"val acc {c['val_acc'][-1]:.4f} test CE {c['test_ce'][-1]:.4f}" if c["val_acc"] else ""
+            print(f"[{i}/{len(jobs)} {done / 60:.1f} min, {done / i * (len(jobs) - i) / 60:.0f} min left] "
+                  f"{r['task']} {point_key(r['params'])} seed {r['seed']}: {r['status']} {last}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning")
+    raise SystemExit(main())
