@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -21,7 +22,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from itra_tune import data as data_mod
 from itra_tune import losses, models, parallel
-from itra_tune.config import Config, ConfigError, OptimConfig
+from itra_tune.config import Config, ConfigError, DataConfig, OptimConfig
 from itra_tune.data import Step, memory_rows
 
 Report = Callable[[dict[str, float], dict[str, Any]], None]
@@ -281,22 +282,13 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
          progress: bool) -> FitResult:
     cuda = device.type == "cuda"
     amp, channels_last = cuda and config.train.amp, cuda and config.train.channels_last
-    paired = losses.needs_second_batch(config.loss.name)
     workers, rank = parallel.world(), parallel.rank()
     data_cfg = config.data  # with several workers, one global batch of every worker's m rows per step
     if workers > 1:
         data_cfg = replace(data_cfg, batch_size=data_cfg.batch_size * workers,
                            second_batch_size=data_cfg.second_batch_size and data_cfg.second_batch_size * workers)
-    data = data_mod.build(data_cfg, device, config.seed, paired=paired, model_name=config.model.name)
-    model = models.build(config.model.name, data.num_classes, data.input_shape, config.model.pretrained,
-                         data.normalization).to(device)
-    if channels_last and len(data.input_shape) == 3:
-        model = model.to(memory_format=torch.channels_last)
-    loss_fn = losses.build(config.loss, data.num_classes, model.feature_dim,
-                           memory=memory_rows(data_cfg, paired)).to(device)
-    net = parallel.wrap(model, device, config.train.sync_batchnorm)
+    data, model, loss_fn, net, optimizer = build_training(config, data_cfg, device, channels_last)
     steps_of_epoch = parallel.Sharded(data.train, rank, workers)
-    optimizer = build_optimizer(config, model, loss_fn)
     schedule, per_step = build_schedule(config.optim, optimizer, config.train.epochs, len(data.train))
     history: list[dict[str, float]] = []
     start = 0
@@ -335,6 +327,47 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
             })
     best = max(history, key=lambda r: r.get("val_acc", r["epoch"])) if history else {}
     return FitResult(model, history, best)
+
+
+def build_training(config: Config, data_cfg: DataConfig, device: torch.device,
+                   channels_last: bool = False) -> tuple[Any, models.Classifier, nn.Module, nn.Module, Any]:
+    """The data, model, loss, forward (data-parallel when a process group is set up) and optimizer of a run."""
+    paired = losses.needs_second_batch(config.loss.name)
+    data = data_mod.build(data_cfg, device, config.seed, paired=paired, model_name=config.model.name)
+    model = models.build(config.model.name, data.num_classes, data.input_shape, config.model.pretrained,
+                         data.normalization).to(device)
+    if channels_last and len(data.input_shape) == 3:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = losses.build(config.loss, data.num_classes, model.feature_dim,
+                           memory=memory_rows(data_cfg, paired)).to(device)
+    net = parallel.wrap(model, device, config.train.sync_batchnorm)
+    return data, model, loss_fn, net, build_optimizer(config, model, loss_fn)
+
+
+def step_seconds(config: Config, steps: int = 9, warmup: int = 3) -> float:
+    """Measured seconds of one training step of ``config`` on its device (the median of ``steps`` after
+    ``warmup`` steps), on a small subset of its data: what a method's trial costs relative to another's."""
+    device = resolve_device(config.device)
+    rows = (steps + warmup) * 2 * config.data.batch_size  # S1 and S2 of every step
+    data_cfg = replace(config.data, subset=min(config.data.subset or rows, rows))
+    threads = torch.get_num_threads()
+    try:
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            torch.manual_seed(config.seed)
+            if config.train.threads is not None:
+                torch.set_num_threads(config.train.threads)
+            data, model, loss_fn, net, optimizer = build_training(config, data_cfg, device)
+            batches = iter(data.train)
+            times = []
+            for _ in range(steps + warmup):
+                t0 = time.perf_counter()
+                train_epoch(model, loss_fn, optimizer, None, [next(batches)], device, False, False)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return statistics.median(times[warmup:])
 
 
 def _bar(enabled: bool, total: int, desc: str) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -189,13 +190,19 @@ def test_diverging_trial_is_failed_never_best(ray_local, space_file, tmp_path, c
 def test_pareto_objective_and_method_comparison(ray_local, space_file, tmp_path, capsys):
     space = space_file(budget={"num_samples": 2, "max_concurrent": 2})
     code = _search(["--space", space, "--storage-path", tmp_path / "st", "--name", "cmp", "--methods", "ce,itra_c",
-                    "--objective", "acc_ce"])
+                    "--objective", "acc_ce", "--equal-compute"])
     out = capsys.readouterr().out
     assert code == 0
     assert "methods side by side" in out and "tiny-ce" in out and "tiny-itra_c" in out
+    # equal compute: each method's trials in inverse proportion to its measured step cost, the cheapest gets 2
+    allotted = {m: (float(r), int(n)) for m, r, n in
+                re.findall(r"^equal compute: (\S+) [\d.]+ ms a step \(([\d.]+)x\), (\d+) trials$", out, re.M)}
+    assert sorted(allotted) == ["ce", "itra_c"] and min(r for r, _ in allotted.values()) == 1.0
+    assert all(n == max(1, round(2 / r)) for r, n in allotted.values())
+    assert "budget: equal compute" in out
     for m in ("ce", "itra_c"):
         s = json.loads((tmp_path / "st" / f"cmp-{m}" / "summary.json").read_text())
-        assert s["trials"] == 2 and s["pareto_front"]
+        assert s["trials"] == allotted[m][1] and s["pareto_front"] and s["budget"] == "equal compute"
         assert s["best_config"]["loss"]["name"] == m
     from mlflow import MlflowClient
 
@@ -215,6 +222,7 @@ def test_pareto_objective_and_method_comparison(ray_local, space_file, tmp_path,
     (["--space", "demo", "--scheduler", "bohb"], "invalid choice"),
     (["--space", "demo", "--warm-start", "nosuch"], "--warm-start: no search 'nosuch'"),
     (["--space", "demo", "--warm-start", "a", "--name", "b", "--resume"], "--warm-start starts a new search"),
+    (["--space", "demo", "--equal-compute"], "--equal-compute shares one budget among the searches of --methods"),
     (["--space", "demo", "--optuna-storage", "nosuchdb://x"], "--optuna-storage 'nosuchdb://x' cannot be opened"),
 ])
 def test_bad_input_exits_2_with_one_line_before_ray(tmp_path, capsys, args, message):

@@ -47,6 +47,7 @@ class Options:
     scheduler: str | None = None  # asha | median | hyperband | pbt | none
     objective: str = "single"  # single: the space's metric; acc_ce: val_acc (max) and val_ce (min), Pareto
     methods: tuple[str, ...] = ()  # one search per method with the same budget, e.g. ("ce", "itra_c")
+    equal_compute: bool = False  # methods share compute, not trials: fewer trials for a dearer step
     address: str | None = None  # join this Ray cluster; None starts a local one
     storage_path: str | None = None  # where experiments live (default runs/search)
     name: str | None = None  # the experiment (default <space>-<time>); with resume, the one to continue
@@ -95,6 +96,8 @@ def run(space: str | Path = "demo", **options: Any) -> list[dict[str, Any]]:
     uri = tracking.resolve_uri(opts.tracking_uri)
     tracking.check_reachable(uri)
     plan = [(method_space(prepared, m), m) for m in opts.methods] or [(prepared, None)]
+    if opts.equal_compute and not opts.resume:
+        plan = equal_compute(plan)
     for sp, _ in plan:
         if sp.scheduler["name"] == "pbt" and not any(p.key.startswith(spaces.MUTABLE) for p in sp.params):
             raise ConfigError(f"{sp.name}: scheduler pbt mutates searched keys of loss or optim, and the space "
@@ -121,6 +124,22 @@ def run(space: str | Path = "demo", **options: Any) -> list[dict[str, Any]]:
             sp, objective, parent = load_settings(storage / n)
             plan[i], saved[n] = (sp, plan[i][1]), (objective, parent)
     return _run_plan(plan, names, saved, storage, uri, opts, resume_command(space, stem, opts), warm)
+
+
+def equal_compute(plan: list[tuple[spaces.Space, str | None]]) -> list[tuple[spaces.Space, str | None]]:
+    """The methods' spaces with trials in inverse proportion to their measured step cost: each gets the compute of
+    the budget's trials of the cheapest method (a step of ITRA with an independent S2 costs about two of CE)."""
+    if len(plan) < 2 or plan[0][1] is None:
+        raise ConfigError("--equal-compute shares one budget among the searches of --methods; name two or more")
+    if plan[0][0].trainable:
+        raise ConfigError("--equal-compute measures the engine's training steps; a user trainable has its own")
+    cost = [engine.step_seconds(config_mod.from_dict(sp.base, str(sp.path))) for sp, _ in plan]
+    out = []
+    for (sp, method), c in zip(plan, cost):
+        trials = max(1, round(sp.num_samples * min(cost) / c))
+        print(f"equal compute: {method} {1000 * c:.1f} ms a step ({c / min(cost):.2f}x), {trials} trials")
+        out.append((replace(sp, num_samples=trials), method))
+    return out
 
 
 def check_warm_start(plan: list[tuple[spaces.Space, str | None]], storage: Path, opts: Options) -> list[Any]:
@@ -184,6 +203,7 @@ def _run_plan(plan: list[tuple[spaces.Space, str | None]], names: list[str], sav
             if previous is not None:
                 summary["optuna"]["warm_start"] = {"from": previous.study_name, "trials": seeded}
         summary["interrupted"] = summary["trials"] < sp.num_samples  # Ctrl-C: Tune saved its state, returned
+        summary["budget"] = "equal compute" if opts.equal_compute else "equal trials"
         summary["resume_command"] = resume_cmd
         summary["tracking"] = record.record(grid, summary, sp, sp_cfg, uri, parent, storage / name,
                                             opts.register and not summary["interrupted"], opts.log_models, epochs)

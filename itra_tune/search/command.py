@@ -28,6 +28,9 @@ def parser() -> cli.Parser:
     p.add_argument("--objective", choices=OBJECTIVES, default="single",
                    help="acc_ce: validation accuracy (max) and CE (min) together; reports the Pareto front")
     p.add_argument("--methods", help="losses to compare, one search each, e.g. ce,lsr,center,itra_c")
+    p.add_argument("--equal-compute", action="store_true",
+                   help="give --methods equal compute, not equal trials: trials in inverse proportion to each "
+                        "method's measured step cost")
     p.add_argument("--address", help="join an existing Ray cluster (default: start a local one)")
     p.add_argument("--storage-path", help=f"where experiments live, shared on a cluster (default {DEFAULT_STORAGE})")
     p.add_argument("--name", help="experiment name (default <space>-<time>); with --resume, the one to continue")

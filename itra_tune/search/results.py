@@ -163,7 +163,9 @@ def _fmt(v: Any) -> str:
 
 
 def print_comparison(summaries: list[dict[str, Any]]) -> None:
-    print("\n== methods side by side (best trial of each, same budget)")
+    budget = summaries[0].get("budget", "equal trials")
+    print(f"\n== methods side by side (best trial of each; budget: {budget}: "
+          + ", ".join(f"{s['space']} {s['trials']} trials" for s in summaries) + ")")
     print(f"{'method':<24}{'val_acc':>9}{'val_ce':>9}{'test_acc':>10}{'test_ce':>9}  knobs")
     for s in summaries:
         b = s.get("best") or {}
