@@ -41,6 +41,7 @@ class Task:
     overrides: tuple[str, ...]
     grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     max_concurrent: int = 4  # trials side by side, as the space runs them (ASHA's asynchrony depends on it)
+    previous_asha: tuple[int, int] = (3, 3)  # the space's ASHA before this benchmark: grace period, reduction factor
 
     @property
     def epochs(self) -> int:
@@ -74,7 +75,7 @@ TASKS = {
     # The embedded demo as shipped (small CNN, bundled digits, 6 epochs), its learning rate searched too.
     "digits": Task("demo", ("train.threads=1",),
                    {"loss.lam": LAMS, "data.batch_size": (32, 64, 128), "loss.bandwidth": BANDWIDTHS,
-                    "optim.lr": (0.015, 0.05, 0.15)}, max_concurrent=2),
+                    "optim.lr": (0.015, 0.05, 0.15)}, max_concurrent=2, previous_asha=(2, 2)),
 }
 
 

@@ -16,6 +16,7 @@ below it. Written: ``regret.json`` (every repetition's curve), ``<task>_regret.p
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -29,10 +30,11 @@ import numpy as np
 import optuna
 
 from benchmarks import oracle
-from itra_tune import spaces
+from itra_tune import engine, spaces
 
 BUDGETS = (1, 2, 4, 8, 16, 32)  # compute, in full trainings (epochs / the task's epochs)
 SELECT = {"val_acc": "max", "val_ce": "min"}
+VAL_SIZE = {"fmnist_overfit": 6000, "fmnist_cosine": 6000, "digits": 270}  # validation examples of each task
 
 
 @dataclass
@@ -45,7 +47,7 @@ class Grid:
     curves: list[list[dict[str, list[float]]]]  # [point][seed] -> figure -> per-epoch values
     failed: list[list[bool]]
     test: dict[str, np.ndarray] = field(default_factory=dict)  # figure -> (points,) mean over seeds, last epoch
-    noise: dict[str, float] = field(default_factory=dict)  # figure -> std over seeds of the best point
+    noise: dict[str, float] = field(default_factory=dict)  # figure -> median std over seeds, best tenth of points
 
     @classmethod
     def load(cls, name: str, runs: dict[str, dict[str, Any]]) -> Grid:
@@ -64,9 +66,18 @@ class Grid:
             per_seed = np.array([[worst if f else c[fig][-1] for c, f in zip(cs, fs)]
                                  for cs, fs in zip(curves, failed)])
             g.test[fig] = per_seed.mean(axis=1)
-            best = int(np.argmax(g.test[fig]) if fig == "test_acc" else np.argmin(g.test[fig]))
-            g.noise[fig] = float(per_seed[best].std(ddof=1))
+            order = np.argsort(-g.test[fig] if fig == "test_acc" else g.test[fig])
+            top = order[: max(3, len(points) // 10)]  # the seeds' spread where a good search ends: the best tenth
+            g.noise[fig] = float(np.median(per_seed[top].std(axis=1, ddof=1)))
         return g
+
+    def seconds(self, point: int, seed: int, epoch: int) -> float:
+        """What epoch ``epoch`` of the point took (a failed run's missing epochs: its mean epoch)."""
+        times = self.curves[point][seed]["epoch_time"]
+        return times[epoch - 1] if epoch <= len(times) else (float(np.mean(times)) if times else 0.0)
+
+    def index(self, point: dict[str, Any]) -> int:
+        return [oracle.point_key(p) for p in self.points].index(oracle.point_key(point))
 
     def regret(self, point: int | None, fig: str) -> float:
         if point is None:  # nothing selected yet: the worst point of the grid
@@ -80,7 +91,6 @@ class Trial:
     point: int
     seed: int
     epoch: int = 0
-    best: float = math.nan
     failed: bool = False
     optuna_trial: Any = None
 
@@ -140,42 +150,60 @@ class ASHA:
         return cutoff is not None and self.sign * value < cutoff
 
 
-def simulate(grid: Grid, sampler: Sampler, scheduler: ASHA | None, metric: str, workers: int, budget: int,
-             rng: np.random.Generator, start: list[int] | None = None) -> list[int | None]:
-    """Run one search for ``budget`` epochs; the pick after every epoch of compute (grid point or None).
+def choose(grid: Grid, trials: list[Trial], rule: str) -> int | None:
+    """The pick among ended trials, each at its own selected epoch: ``val_acc`` (ties to the lower CE),
+    ``val_ce``, or ``tie``: accuracy within one standard error of the best counts as a tie, broken by the lower CE
+    (first among a trial's epochs, then among the trials)."""
+    def best(rows: list[tuple[float, float, int]]) -> tuple[float, float, int]:
+        if rule == "val_acc":
+            return max(rows, key=lambda r: (r[0], -r[1]))
+        if rule == "val_ce":
+            return min(rows, key=lambda r: r[1])
+        top = max(r[0] for r in rows)
+        tol = math.sqrt(max(top * (1 - top), 1e-12) / VAL_SIZE[grid.name])
+        return min((r for r in rows if r[0] >= top - tol), key=lambda r: r[1])
 
-    ``start``: points to begin with (their trials run first, then the sampler's)."""
-    sign = 1.0 if SELECT[metric] == "max" else -1.0
-    queue = list(start or [])
+    rows = []
+    for t in trials:
+        c = grid.curves[t.point][t.seed]
+        rows.append(best([(c["val_acc"][e], c["val_ce"][e], t.point) for e in range(t.epoch)]))
+    return best(rows)[2] if rows else None
+
+
+def simulate(grid: Grid, sampler: Sampler, scheduler: ASHA | None, metric: str, workers: int, budget: int,
+             rng: np.random.Generator, rule: str | None = None) -> tuple[int | None, float]:
+    """Run one search for ``budget`` epochs of compute; its pick among the trials that ended (grid point or None)
+    and the seconds its epochs took. Trials still running when the budget is spent are cut, as a search out of
+    time would cut them."""
     running: list[Trial] = []
-    pick, pick_score, trace = None, -math.inf, []
-    while len(trace) < budget:
+    ended_trials: list[Trial] = []
+    spent, seconds = 0, 0.0
+    while spent < budget:
         while len(running) < workers:
-            point, handle = (queue.pop(0), None) if queue else sampler.ask()
+            point, handle = sampler.ask()
             running.append(Trial(point, int(rng.integers(len(oracle.SEEDS))), optuna_trial=handle))
         for t in list(running):
-            if len(trace) >= budget:
+            if spent >= budget:
                 break
+            spent += 1
             t.epoch += 1
             curve = grid.curves[t.point][t.seed][metric]
+            seconds += grid.seconds(t.point, t.seed, t.epoch)
             ended = t.epoch >= grid.epochs
             if t.epoch > len(curve) or (ended and grid.failed[t.point][t.seed]):
                 t.failed, ended = True, True
             else:
-                v = t.value(grid, metric)
-                t.best = v if math.isnan(t.best) else (max if sign > 0 else min)(t.best, v)
-                ended = ended or (scheduler is not None and scheduler.stop(t.epoch, v))
-                if not t.failed and ended and sign * t.best > pick_score:  # ranked once the trial has ended
-                    pick, pick_score = t.point, sign * t.best
-            trace.append(pick)
+                ended = ended or (scheduler is not None and scheduler.stop(t.epoch, t.value(grid, metric)))
             if ended:
                 running.remove(t)
+                if not t.failed:  # ranked once the trial has ended
+                    ended_trials.append(t)
                 if t.optuna_trial is not None:
                     sampler.tell(t, t.value(grid, metric) if not t.failed else math.nan)
-    return trace
+    return choose(grid, ended_trials, rule or metric), seconds
 
 
-def top_k(grid: Grid, metric: str, budget: int, rng: np.random.Generator) -> int | None:
+def top_k(grid: Grid, metric: str, budget: int, rng: np.random.Generator) -> tuple[int | None, float]:
     """Egele et al. (2023)'s baseline, the pick at the end of ``budget`` epochs: half the budget screens random
     points for one epoch each, the best K = (half the budget) / epochs of them train to the end."""
     sign = 1.0 if SELECT[metric] == "max" else -1.0
@@ -186,84 +214,241 @@ def top_k(grid: Grid, metric: str, budget: int, rng: np.random.Generator) -> int
     finalists = sorted(range(n), key=lambda i: -first[i])[:k]
     done = [(max(sign * v for v in grid.curves[p][s][metric]), p) for p, s in (screened[i] for i in finalists)
             if not grid.failed[p][s]]
-    return max(done)[1] if done else None
+    seconds = sum(grid.seconds(p, s, 1) for p, s in screened)
+    seconds += sum(grid.seconds(p, s, e) for p, s in (screened[i] for i in finalists)
+                   for e in range(2, grid.epochs + 1))
+    return (max(done)[1] if done else None), seconds
 
 
 @dataclass(frozen=True)
 class Strategy:
     name: str
-    metric: str
-    run: Callable[[Grid, int, np.random.Generator], Any]
+    metric: str  # what TPE and ASHA optimize
+    select: str  # how the search's pick is chosen: val_acc, val_ce or tie (see ``choose``)
+    # (grid, budget in epochs, workers, rng) -> (pick, seconds)
+    run: Callable[[Grid, int, int, np.random.Generator], tuple[int | None, float]]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}, {self.metric}" + ("" if self.select == self.metric else f", pick {self.select}")
 
 
-def strategies(space: spaces.Space, epochs: int, workers: int) -> list[Strategy]:
-    grace = int(space.scheduler.get("grace_period", 1))
-    rf = int(space.scheduler.get("reduction_factor", 2))
-    late = max(1, round(epochs / 3))
+def strategies(task: oracle.Task, space: spaces.Space, epochs: int) -> list[Strategy]:
+    """The search as it was (TPE + ASHA with the space's former grace period and reduction factor, on validation
+    accuracy), the alternatives, each sampling, stopping and selecting on validation accuracy or on validation CE,
+    the designs that pick with accuracy ties broken by CE, and the shipped default (the space's own settings)."""
+    grace, rf = task.previous_asha
+    late = spaces.grace_epochs(space.scheduler, epochs)
+    late_rf = int(space.scheduler.get("reduction_factor", 3))
 
-    def search(kind: str, metric: str, asha: tuple[int, int] | None) -> Callable[..., list[int | None]]:
-        def run(grid: Grid, budget: int, rng: np.random.Generator) -> list[int | None]:
+    def search(kind: str, metric: str, asha: tuple[int, int] | None, rule: str) -> Callable[..., Any]:
+        def run(grid: Grid, budget: int, workers: int, rng: np.random.Generator) -> tuple[int | None, float]:
             sched = ASHA(grid.epochs, *asha, SELECT[metric]) if asha else None
-            return simulate(grid, Sampler(grid, kind, metric, rng, space.num_samples), sched, metric, workers,
-                            budget, rng)
+            sampler = Sampler(grid, kind, metric, rng, space.num_samples)
+            return simulate(grid, sampler, sched, metric, workers, budget, rng, rule)
         return run
 
     out = []
     for metric in SELECT:
         out += [
-            Strategy("random", metric, search("random", metric, None)),
-            Strategy("tpe", metric, search("tpe", metric, None)),
-            Strategy(f"tpe+asha (grace {grace}, rf {rf})", metric, search("tpe", metric, (grace, rf))),
-            Strategy(f"tpe+asha (grace {late}, rf 3)", metric, search("tpe", metric, (late, 3))),
-            Strategy("1-epoch top-K", metric, lambda g, b, r, m=metric: top_k(g, m, b, r)),
+            Strategy("random", metric, metric, search("random", metric, None, metric)),
+            Strategy("tpe", metric, metric, search("tpe", metric, None, metric)),
+            Strategy(f"tpe+asha (grace {grace}, rf {rf})", metric, metric, search("tpe", metric, (grace, rf), metric)),
+            Strategy(f"tpe+asha (grace {late}, rf {late_rf})", metric, metric,
+                     search("tpe", metric, (late, late_rf), metric)),
+            Strategy("1-epoch top-K", metric, metric, lambda g, b, w, r, m=metric: top_k(g, m, b, r)),
+        ]
+    for metric in SELECT:
+        out += [
+            Strategy("tpe", metric, "tie", search("tpe", metric, None, "tie")),
+            Strategy(f"tpe+asha (grace {late}, rf {late_rf})", metric, "tie",
+                     search("tpe", metric, (late, late_rf), "tie")),
         ]
     return out
 
 
-def evaluate(grid: Grid, strategy: Strategy, reps: int) -> dict[str, Any]:
-    """Every repetition's regret at each budget, on both test figures."""
-    horizon = BUDGETS[-1] * grid.epochs
-    curves: dict[str, list[list[float]]] = {"test_acc": [], "test_ce": []}
-    for rep in range(reps):
-        rng = np.random.default_rng([rep, zlib.crc32(strategy.name.encode())])
-        if strategy.name == "1-epoch top-K":  # decides by the budget it is given: one run per budget
-            picks = [top_k(grid, strategy.metric, b * grid.epochs, rng) for b in BUDGETS]
+class _Pause(Exception):
+    """Raised from ``engine.fit``'s report to end a PBT member's interval; carries its checkpoint."""
+
+
+def pbt_member(cfg: Any, until: int, resume: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bool]:
+    """Train a member to epoch ``until`` (from ``resume``); its checkpoint (a copy), or None when it failed."""
+    def report(row: dict[str, Any], checkpoint: dict[str, Any]) -> None:
+        if row["epoch"] >= until:
+            raise _Pause(copy.deepcopy(checkpoint))
+    try:
+        engine.fit(cfg, report, resume=resume)
+    except _Pause as p:
+        return p.args[0], True
+    except engine.Diverged:
+        return resume, False
+    return resume, False
+
+
+def pbt(name: str, population: int, metric: str, rng: np.random.Generator) -> dict[str, Any]:
+    """Population based training as Ray's ``PopulationBasedTraining`` runs it for the platform, trained for real:
+    every ``interval`` epochs the bottom quarter continue from a top-quarter member's checkpoint with its
+    configuration, whose loss and optimizer values are then explored (each: resampled with probability 0.25, else
+    moved to a neighbouring grid value). The pick is the member whose best epoch is best; its final configuration
+    is what ``best_config`` hands to production, so the regret is that configuration's oracle figure."""
+    task = oracle.TASKS[name]
+    points = task.points()
+    space = spaces.load(task.space)
+    epochs = task.epochs
+    interval = max(1, epochs // 10)
+    sign = 1.0 if SELECT[metric] == "max" else -1.0
+    members = [{"point": dict(points[int(rng.integers(len(points)))]), "seed": int(rng.integers(len(oracle.SEEDS))),
+                "state": None, "alive": True, "best": -math.inf} for _ in range(population)]
+    for start in range(0, epochs, interval):
+        until = min(epochs, start + interval)
+        for m in (m for m in members if m["alive"]):
+            values = [f"seed={m['seed']}", *(f"{k}={v}" for k, v in m["point"].items())]
+            cfg = space.base_config([*task.overrides, *values])
+            m["state"], m["alive"] = pbt_member(cfg, until, m["state"])
+            if m["alive"]:
+                m["best"] = max(m["best"], sign * m["state"]["history"][-1][metric])
+        if until == epochs:
+            break
+        ranked = sorted((m for m in members if m["alive"]), key=lambda m: sign * m["state"]["history"][-1][metric])
+        q = int(len(ranked) * 0.25) if len(ranked) >= 4 else int(len(ranked) >= 2)
+        for low, high in zip(ranked[:q], reversed(ranked[-q:])):  # a failed member stays failed, as under Ray
+            low.update(point=explore(high["point"], task, rng), seed=high["seed"], state=copy.deepcopy(high["state"]))
+    done = [m for m in members if m["alive"]]
+    best = max(done, key=lambda m: m["best"]) if done else None
+    return {"population": population, "metric": metric, "pick": best and best["point"]}
+
+
+def explore(point: dict[str, Any], task: oracle.Task, rng: np.random.Generator) -> dict[str, Any]:
+    """Ray PBT's explore step on a grid: each mutable value resampled (p = 0.25) or moved one grid step."""
+    out = dict(point)
+    for key, values in task.grid.items():
+        if not key.startswith(spaces.MUTABLE):
+            continue
+        if rng.random() < 0.25:
+            out[key] = values[int(rng.integers(len(values)))]
         else:
-            trace = strategy.run(grid, horizon, rng)
-            picks = [trace[b * grid.epochs - 1] for b in BUDGETS]
+            i = values.index(out[key]) + (1 if rng.random() < 0.5 else -1)
+            out[key] = values[min(max(i, 0), len(values) - 1)]
+    if out.get("loss.lam") == 0:
+        out["loss.bandwidth"] = "median"
+    return out
+
+
+def evaluate(grid: Grid, strategy: Strategy, reps: int, workers: int) -> dict[str, Any]:
+    """Every repetition's regret at each budget, on both test figures. A budget of b full trainings runs
+    min(b, ``workers``) trials side by side, so that a search of b trials without early stopping ends them all."""
+    curves: dict[str, list[list[float]]] = {"test_acc": [], "test_ce": []}
+    seconds = []
+    for rep in range(reps):
+        picks = []
+        for b in BUDGETS:
+            rng = np.random.default_rng([rep, b, zlib.crc32(strategy.label.encode())])
+            picks.append(strategy.run(grid, b * grid.epochs, min(b, workers), rng))
         for fig in curves:
-            curves[fig].append([grid.regret(p, fig) for p in picks])
-    return {"strategy": strategy.name, "metric": strategy.metric, "budgets": list(BUDGETS), "regret": curves}
+            curves[fig].append([grid.regret(p, fig) for p, _ in picks])
+        seconds.append([round(sec, 2) for _, sec in picks])
+    return {"strategy": strategy.label, "metric": strategy.metric, "budgets": list(BUDGETS), "regret": curves,
+            "seconds": seconds}
+
+
+def pbt_rows(name: str, grid: Grid, reps: int, budgets: list[int], cache_path: Path) -> list[dict[str, Any]]:
+    """PBT's regret per selection metric at ``budgets`` (population = budget in full trainings), trained for real;
+    every finished repetition is cached in ``cache_path``."""
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    rows = []
+    for metric in SELECT:
+        curves: dict[str, list[list[float]]] = {"test_acc": [], "test_ce": []}
+        for rep in range(reps):
+            picks = []
+            for b in budgets:
+                key = f"{name}|{metric}|{b}|{rep}"
+                if key not in cache:
+                    cache[key] = pbt(name, b, metric, np.random.default_rng([rep, b, zlib.crc32(metric.encode())]))
+                    cache_path.write_text(json.dumps(cache, indent=1))
+                    print(f"   pbt {key}: {cache[key]['pick']}", flush=True)
+                pick = cache[key]["pick"]
+                picks.append(None if pick is None else grid.index(pick))
+            for fig in curves:
+                curves[fig].append([grid.regret(p, fig) for p in picks])
+        rows.append({"strategy": "pbt", "metric": metric, "budgets": budgets, "regret": curves})
+    return rows
+
+
+def to_noise(row: dict[str, Any], grid: Grid, fig: str) -> int | None:
+    """The smallest budget (full trainings) at which the median regret is within the oracle's seed noise."""
+    med = np.median(np.array(row["regret"][fig]), axis=0)
+    return next((b for b, m in zip(row["budgets"], med) if m <= grid.noise[fig]), None)
+
+
+def plot(name: str, grid: Grid, rows: list[dict[str, Any]], path: Path) -> None:
+    """Median regret over compute with the repetitions' interquartile range, one panel per test figure and
+    selection metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig_, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
+    for col, metric in enumerate(SELECT):
+        for row_i, fig in enumerate(("test_acc", "test_ce")):
+            ax = axes[row_i][col]
+            scale = 100 if fig == "test_acc" else 1
+            for r in (r for r in rows if r["metric"] == metric):
+                reg = np.array(r["regret"][fig]) * scale
+                med, lo, hi = np.median(reg, 0), np.percentile(reg, 25, 0), np.percentile(reg, 75, 0)
+                line, = ax.plot(r["budgets"], med, marker="o", label=r["strategy"])
+                ax.fill_between(r["budgets"], lo, hi, color=line.get_color(), alpha=0.12)
+            ax.axhline(grid.noise[fig] * scale, color="grey", ls="--", lw=1, label="oracle seed noise")
+            ax.set_xscale("log", base=2)
+            ax.set_title(f"selected on {metric}: {fig} regret" + (" (points)" if fig == "test_acc" else ""))
+            ax.set_xlabel(f"compute, full trainings of {grid.epochs} epochs")
+    axes[0][0].legend(fontsize=8)
+    fig_.suptitle(f"{name}: regret of the configuration each search selects (median, 25-75% of repetitions)")
+    fig_.tight_layout()
+    fig_.savefig(path, dpi=90)
+    plt.close(fig_)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.search_quality", description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default=",".join(oracle.TASKS))
-    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--reps", type=int, default=20, help="repetitions of each replayed strategy")
+    p.add_argument("--pbt-reps", type=int, default=5, help="repetitions of population based training (trained)")
+    p.add_argument("--pbt-budgets", default="8", help="populations of PBT, in full trainings")
     p.add_argument("--oracle", type=Path, default=oracle.OUT)
     p.add_argument("--out", type=Path, default=oracle.OUT.parent)
     args = p.parse_args(argv)
     runs = oracle.load(args.oracle)
+    args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {}
     for name in args.tasks.split(","):
         task = oracle.TASKS[name]
         grid = Grid.load(name, runs)
         space = spaces.load(task.space)
-        best = {f: grid.points[int(np.argmax(grid.test[f]) if f == "test_acc" else np.argmin(grid.test[f]))]
-                for f in grid.test}
-        print(f"\n== {name}: {len(grid.points)} points x {len(oracle.SEEDS)} seeds, {grid.epochs} epochs")
-        for f, pt in best.items():
-            print(f"   oracle best {f}: {grid.test[f].max() if f == 'test_acc' else grid.test[f].min():.4f} "
-                  f"(seed noise {grid.noise[f]:.4f}) at {oracle.point_key(pt)}")
-        rows = [evaluate(grid, s, args.reps) for s in strategies(space, grid.epochs, task.max_concurrent)]
-        report[name] = {"best": best, "noise": grid.noise, "epochs": grid.epochs, "rows": rows}
-        print(f"   median regret (test acc points / test CE) at {', '.join(map(str, BUDGETS))} full trainings:")
+        print(f"\n== {name}: {len(grid.points)} points x {len(oracle.SEEDS)} seeds, {grid.epochs} epochs", flush=True)
+        best = {}
+        for f in grid.test:
+            i = int(np.argmax(grid.test[f]) if f == "test_acc" else np.argmin(grid.test[f]))
+            best[f] = {"point": grid.points[i], "value": float(grid.test[f][i]), "noise": grid.noise[f]}
+            print(f"   oracle best {f}: {grid.test[f][i]:.4f} (seed noise {grid.noise[f]:.4f}) at "
+                  f"{oracle.point_key(grid.points[i])}")
+        rows = [evaluate(grid, s, args.reps, task.max_concurrent) for s in strategies(task, space, grid.epochs)]
+        if args.pbt_reps:
+            rows += pbt_rows(name, grid, args.pbt_reps, [int(b) for b in args.pbt_budgets.split(",")],
+                             args.out / f"pbt-{name}.json")
+        report[name] = {"best": best, "epochs": grid.epochs, "rows": rows}
+        print(f"   median regret over {args.reps} repetitions at {list(BUDGETS)} full trainings: test accuracy "
+              f"(points) | test CE | the least compute within seed noise, accuracy | CE | median seconds")
         for r in rows:
             acc = np.median(np.array(r["regret"]["test_acc"]), axis=0) * 100
             ce = np.median(np.array(r["regret"]["test_ce"]), axis=0)
-            print(f"   {r['strategy']:<26} on {r['metric']:<7} acc " + " ".join(f"{v:5.2f}" for v in acc)
-                  + "  ce " + " ".join(f"{v:6.3f}" for v in ce))
-    args.out.mkdir(parents=True, exist_ok=True)
+            sec = (" ".join(f"{v:4.0f}" for v in np.median(np.array(r["seconds"]), axis=0)) + " s"
+                   if "seconds" in r else "")
+            print(f"   {r['strategy']:<40} " + " ".join(f"{v:5.2f}" for v in acc) + " | "
+                  + " ".join(f"{v:5.3f}" for v in ce) + f" | within noise at {to_noise(r, grid, 'test_acc')} | "
+                  f"{to_noise(r, grid, 'test_ce')} | {sec}" + ("" if r["budgets"] == list(BUDGETS) else
+                                                              f" (budgets {r['budgets']})"))
+        plot(name, grid, rows, args.out / f"{name}_regret.png")
     (args.out / "regret.json").write_text(json.dumps(report, indent=1))
     return 0
 

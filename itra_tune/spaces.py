@@ -149,6 +149,14 @@ def load(name_or_path: str | Path, user: bool = False) -> Space:
     sched = raw.get("scheduler") or {"name": "asha"}
     if not isinstance(sched, dict) or sched.get("name", "asha") not in SCHEDULERS:
         raise ConfigError(f"{src}: scheduler.name must be one of {', '.join(SCHEDULERS)}")
+    fraction = sched.get("grace_fraction")
+    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
+                                 or not 0 < fraction <= 1):
+        raise ConfigError(f"{src}: scheduler.grace_fraction must be in (0, 1], a share of the epochs, but got "
+                          f"{fraction!r}")
+    if fraction is not None and "grace_period" in sched:
+        raise ConfigError(f"{src}: scheduler: give grace_period (epochs) or grace_fraction (a share of the epochs), "
+                          f"not both")
     res = _section(raw, "resources", {"cpus_per_trial": float, "gpus_per_trial": float, "workers_per_trial": int},
                    src)
     smoke = raw.get("smoke") or {}
@@ -157,6 +165,14 @@ def load(name_or_path: str | Path, user: bool = False) -> Space:
     check_budget({**budget, **res}, src)
     return Space(name=raw.get("name", path.stem), path=path, base=base, params=params, metric=metric, mode=mode,
                  scheduler={"name": "asha", **sched}, smoke=smoke, trainable=trainable, **budget, **res)
+
+
+def grace_epochs(scheduler: dict[str, Any], epochs: int) -> int:
+    """The epochs before a trial can be stopped: ``grace_fraction`` of the epochs (rounded, at least 1), else
+    ``grace_period``, else 1. A fraction follows ``train.epochs`` when an override changes them."""
+    if scheduler.get("grace_fraction") is not None:
+        return max(1, round(scheduler["grace_fraction"] * epochs))
+    return int(scheduler.get("grace_period", 1))
 
 
 def check_trainable(ref: Any, where: str) -> None:

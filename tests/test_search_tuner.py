@@ -21,6 +21,13 @@ from itra_tune.search.tuner import (
 )
 
 
+def test_asha_grace_as_a_share_of_the_epochs_follows_the_epochs(space_file):
+    space = spaces.load(space_file(scheduler={"name": "asha", "grace_fraction": 0.33, "reduction_factor": 3}))
+    for epochs, first_rung in ((30, 10), (60, 20), (6, 2), (2, 1)):
+        rungs = [m for m, _ in build_scheduler(space, epochs=epochs)._brackets[0]._rungs]
+        assert min(rungs) == first_rung and all(m <= epochs for m in rungs)
+
+
 def test_scheduler_choices_map_to_tune_schedulers(space_file):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
 

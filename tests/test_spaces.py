@@ -57,6 +57,8 @@ def test_method_spaces_tune_their_own_knob():
     ({"search": {"data.batch_size": {"type": "categorical", "choices": []}}}, "non-empty list"),
     ({"budget": {"num_samples": "many"}}, "budget.num_samples must be int"),
     ({"scheduler": {"name": "bohb"}}, "scheduler.name must be one of"),
+    ({"scheduler": {"name": "asha", "grace_fraction": 1.5}}, "grace_fraction must be in \\(0, 1\\]"),
+    ({"scheduler": {"name": "asha", "grace_fraction": 0.3, "grace_period": 2}}, "not both"),
     ({"metric": "train_acc"}, "metric 'train_acc' is not reported"),
 ])
 def test_bad_space_files_name_file_and_key(space_file, change, message):

@@ -187,7 +187,7 @@ def build_scheduler(space: spaces.Space, epochs: int) -> Any:
     common = {"metric": space.metric, "mode": space.mode}
     name = space.scheduler["name"]
     if name == "asha":
-        grace = min(int(opts.get("grace_period", 1)), epochs)
+        grace = min(spaces.grace_epochs(space.scheduler, epochs), epochs)
         return ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=grace,
                              reduction_factor=opts.get("reduction_factor", 2), **common)
     if name == "hyperband":
