@@ -370,7 +370,8 @@ def pbt_rows(name: str, grid: Grid, reps: int, budgets: list[int], cache_path: P
                 picks.append(None if pick is None else grid.index(pick))
             for fig in curves:
                 curves[fig].append([grid.regret(p, fig) for p in picks])
-        rows.append({"strategy": "pbt", "metric": metric, "budgets": budgets, "regret": curves})
+        rows.append({"strategy": f"pbt (trained; population = budget), {metric}", "metric": metric,
+                     "budgets": budgets, "regret": curves})
     return rows
 
 

@@ -54,6 +54,53 @@ def fit_mixture(config: dict, report) -> None:
             raise RuntimeError("a crash after the first epoch")
 
 
+def ray_style(config: dict) -> None:
+    """Ray's own convention, as its documentation writes it: ``fn(config)`` reports with ``ray.tune.report`` and
+    resumes from ``ray.tune.get_checkpoint()``. It never stops by itself: ``budget.max_epochs`` must end it. It
+    crashes once after its second report when ``crash_dir`` is set."""
+    import tempfile
+
+    from ray import tune
+
+    from itra_tune.data.images import synthetic_mixture
+
+    torch.manual_seed(config["seed"])
+    x, y = synthetic_mixture(600)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=config["optim"]["lr"])
+    start = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / "state.pt")
+        model.load_state_dict(state["model"])
+        start = state["step"]
+    crash = Path(config["crash_dir"]) / f"{config['optim']['lr']:.10g}" if config.get("crash_dir") else None
+    step = start
+    while True:
+        loss = nn.functional.cross_entropy(model(x[:500]), y[:500])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        with torch.no_grad():
+            val_loss = nn.functional.cross_entropy(model(x[500:]), y[500:]).item()
+        with tempfile.TemporaryDirectory() as d:
+            torch.save({"model": model.state_dict(), "step": step}, Path(d) / "state.pt")
+            tune.report({"val_loss": val_loss, "step": step}, checkpoint=tune.Checkpoint.from_directory(d))
+        if crash is not None and step == 2 and not crash.exists():
+            crash.write_text(str(start))
+            raise RuntimeError("a crash after the second report")
+
+
+def never_reports(config: dict, report) -> None:
+    """A trainable that returns without a single report."""
+
+
+def three_args(config: dict, report, extra) -> None:
+    """Not a trainable: one argument too many."""
+
+
 @pytest.fixture
 def user_space(tmp_path):
     def make(**sections):
@@ -108,6 +155,32 @@ def test_a_search_over_a_user_trainable_tracks_resumes_and_hands_over_its_best(r
     assert cfg["epochs"] == 3 and cfg == summary["best_config"]
 
 
+def test_a_ray_style_trainable_runs_unchanged_and_max_epochs_ends_it_under_no_scheduler(
+        ray_local, mlflow_server, user_space, tmp_path):
+    crashes = tmp_path / "crashes"
+    crashes.mkdir()
+    space = user_space(name="ray-style", budget={"num_samples": 2, "max_concurrent": 2, "max_epochs": 4})
+    [summary] = search.run(space, trainable=ray_style, storage_path=str(tmp_path / "st"), name="r",
+                           tracking_uri=mlflow_server, max_failures=1, overrides=(f"crash_dir={crashes}",))
+    assert summary["trials"] == 2 and summary["completed"] == 2, summary
+    # each trial crashed after its second report and continued from that report's checkpoint, to max_epochs
+    assert sorted(p.read_text() for p in crashes.iterdir()) == ["0", "0"]
+    c = MlflowClient(mlflow_server)
+    exp = c.get_experiment_by_name("ray-style")
+    children = [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get(tracking.PARENT_TAG)]
+    assert len(children) == 2
+    for child in children:  # four reports each, numbered by Tune's count, once each across the restart
+        history = c.get_metric_history(child.info.run_id, "step")
+        assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0)]
+    cfg = itra_tune.best_config("ray-style", tracking_uri=mlflow_server)
+    assert cfg["optim"]["lr"] == pytest.approx(summary["best"]["optim.lr"])
+
+    # a trainable that never reports ends its trials without a best, and the driver lives on to say so
+    [empty] = search.run(user_space(name="silent"), trainable=never_reports, storage_path=str(tmp_path / "st"),
+                         name="s", tracking_uri=mlflow_server, num_samples=1)
+    assert empty["trials"] == 1 and empty["best"] is None
+
+
 def test_the_command_line_searches_a_trainable_by_its_import_path(user_space, tmp_path):
     # a fresh process run from the folder that holds the user's module, as a user would
     space = user_space(budget={"num_samples": 2, "max_concurrent": 2, "max_epochs": 2},
@@ -127,6 +200,7 @@ def test_the_command_line_searches_a_trainable_by_its_import_path(user_space, tm
     ("no_such_module:train", {}, "trainable 'no_such_module:train' cannot be imported"),
     ("not a reference", {}, "--trainable: expected package.module:function"),
     ("test_search_user:fit_mixture", {"budget": {"num_samples": 2}}, "budget.max_epochs is required"),
+    ("test_search_user:three_args", {}, "takes 3 positional arguments; a trainable takes \\(config\\)"),
 ])
 def test_bad_trainables_are_refused_before_ray_starts(user_space, trainable, sections, message, tmp_path):
     with pytest.raises(ConfigError, match=message):

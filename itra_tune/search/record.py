@@ -15,7 +15,7 @@ from itra_tune import checkpoint, export, models, plots, spaces, tracking
 from itra_tune import config as config_mod
 from itra_tune import data as data_mod
 from itra_tune.search.results import is_nan, rank_key, row_metrics, started, trial_rows
-from itra_tune.search.trainable import SELECTION, STATE_FILE, trial_config, trial_params
+from itra_tune.search.trainable import SELECTION, STATE_FILE, epoch_of, trial_config, trial_params
 
 
 def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: config_mod.Config | None, uri: str,
@@ -101,14 +101,14 @@ def _selected_checkpoint(result: Any, row: dict[str, Any]) -> Any:
 
     A trial of several workers keeps its checkpoints in its Ray Train run; its results name them
     (``checkpoint_path``)."""
-    kept = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("epoch") == row.get("best_epoch")]
+    kept = [(c, m) for c, m in (result.best_checkpoints or []) if epoch_of(m) == row.get("best_epoch")]
     if kept:
         return kept[0][0]
     if result.best_checkpoints:
         return result.get_best_checkpoint(SELECTION, "max")
     df = result.metrics_dataframe
     rows = [] if df is None or "checkpoint_path" not in df else df.to_dict("records")
-    paths = [r["checkpoint_path"] for r in rows if r.get("epoch") == row.get("best_epoch")
+    paths = [r["checkpoint_path"] for r in rows if epoch_of(r) == row.get("best_epoch")
              and isinstance(r.get("checkpoint_path"), str) and Path(r["checkpoint_path"]).is_dir()]
     return tune.Checkpoint(paths[-1]) if paths else None
 

@@ -15,7 +15,7 @@ import yaml
 
 from itra_tune import cli, engine, spaces
 from itra_tune.config import UNRANKED
-from itra_tune.search.trainable import reported, selection_score, trial_config, user_config
+from itra_tune.search.trainable import epoch_of, reported, selection_score, trial_config, user_config
 
 
 def trial_rows(results: Any, space: spaces.Space, epochs: int) -> list[dict[str, Any]]:
@@ -32,14 +32,14 @@ def trial_rows(results: Any, space: spaces.Space, epochs: int) -> list[dict[str,
             # a collapse (engine.Collapsed) is recorded as itself, with its numbers; any other error as a failure
             row["status"] = last.partition("Collapsed: ")[2][:200] if "Collapsed: " in last else \
                 "failed: " + last[:200]
-        elif history and int(history[-1]["epoch"]) >= epochs:
+        elif history and epoch_of(history[-1]) >= epochs:
             row["status"] = "completed"
         else:
             row["status"] = "stopped early"
-        row["epochs"] = int(history[-1]["epoch"]) if history else 0
+        row["epochs"] = epoch_of(history[-1]) if history else 0
         if history:
             best = max(history, key=lambda h: rank_key(h, space))
-            row.update({k: best[k] for k in metric_names(best, space)}, best_epoch=int(best["epoch"]))
+            row.update({k: best[k] for k in metric_names(best, space)}, best_epoch=epoch_of(best))
         rows.append(row)
     return rows
 

@@ -4,13 +4,15 @@ A trial's Tune config is ``{"base": <plain configuration>, "<dotted.key>": value
 configuration and the values the searcher sampled. The trial reports every epoch with a checkpoint and,
 on retry or resume, continues from its latest checkpoint rather than from scratch.
 
-Two trainables: ``train_trial`` runs the engine; ``user_trial`` runs a user's own training function
-``fn(config, report)`` (``Report``) with the same reports, so the rest of the search treats both alike.
+Two trainables: ``train_trial`` runs the engine; ``user_trial`` runs a user's own training function, either
+``fn(config, report)`` (``Report``) or Ray's own convention ``fn(config)`` that calls ``ray.tune.report`` and
+``ray.tune.get_checkpoint`` itself, with the same reports, so the rest of the search treats them alike.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import math
 import shutil
@@ -28,6 +30,13 @@ from itra_tune.config import ConfigError
 
 STATE_FILE = "state.pt"
 SELECTION = "selection_score"  # reported with every epoch; Tune keeps the checkpoints it ranks highest
+_tune_report = tune.report  # Tune's own, kept: a Ray-style trainable runs with ray.tune.report pointing at ours
+
+
+def epoch_of(result: dict[str, Any]) -> int:
+    """A result's epoch: what the trial reported as ``epoch``, else Tune's count of its reports."""
+    value = result.get("epoch")
+    return int(value if isinstance(value, (int, float)) and value == value else result.get("training_iteration", 0))
 
 
 def selection_score(metrics: dict[str, Any], metric: str, mode: str) -> float:
@@ -177,6 +186,7 @@ def reported(result: dict[str, Any]) -> dict[str, float]:
 def resolve_trainable(ref: str | Callable[..., Any]) -> Callable[..., Any]:
     """A user trainable: a callable, or ``package.module:function`` imported now (a ConfigError if it is not)."""
     if callable(ref):
+        arity(ref)
         return ref
     module, _, name = ref.partition(":")
     try:
@@ -188,6 +198,7 @@ def resolve_trainable(ref: str | Callable[..., Any]) -> Callable[..., Any]:
                           f"that holds {module.split('.')[0]}, or install it") from None
     if not callable(fn):
         raise ConfigError(f"trainable {ref!r} is not a function")
+    arity(fn)
     return fn
 
 
@@ -228,21 +239,60 @@ class Report:
         score = selection_score(result, self.metric, self.mode)
         result[SELECTION] = score if math.isfinite(score) else -math.inf
         if checkpoint is None:
-            tune.report(result)
+            _tune_report(result)
             return
         with tempfile.TemporaryDirectory() as d:
-            shutil.copytree(checkpoint, d, dirs_exist_ok=True)
+            if isinstance(checkpoint, tune.Checkpoint):  # Ray's convention: a Checkpoint, not a folder
+                checkpoint.to_directory(d)
+            else:
+                shutil.copytree(checkpoint, d, dirs_exist_ok=True)
             (Path(d) / EPOCH_FILE).write_text(json.dumps({"epoch": self.epoch}))
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+            _tune_report(result, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 def user_trial(tune_config: dict[str, Any], fn: Callable[..., Any], metric: str = "val_acc",
                mode: str = "max") -> None:
-    """Tune function trainable around a user's ``fn(config, report)``; resumes from its latest checkpoint."""
+    """Tune function trainable around a user's ``fn(config, report)`` or Ray-style ``fn(config)``; resumes from
+    its latest checkpoint."""
+    config = user_config(tune_config)
     ckpt = tune.get_checkpoint()
     if ckpt is None:
-        fn(user_config(tune_config), Report(metric, mode))
+        _call(fn, config, Report(metric, mode))
         return
     with ckpt.as_directory() as d:
-        epoch = json.loads((Path(d) / EPOCH_FILE).read_text())["epoch"]
-        fn(user_config(tune_config), Report(metric, mode, Path(d), epoch))
+        epoch_file = Path(d) / EPOCH_FILE
+        epoch = json.loads(epoch_file.read_text())["epoch"] if epoch_file.exists() else 0
+        _call(fn, config, Report(metric, mode, Path(d), epoch))
+
+
+def _call(fn: Callable[..., Any], config: dict[str, Any], report: Report) -> None:
+    if arity(fn) == 2:
+        fn(config, report)
+        return
+    import ray.tune
+
+    def ray_report(metrics: dict[str, Any], *, checkpoint: Any = None, **_: Any) -> None:
+        report(metrics, checkpoint=checkpoint)
+
+    ray.tune.report = ray_report  # the trial's own process: Ray-style code reaches our report through it
+    try:
+        fn(config)
+    finally:
+        ray.tune.report = _tune_report
+
+
+def arity(fn: Callable[..., Any]) -> int:
+    """How many positional arguments a trainable takes: 1 (Ray's ``fn(config)``) or 2 (``fn(config, report)``);
+    ConfigError for any other signature."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return 2
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    if any(p.kind is p.VAR_POSITIONAL for p in params) or len(required) <= 2 <= len(positional):
+        return 2
+    if len(required) <= 1 <= len(positional):
+        return 1
+    raise ConfigError(f"trainable {trainable_ref(fn)} takes {len(required)} positional arguments; a trainable takes "
+                      f"(config), reporting with ray.tune.report, or (config, report)")

@@ -20,6 +20,7 @@ from itra_tune.search import study as study_mod
 from itra_tune.search.trainable import (
     SELECTION,
     WORKERS_GROUP,
+    epoch_of,
     reported,
     ship_by_value,
     train_trial,
@@ -34,6 +35,9 @@ from itra_tune.search.trainable import (
 RAY_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # a result without the metric (a user trainable that returned without a report) must not end the driver: such
+    # a trial has no history, and the ranking never selects it
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
 }
 SETTINGS_FILE = "search_settings.json"
 
@@ -184,26 +188,28 @@ def build_scheduler(space: spaces.Space, epochs: int) -> Any:
     )
 
     opts = {k: v for k, v in space.scheduler.items() if k != "name"}
-    common = {"metric": space.metric, "mode": space.mode}
+    # a user trainable's time is its count of reports (Tune's own counter: it has one whatever the reports hold)
+    common = {"metric": space.metric, "mode": space.mode,
+              "time_attr": "training_iteration" if space.trainable else "epoch"}
     name = space.scheduler["name"]
     if name == "asha":
         grace = min(spaces.grace_epochs(space.scheduler, epochs), epochs)
-        return ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=grace,
+        return ASHAScheduler(max_t=epochs, grace_period=grace,
                              reduction_factor=opts.get("reduction_factor", 2), **common)
     if name == "hyperband":
-        return HyperBandScheduler(time_attr="epoch", max_t=epochs, reduction_factor=opts.get("reduction_factor", 3),
+        return HyperBandScheduler(max_t=epochs, reduction_factor=opts.get("reduction_factor", 3),
                                   **common)
     if name == "pbt":
         mutable = mutations(space)
         if not mutable:
             raise ConfigError(f"{space.path}: scheduler pbt mutates searched keys of loss or optim, and the space "
                               f"searches none; search loss.lam or optim.lr, or choose another scheduler")
-        return PopulationBasedTraining(time_attr="epoch", perturbation_interval=opts.get("perturbation_interval", 1),
+        return PopulationBasedTraining(perturbation_interval=opts.get("perturbation_interval", 1),
                                        quantile_fraction=opts.get("quantile_fraction", 0.25),
                                        hyperparam_mutations=mutable, custom_explore_fn=KeepInRange(space.params),
                                        log_config=True, **common)
     if name == "median":
-        return MedianStoppingRule(time_attr="epoch", grace_period=opts.get("grace_period", 1),
+        return MedianStoppingRule(grace_period=opts.get("grace_period", 1),
                                   min_samples_required=opts.get("min_samples_required", 2), **common)
     return FIFOScheduler()
 
@@ -268,7 +274,7 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if self.tracker is not None:
-            self.tracker.epoch(trial.trial_id, {**reported(result), "epoch": result["epoch"]} if self.user else result)
+            self.tracker.epoch(trial.trial_id, {**reported(result), "epoch": epoch_of(result)} if self.user else result)
 
 
 class FreeWorkers(tune.Callback):
@@ -318,6 +324,8 @@ def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, c
     run_config = tune.RunConfig(
         name=name,
         storage_path=str(storage),
+        # budget.max_epochs ends a user trainable's trial under every scheduler, none included
+        stop={"training_iteration": epochs} if user_fn is not None else None,
         # the 4 best epochs' checkpoints: the selected one for the record, and room enough that the newest one,
         # which a resume after a killed driver restarts from, is rarely pruned before Tune's next snapshot
         checkpoint_config=tune.CheckpointConfig(num_to_keep=4, checkpoint_score_attribute=SELECTION,
