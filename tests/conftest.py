@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The tests' local Ray listens on the loopback address alone, as a local search's does (read when ray is imported)
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # Real datasets (Fashion-MNIST, the AG News test split) reach the tests the way they reach users: through
 # $ITRA_TUNE_DATA. CI sets it; a checkout with the project's shared data beside it finds it there.
 _BESIDE = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -53,6 +55,16 @@ def ray_local(tmp_path_factory):
              _temp_dir=str(tmp_path_factory.mktemp("ray")))
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def cluster_env():
+    """The environment of a head, its nodes and its clients started by a test: a cluster (not loopback-only, which
+    a joining node refuses) that requires a token, as a real one should."""
+    import secrets
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    return {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 @pytest.fixture

@@ -321,12 +321,12 @@ def test_ctrl_c_reports_the_interrupted_search_and_resume_finishes_it(space_file
 
 
 @pytest.mark.slow
-def test_address_joins_a_head_started_by_the_test(space_file, tmp_path):
+def test_address_joins_a_head_started_by_the_test(space_file, cluster_env, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     temp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # Ray's unix sockets need a short path
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = cluster_env
     ray_bin = Path(sys.executable).parent / "ray"
     head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                              f"--port={port}", "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp}"],
@@ -354,22 +354,42 @@ def test_address_joins_a_head_started_by_the_test(space_file, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_local_search_cluster_keeps_ray_s_token_authentication(tmp_path):
-    """Ray 2.60 binds its servers to every interface (it has no loopback-only setting), so the token Ray makes for
-    a local cluster is what keeps others out: the search leaves it on, and a client without it cannot join."""
+def test_a_local_search_cluster_listens_on_loopback_alone_and_keeps_its_token_private(tmp_path):
+    """Every listener of a local search's Ray (GCS, raylet, workers, agents) is on 127.0.0.0/8, the token file is
+    0600, and a client joins with the token and not without it."""
     script = (
-        "import os, subprocess, sys, ray\n"
+        "import ipaddress, os, subprocess, sys\n"
+        "from itra_tune import search\n"
+        "os.environ.update(search.LOOPBACK_ONLY)  # what search.run does before Ray is imported\n"
+        "import psutil, ray\n"
         "from itra_tune.search.tuner import init_ray\n"
         "init_ray(None)\n"
+        "ray.get(ray.remote(lambda: 1).remote())  # a worker is up\n"
+        "mine = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid()}\n"
+        "ss = subprocess.run(['ss', '-ltnpH'], capture_output=True, text=True).stdout.splitlines()\n"
+        "ours = [l for l in ss if any(f'pid={p},' in l for p in mine)]\n"
+        "print('listeners', len(ours))\n"
+        "def loopback(a):\n"
+        "    ip = ipaddress.ip_address(a.rsplit(':', 1)[0].strip('[]'))\n"
+        "    return (getattr(ip, 'ipv4_mapped', None) or ip).is_loopback\n"
+        "print('outside', [l.split()[3] for l in ours if not loopback(l.split()[3])])\n"
+        "token = os.path.expanduser('~/.ray/auth_token')\n"
+        "print('mode', oct(os.stat(token).st_mode & 0o777))\n"
         "gcs = ray.get_runtime_context().gcs_address\n"
         "env = {k: v for k, v in os.environ.items() if not k.startswith('RAY_AUTH')}\n"
         "join = \"import ray; ray.init(address='%s'); print('joined')\" % gcs\n"
-        "for mode in ({'RAY_AUTH_MODE': 'disabled'}, {'RAY_AUTH_MODE': 'token', 'RAY_AUTH_TOKEN': 'guess'}):\n"
+        "for mode in ({'RAY_AUTH_MODE': 'disabled'}, {'RAY_AUTH_MODE': 'token', 'RAY_AUTH_TOKEN': 'guess'},\n"
+        "             {'RAY_AUTH_MODE': 'token', 'RAY_AUTH_TOKEN': open(token).read().strip()}):\n"
         "    p = subprocess.run([sys.executable, '-c', join], env={**env, **mode}, capture_output=True, text=True,\n"
         "                       timeout=180)\n"
-        "    print(mode['RAY_AUTH_MODE'], 'joined' in p.stdout)\n"
+        "    print(mode.get('RAY_AUTH_TOKEN', 'none')[:5], 'joined' in p.stdout)\n"
         "ray.shutdown()\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env["HOME"] = str(tmp_path)  # a token file of its own, made by the search
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split()[-4:] == ["disabled", "False", "token", "False"]
+    out = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+    assert int(out["listeners"]) >= 4 and out["outside"] == "[]", proc.stdout
+    assert out["mode"] == "0o600"
+    lines = proc.stdout.splitlines()[-3:]
+    assert lines[0] == "none False" and lines[1] == "guess False" and lines[2].endswith(" True"), proc.stdout

@@ -229,10 +229,10 @@ def test_mlflow_ui_shows_the_search_with_nested_trial_runs(ray_local, mlflow_ser
 
 
 @pytest.mark.slow
-def test_trials_on_a_second_node_log_to_the_tracking_server(mlflow_server, space_file, tmp_path):
+def test_trials_on_a_second_node_log_to_the_tracking_server(mlflow_server, space_file, cluster_env, tmp_path):
     port = free_port()
     temp = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))  # Ray's unix sockets need a short path
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = cluster_env
     ray_bin = str(Path(sys.executable).parent / "ray")
     common = ["--block", "--node-ip-address=127.0.0.1", "--include-dashboard=false"]
     # the head offers no CPU: every trial has to run on the second node

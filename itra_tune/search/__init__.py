@@ -12,6 +12,7 @@ This package is the only part of itra_tune that imports Ray.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -29,6 +30,9 @@ METHOD_KNOBS = {  # each method tunes its own knob in a fair comparison
     "itra_c": None,
 }
 DEFAULT_STORAGE = Path("runs") / "search"
+# Ray 2.60 binds a local cluster's servers to the loopback address only when this is set before ray is first
+# imported (it is read once, at import); a node joining another cluster refuses it, so never with an address.
+LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 OBJECTIVES = ("single", "acc_ce")
 
 
@@ -85,6 +89,9 @@ def run(space: str | Path = "demo", **options: Any) -> list[dict[str, Any]]:
     if unknown:
         raise TypeError(f"search.run() got an unexpected option {unknown[0]!r}")
     opts = Options(**options)
+    if not opts.address:
+        for key, value in LOOPBACK_ONLY.items():
+            os.environ.setdefault(key, value)
     if opts.log_models is not None and opts.log_models < 1:
         raise ConfigError(f"--log-models must be at least 1 (or all) but got {opts.log_models}")
     if opts.objective not in OBJECTIVES:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -60,6 +61,7 @@ def init_ray(address: str | None) -> None:
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if not address:
+        private_token()
         ray.init(**kwargs)
         return
     _probe(address)
@@ -69,6 +71,20 @@ def init_ray(address: str | None) -> None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"--address {address}: cannot join the Ray cluster ({first}); "
                           f"start one with `ray start --head` or drop --address") from None
+
+
+def private_token() -> Path:
+    """The token file of a local cluster, readable by its owner alone: made 0600 before Ray would make it 0644,
+    or made 0600 when Ray made it already."""
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+    if path.exists():
+        path.chmod(0o600)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path
 
 
 def _probe(address: str) -> None:
