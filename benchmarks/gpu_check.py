@@ -1,7 +1,7 @@
 """A GPU check that needs nothing but PyTorch: one command, one table.
 
     python -m benchmarks.gpu_check                          # on a GPU box, from the repository root (< 8 min, H100)
-    python -m benchmarks.gpu_check --device cpu --tiny      # the CPU fallback the tests run (< 30 s)
+    python -m benchmarks.gpu_check --device cpu --tiny      # the CPU fallback the tests run (one thread)
 
 Imports torch, torchvision, transformers, numpy and pyyaml only (through itra_tune's engine, models and losses):
 no Ray, Optuna or MLflow, no network, no dataset on disk. It measures, side by side in one run:
@@ -238,13 +238,15 @@ def bf16_agreement(device: torch.device, s: Sizes) -> tuple[list[float], list[fl
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--tiny", action="store_true", help="small sizes: the CPU fallback (< 30 s)")
+    p.add_argument("--tiny", action="store_true", help="small sizes: the CPU fallback")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; run with --device cpu --tiny", file=sys.stderr)
         return 2
     s = TINY if args.tiny else FULL
+    if device.type == "cpu":  # one thread: two threads beside other work ran a step 24x slower on 2 cores
+        torch.set_num_threads(1)
     torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     t_start = time.perf_counter()
