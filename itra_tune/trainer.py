@@ -11,17 +11,20 @@ Imported on first use of ``itra_tune.ITRATrainer``: only then is transformers lo
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from itra_tune.dropin import SecondBatch, WithFeatures
 from itra_tune.losses import ITRALoss
 
 ITRA_ARGS = ("lam", "pairing", "bandwidth", "form")  # what hyperparameter_search may set beside TrainingArguments' own
+STATE_FILE = "itra_state.pt"  # in each Trainer checkpoint: the loss's state (memory, watch) and S2's position
 
 
 class ITRATrainer(Trainer):
@@ -53,6 +56,7 @@ class ITRATrainer(Trainer):
         self.itra = self._build_loss()  # checks the arguments now; rebuilt when a search sets them
         self._net: WithFeatures | None = None
         self._second: SecondBatch | None = None
+        self._second_state: dict[str, int] | None = None  # S2's position from a checkpoint, for when S2 is built
         self._match_sum: Tensor | float = 0.0  # summed on the device: no host sync per step
         self._match_steps = 0
 
@@ -115,7 +119,25 @@ class ITRATrainer(Trainer):
             collate = self._get_collator_with_removed_columns(self.data_collator, description="training")
             size = self.second_batch_size or self.args.per_device_train_batch_size
             self._second = SecondBatch(dataset, size, seed=self.args.seed + 1, collate_fn=collate)
+            if self._second_state is not None:
+                self._second.load_state_dict(self._second_state)
         return self._second
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        """The Trainer's checkpoint, plus the loss's state and S2's position: a resumed run continues exactly."""
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            second = self._second.state_dict() if self._second is not None else self._second_state
+            torch.save({"loss": self.itra.state_dict(), "second": second}, folder / STATE_FILE)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = Path(resume_from_checkpoint) / STATE_FILE
+        if path.exists():  # a checkpoint of the plain Trainer has none: the loss starts fresh
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            self.itra.load_state_dict(state["loss"])
+            self._second, self._second_state = None, state["second"]
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """The Trainer's log, with the mean matching loss (before lambda) since the last one beside ``loss``."""

@@ -200,7 +200,7 @@ def test_split_model_finds_a_hugging_face_classifiers_features():
     assert torch.allclose(h, pooled) and torch.allclose(model.classifier(h), out.logits)
 
 
-def tiny_bert_trainer(tmp_path, trainer_cls, steps=4, **kwargs):
+def tiny_bert_trainer(tmp_path, trainer_cls, steps=4, save_steps=None, **kwargs):
     """A Trainer (or ITRATrainer) over a tiny BERT built in code, without dropout, on a learnable token task."""
     from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
 
@@ -216,7 +216,8 @@ def tiny_bert_trainer(tmp_path, trainer_cls, steps=4, **kwargs):
             for i, y in zip(ids, labels)]
     args = TrainingArguments(output_dir=str(tmp_path / trainer_cls.__name__), max_steps=steps, logging_steps=1,
                              per_device_train_batch_size=8, learning_rate=1e-3, use_cpu=True, report_to="none",
-                             save_strategy="no", seed=0, disable_tqdm=True)
+                             save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, seed=0,
+                             disable_tqdm=True)
     return trainer_cls(model=model, args=args, train_dataset=rows, **kwargs)
 
 
@@ -242,6 +243,23 @@ def test_itra_trainer_logs_its_matching_loss(tmp_path, pairing):
     assert len(logged) == 4 and all("match_loss" in h for h in logged)
     assert all(h["match_loss"] > 0 for h in logged[1:])  # the memory holds nothing to match at the first step
     assert logged[0]["loss"] > 0
+
+
+@pytest.mark.parametrize("pairing", ["independent", "memory"])
+def test_itra_trainer_resumed_mid_epoch_continues_exactly(tmp_path, pairing):
+    # 8 steps of 8 rows (64 rows: one epoch); a checkpoint at step 4, mid-epoch, holds S2's position and the memory
+    whole = tiny_bert_trainer(tmp_path / "whole", itra_tune.ITRATrainer, steps=8, save_steps=4, lam=0.5,
+                              pairing=pairing)
+    whole.train()
+    resumed = tiny_bert_trainer(tmp_path / "resumed", itra_tune.ITRATrainer, steps=8, lam=0.5, pairing=pairing)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "whole" / "ITRATrainer" / "checkpoint-4"))
+
+    def losses(t):
+        return [(h["step"], h["loss"], h["match_loss"]) for h in t.state.log_history if "loss" in h]
+
+    # the resumed history is the checkpoint's (steps 1-4) and its own (5-8)
+    assert [s for s, _, _ in losses(resumed)] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert losses(resumed) == losses(whole)  # equal, not close: the same batches, S2 and memory
 
 
 TRAINER_SEARCH = """
