@@ -35,6 +35,7 @@ PARENT_TAG = "mlflow.parentRunId"
 BEST_TAG = "itra_tune.best_run_id"
 BEST_MODEL_TAG = "itra_tune.best_model_id"
 STATUS_TAG = "itra_tune.status"
+EPOCH_TAG = "itra_tune.epoch"  # on a LoggedModel: the epoch of the checkpoint it holds
 EPOCH_METRICS = ("train_ce", "val_acc", "val_ce", "test_acc", "test_ce", "match_loss", "compactness", "lr", "lam")
 HEADLINE_METRICS = ("val_acc", "val_ce", "test_acc", "test_ce")  # logged as best_<name>: the selected epoch's
 # MLflow 3 opens an experiment in its GenAI view unless it says it holds model training.
@@ -222,10 +223,19 @@ class Tracker:
         if selected:
             log_metrics(self.c, run_id, self._headline(selected))
         self.c.set_tag(run_id, STATUS_TAG, status)
-        if model is not None:
-            self.model_ids[run_id] = log_model(self.uri, run_id, model, name)
+        if model is not None:  # once: a resumed search finishes its trials again, their models stay as logged
+            self.model_ids[run_id] = self._logged_model(run_id, model.step) or log_model(self.uri, run_id, model, name)
         _terminate(self.c, run_id, "FAILED" if status.startswith(config_mod.UNRANKED) else "FINISHED")
         return run_id
+
+    def _logged_model(self, run_id: str, step: int) -> str | None:
+        """The id of the LoggedModel run ``run_id`` already has for epoch ``step``, if any."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        found = mlflow.search_logged_models(experiment_ids=[self.exp_id], output_format="list",
+                                            filter_string=f"source_run_id = '{run_id}'")
+        return next((m.model_id for m in found if m.tags.get(EPOCH_TAG) == str(step)), None)
 
     def drop_orphans(self, trial_ids: set[str]) -> int:
         """Soft-delete child runs of trials the search no longer has (lost with a killed driver's last
@@ -316,7 +326,7 @@ def log_model(uri: str, run_id: str, model: ModelFiles, name: str = "model") -> 
     with _quiet(), mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name=name, python_model=str(SERVING_CODE), artifacts={"export": str(model.export_dir)},
-            signature=signature, input_example=model.inputs[:2], step=model.step,
+            signature=signature, input_example=model.inputs[:2], step=model.step, tags={EPOCH_TAG: str(model.step)},
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "itra_tune"])
     return info.model_id
 

@@ -197,19 +197,23 @@ def _run_plan(plan: list[tuple[spaces.Space, str | None]], names: list[str], sav
             tracker.log_artifact(tuner.save_settings(sp, objective, storage / name, parent))
         stored = None
         if sp.scheduler["name"] != "pbt":  # population based training samples without Optuna
-            stored = (study.storage_url(opts.optuna_storage, storage / name), name)
-            seeded = study.create(*stored, *tuner.objectives(sp, objective), previous, sp.params)
+            url = study.storage_url(opts.optuna_storage, storage / name)
+            study.create(url, name, *tuner.objectives(sp, objective), previous, sp.params)
+            stored = tuner.StudyRecord(sp, objective, url, name)
         t0 = time.perf_counter()
         grid = tuner.run_experiment(sp, epochs, name, storage,
                                     tuner.TrackingCallback(uri, sp.name, parent, user=user_fn is not None),
                                     objective=objective, seed=opts.seed, max_failures=opts.max_failures,
-                                    resume=opts.resume, user_fn=user_fn, study=stored)
+                                    resume=opts.resume, user_fn=user_fn, study=stored, previous=previous)
         summary = results.summarize(grid, sp, epochs, storage / name, time.perf_counter() - t0, objective)
         if stored is not None:
-            summary["optuna"] = {"storage": stored[0], "study": name, "dashboard": study.dashboard_command(stored[0])}
+            stored.record_all(grid)
+            summary["optuna"] = {"storage": stored.url, "study": name, "dashboard": study.dashboard_command(stored.url)}
             if previous is not None:
-                summary["optuna"]["warm_start"] = {"from": previous.study_name, "trials": seeded}
-        summary["interrupted"] = summary["trials"] < sp.num_samples  # Ctrl-C: Tune saved its state, returned
+                summary["optuna"]["warm_start"] = {"from": previous.study_name,
+                                                   "trials": len(study.compatible(previous, sp.params))}
+        # Ctrl-C: Tune saved its state and returned, with trials not started or not finished
+        summary["interrupted"] = summary["trials"] < sp.num_samples or summary["interrupted_trials"] > 0
         summary["budget"] = "equal compute" if opts.equal_compute else "equal trials"
         summary["resume_command"] = resume_cmd
         summary["tracking"] = record.record(grid, summary, sp, sp_cfg, uri, parent, storage / name,

@@ -44,7 +44,9 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
         ranked = sorted((r for r in rows.values()
                          if space.metric in r and not r["status"].startswith(config_mod.UNRANKED)),
                         key=lambda r: rank_key(r, space), reverse=True)
-        with_model = {r["trial"] for r in (ranked if log_models is None else ranked[:log_models])}
+        # an interrupted search is unfinished: its models are logged once, when --resume finishes it
+        with_model = set() if summary.get("interrupted") else \
+            {r["trial"] for r in (ranked if log_models is None else ranked[:log_models])}
         data = None if cfg is None else \
             data_mod.build(cfg.data, torch.device("cpu"), cfg.seed, paired=False, model_name=cfg.model.name)
         best_name = summary["best"]["trial"] if summary.get("best") else None
@@ -93,7 +95,8 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
 
 def _history(result: Any, metric: str) -> list[dict[str, Any]]:
     df = result.metrics_dataframe
-    return [] if df is None or not len(df) else [h for h in df.to_dict("records") if not is_nan(h.get(metric))]
+    rows = [] if df is None or not len(df) else df.to_dict("records")
+    return [{**h, "epoch": epoch_of(h)} for h in rows if not is_nan(h.get(metric))]
 
 
 def _selected_checkpoint(result: Any, row: dict[str, Any]) -> Any:

@@ -21,6 +21,7 @@ from itra_tune.search.trainable import epoch_of, reported, selection_score, tria
 def trial_rows(results: Any, space: spaces.Space, epochs: int) -> list[dict[str, Any]]:
     """One row per trial: parameters, status, and the metrics of its best epoch by the space's metric."""
     rows = []
+    running = interrupted_trials(results)
     for r in started(results):
         df = r.metrics_dataframe
         params = {k: v for k, v in r.config.items() if k != "base"}
@@ -34,6 +35,8 @@ def trial_rows(results: Any, space: spaces.Space, epochs: int) -> list[dict[str,
                 "failed: " + last[:200]
         elif history and epoch_of(history[-1]) >= epochs:
             row["status"] = "completed"
+        elif Path(r.path).name in running:
+            row["status"] = "interrupted"  # Ctrl-C: it was training; --resume continues it
         else:
             row["status"] = "stopped early"
         row["epochs"] = epoch_of(history[-1]) if history else 0
@@ -42,6 +45,18 @@ def trial_rows(results: Any, space: spaces.Space, epochs: int) -> list[dict[str,
             row.update({k: best[k] for k in metric_names(best, space)}, best_epoch=epoch_of(best))
         rows.append(row)
     return rows
+
+
+def interrupted_trials(results: Any) -> set[str]:
+    """The trials Tune's saved state holds as still to run (only a Ctrl-C leaves any; in the returned results
+    Tune shows them terminated, in its saved state they are pending, and ``--resume`` continues them)."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = ExperimentAnalysis(results.experiment_path).trials
+    except Exception:  # noqa: BLE001 - no saved state to read: nothing is known to be unfinished
+        return set()
+    return {Path(t.path).name for t in trials if t.path and t.status in ("RUNNING", "PAUSED", "PENDING")}
 
 
 def metric_names(result: dict[str, Any], space: spaces.Space) -> list[str]:
@@ -98,6 +113,7 @@ def summarize(results: Any, space: spaces.Space, epochs: int, path: Path, wall: 
     best = best_row(rows, space)
     counts = {s: sum(r["status"].startswith(s) for r in rows)
               for s in ("completed", "stopped early", "failed", "collapsed")}
+    counts["interrupted_trials"] = sum(r["status"] == "interrupted" for r in rows)
     summary: dict[str, Any] = {"space": space.name, "metric": space.metric, "mode": space.mode,
                                "experiment_path": str(path), "wall_time_s": round(wall, 1), "trials": len(rows),
                                "num_samples": space.num_samples, **counts, "best": best}
@@ -123,6 +139,7 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 def print_summary(s: dict[str, Any], space: spaces.Space) -> None:
     print(f"\n== {s['space']}: {s['trials']} trials in {s['wall_time_s']:.0f}s: {s['completed']} completed, "
           f"{s['stopped early']} stopped early, {s['failed']} failed"
+          + (f", {s['interrupted_trials']} interrupted" if s.get("interrupted_trials") else "")
           + (f", {s['collapsed']} collapsed" if s.get("collapsed") else ""))
     b = s.get("best")
     if b is None:

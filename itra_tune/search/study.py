@@ -1,7 +1,11 @@
 """The Optuna study behind a search, stored where ``optuna-dashboard`` and ``optuna.load_study`` read it: by default
 a SQLite file in the experiment's folder, or any database URL that every node of a cluster reaches. A new search
 can start from a previous one (``warm_start``): the previous study's finished trials seed the sampler, and its best
-configuration is the first one evaluated."""
+configuration is the first one evaluated.
+
+The sampler itself works on an in-memory study that Tune saves with its experiment state, so that a resumed search
+(after Ctrl-C or a killed driver) continues from one consistent snapshot; every finished trial is copied into the
+stored study as it ends (``record``), once, whatever restarts in between."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from itra_tune.config import ConfigError
 
 DB_FILE = "optuna.db"
 OBJECTIVE_ATTR = "itra_tune.objective"  # the metric(s) and mode(s) a stored study ranks by
+TRIAL_ATTR = "itra_tune.trial_id"  # on a stored trial: Tune's id of the trial it records
 
 
 def storage_url(url: str | None, experiment: Path) -> str:
@@ -42,16 +47,34 @@ def objective_of(metric: str | Sequence[str], mode: str | Sequence[str]) -> str:
 
 
 def create(url: str, name: str, metric: str | Sequence[str], mode: str | Sequence[str],
-           previous: optuna.Study | None = None, params: Sequence[spaces.Param] = ()) -> int:
-    """Create the study of a new search (or find the existing one, resumed), seeded from ``previous`` when given.
-
-    Returns:
-        How many of ``previous``'s trials it was seeded with.
-    """
+           previous: optuna.Study | None = None, params: Sequence[spaces.Param] = ()) -> optuna.Study:
+    """The stored study of a search (created, or found when the search resumes); a new one warm-started from
+    ``previous`` holds the trials it started from too, marked ``warm_start_from``."""
     directions = [("minimize" if m == "min" else "maximize") for m in ([mode] if isinstance(mode, str) else mode)]
     study = optuna.create_study(storage=storage(url), study_name=name, directions=directions, load_if_exists=True)
     study.set_user_attr(OBJECTIVE_ATTR, objective_of(metric, mode))
-    return seed(study, previous, params) if previous is not None and not study.trials else 0
+    if previous is not None and not study.trials:
+        dists = {p.key: p.distribution() for p in params}
+        study.add_trials([_copy(t, dists, previous.study_name) for t in compatible(previous, params)])
+    return study
+
+
+def _copy(trial: Any, dists: dict[str, Any], source: str) -> Any:
+    return optuna.trial.create_trial(params=trial.params, distributions=dists, values=trial.values,
+                                     user_attrs={"warm_start_from": source})
+
+
+def record(study: optuna.Study, key: str, params: dict[str, Any], dists: dict[str, Any],
+           values: Sequence[float] | None) -> bool:
+    """Copy a finished trial into the stored study, once per ``key`` (Tune's trial id); ``values`` None: it
+    failed. Returns whether it was new."""
+    if any(t.user_attrs.get(TRIAL_ATTR) == key for t in study.get_trials(deepcopy=False)):
+        return False
+    ok = values is not None and all(v == v for v in values)  # a NaN is a failure too
+    study.add_trial(optuna.trial.create_trial(
+        params=params, distributions=dists, values=list(values) if ok else None, user_attrs={TRIAL_ATTR: key},
+        state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL))
+    return True
 
 
 def load_previous(url: str, name: str, metric: str | Sequence[str], mode: str | Sequence[str]) -> optuna.Study:
@@ -68,20 +91,26 @@ def load_previous(url: str, name: str, metric: str | Sequence[str], mode: str | 
     return study
 
 
+def compatible(previous: optuna.Study, params: Sequence[spaces.Param]) -> list[Any]:
+    """``previous``'s finished trials whose values are all points of this search's space."""
+    dists = {p.key: p.distribution() for p in params}
+    return [t for t in previous.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if set(t.params) == set(dists) and all(_representable(dists[k], v) for k, v in t.params.items())]
+
+
 def seed(study: optuna.Study, previous: optuna.Study, params: Sequence[spaces.Param]) -> int:
-    """Copy ``previous``'s finished trials whose values lie in this search's space, and queue its best one first.
+    """Copy ``previous``'s finished trials that fit this search's space into ``study`` (the sampler's), and queue
+    the best of them first.
 
     Returns:
         How many trials were copied.
     """
     dists = {p.key: p.distribution() for p in params}
-    done = [t for t in previous.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if set(t.params) == set(dists) and all(_representable(dists[k], v) for k, v in t.params.items())]
-    study.add_trials([optuna.trial.create_trial(params=t.params, distributions=dists, values=t.values,
-                                                user_attrs={"warm_start_from": previous.study_name})
-                      for t in done])
+    done = compatible(previous, params)
+    study.add_trials([_copy(t, dists, previous.study_name) for t in done])
     if done and len(study.directions) == 1:
-        best = max(done, key=lambda t: t.values[0] * (1 if study.direction.name == "MAXIMIZE" else -1))
+        sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+        best = max(done, key=lambda t: sign * t.values[0])
         study.enqueue_trial(best.params, user_attrs={"warm_start_best_of": previous.study_name})
     return len(done)
 

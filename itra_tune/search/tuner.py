@@ -137,9 +137,9 @@ def objectives(space: spaces.Space, objective: str) -> tuple[Any, Any]:
     return space.metric, space.mode
 
 
-def build_searcher(space: spaces.Space, objective: str, seed: int, study: tuple[str, str] | None = None) -> Any:
-    """Optuna's TPE (seeded) over the space's parameters, at most ``max_concurrent`` trials in flight; ``study``:
-    (database URL, study name) of a stored study to record into and continue, else an in-memory one.
+def build_searcher(space: spaces.Space, objective: str, seed: int, previous: Any = None) -> Any:
+    """Optuna's TPE (seeded) over the space's parameters, at most ``max_concurrent`` trials in flight;
+    ``previous``: an earlier search's stored study, whose trials seed the sampler (``--warm-start``).
 
     Under population based training, which takes no searcher, Tune's random sampling of the same space
     (``param_space``) draws the first population.
@@ -152,8 +152,9 @@ def build_searcher(space: spaces.Space, objective: str, seed: int, study: tuple[
         return BasicVariantGenerator(max_concurrent=space.max_concurrent, random_state=seed)
     metric, mode = objectives(space, objective)
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, max(1, space.num_samples // 2)))
-    stored = {} if study is None else {"storage": study_mod.storage(study[0]), "study_name": study[1]}
-    searcher = OptunaSearch(space=DefineByRun(space.params), metric=metric, mode=mode, sampler=sampler, **stored)
+    searcher = OptunaSearch(space=DefineByRun(space.params), metric=metric, mode=mode, sampler=sampler)
+    if previous is not None:
+        study_mod.seed(searcher._ot_study, previous, space.params)  # its in-memory study, saved with Tune's state
     return ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent)
 
 
@@ -293,6 +294,48 @@ class TrackingCallback(tune.Callback):
             self.tracker.epoch(trial.trial_id, {**reported(result), "epoch": epoch_of(result)} if self.user else result)
 
 
+class StudyRecord(tune.Callback):
+    """Copy each finished trial into the stored Optuna study as it ends (``search.study.record``), so that
+    ``optuna-dashboard`` shows the search live. Plain data only: it pickles into Tune's experiment state."""
+
+    def __init__(self, space: spaces.Space, objective: str, url: str, name: str) -> None:
+        self.params, self.url, self.name = space.params, url, name
+        self.metrics = objectives(space, objective)[0]
+        self._study: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_study": None}
+
+    def record(self, config: dict[str, Any], result: dict[str, Any] | None, key: str, failed: bool) -> None:
+        if self._study is None:
+            import optuna
+
+            self._study = optuna.load_study(study_name=self.name, storage=study_mod.storage(self.url))
+        names = [self.metrics] if isinstance(self.metrics, str) else list(self.metrics)
+        values = None if failed or not result or any(m not in result for m in names) else \
+            [float(result[m]) for m in names]
+        study_mod.record(self._study, key, {p.key: config[p.key] for p in self.params},
+                         {p.key: p.distribution() for p in self.params}, values)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._safely(trial, failed=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._safely(trial, failed=True)
+
+    def _safely(self, trial: Any, failed: bool) -> None:
+        try:
+            self.record(trial.config, trial.last_result, trial.trial_id, failed)
+        except Exception:  # noqa: BLE001 - the database is away: the end of the search records every trial
+            self._study = None
+
+    def record_all(self, grid: Any) -> None:
+        """Every trial of a finished (or interrupted) search, for those whose end the live callback missed."""
+        for r in grid:
+            if r.config and r.metrics:
+                self.record(r.config, r.metrics, r.metrics.get("trial_id", Path(r.path).name), r.error is not None)
+
+
 class FreeWorkers(tune.Callback):
     """Free a data-parallel trial's workers when the trial ends, however it ends (``trainable.WORKERS_GROUP``)."""
 
@@ -320,9 +363,11 @@ class FreeWorkers(tune.Callback):
 
 def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, callback: TrackingCallback, *,
                    objective: str, seed: int, max_failures: int, resume: bool,
-                   user_fn: Callable[..., Any] | None = None, study: tuple[str, str] | None = None) -> Any:
+                   user_fn: Callable[..., Any] | None = None, study: StudyRecord | None = None,
+                   previous: Any = None) -> Any:
     """Run (or resume) one experiment and return its ResultGrid; ``user_fn``: a user trainable, else the engine;
-    ``study``: (database URL, study name) of the stored Optuna study the searcher records into."""
+    ``study``: what copies finished trials into the stored Optuna study; ``previous``: the study to warm-start
+    from."""
     resources = {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial}
     if user_fn is not None:
         ship_by_value(user_fn)
@@ -348,7 +393,7 @@ def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, c
                                                 checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=max_failures),
         progress_reporter=_reporter(space),
-        callbacks=[callback, FreeWorkers()] if space.workers_per_trial > 1 else [callback],
+        callbacks=[callback] + ([FreeWorkers()] if space.workers_per_trial > 1 else []) + ([study] if study else []),
         verbose=1,
     )
     pbt = space.scheduler["name"] == "pbt"
@@ -356,7 +401,7 @@ def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, c
     tuner = tune.Tuner(
         trainable,
         param_space={"base": space.base, **sampled},
-        tune_config=tune.TuneConfig(search_alg=build_searcher(space, objective, seed, study),
+        tune_config=tune.TuneConfig(search_alg=build_searcher(space, objective, seed, previous),
                                     scheduler=build_scheduler(space, epochs),
                                     num_samples=space.num_samples,
                                     # Ray 2.60: under PBT a reused actor ended exploited trials an epoch or two
