@@ -100,7 +100,8 @@ def test_trials_of_two_data_parallel_workers_track_and_log_their_model(ray_local
     from itra_tune import search, tracking
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    [summary] = search.run("demo", smoke=True, workers_per_trial=2, num_samples=2, max_concurrent=1,
+    # seed 4 samples batch 32 (64 rows a step over the two workers): two smoke epochs are enough to learn
+    [summary] = search.run("demo", smoke=True, workers_per_trial=2, num_samples=2, max_concurrent=1, seed=4,
                            storage_path=str(tmp_path / "st"), name="w", tracking_uri=uri, scheduler="none")
     assert summary["completed"] == 2 and summary["best"]["val_acc"] > 0.5
     assert summary["best_config"]["train"]["workers_per_trial"] == 2
