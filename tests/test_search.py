@@ -306,6 +306,34 @@ def test_resume_after_the_driver_is_killed(space_file, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_resume_whose_snapshot_names_a_pruned_checkpoint_continues_from_the_newest_that_exists(space_file,
+                                                                                               tmp_path):
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    cmd = [sys.executable, "-m", "itra_tune.search", "--space", str(_long_space(space_file)), "--storage-path",
+           str(tmp_path / "st"), "--name", "pruned", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    exp = tmp_path / "st" / "pruned"
+    proc = _start_and_wait(cmd, exp)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # what Tune's pruning can do between two snapshots: the checkpoint the last one names as newest is gone
+    state = json.loads(Path(_find_newest_experiment_checkpoint(str(exp))).read_text())
+    pruned = []
+    for entry in state["trial_data"]:
+        latest = _loads_with_cloudpickle(entry[1])["checkpoint_manager"]._latest_checkpoint_result
+        if latest is not None and Path(latest.checkpoint.path).exists():
+            shutil.rmtree(latest.checkpoint.path)
+            pruned.append(Path(latest.checkpoint.path).parent.name)
+    assert pruned
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "their newest checkpoint had been pruned" in resumed.stderr and pruned[0] in resumed.stderr
+    summary = json.loads((exp / "summary.json").read_text())
+    assert summary["trials"] == 4 and summary["completed"] == 4, [r["status"] for r in _trials(exp)]
+
+
+@pytest.mark.slow
 def test_ctrl_c_reports_the_interrupted_search_and_resume_finishes_it(space_file, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cmd = [sys.executable, "-m", "itra_tune.search", "--space", str(_long_space(space_file)),

@@ -361,6 +361,47 @@ class FreeWorkers(tune.Callback):
 # --- one experiment -------------------------------------------------------------------------------------
 
 
+def repair_checkpoints(experiment: Path) -> list[str]:
+    """Make Tune's last snapshot of ``experiment`` name only checkpoints that exist, before it is restored.
+
+    Tune keeps a trial's 4 best checkpoints and its newest; between two snapshots a newer checkpoint can take the
+    newest's place and the one the snapshot names as newest can be pruned. A driver killed then leaves a snapshot
+    that Tune cannot restore ("does not exist on storage anymore"). Each such trial is pointed at its newest
+    checkpoint that exists (or none: it starts over), so it loses at most the epochs since then.
+
+    Returns:
+        The trials repaired, with the checkpoint each now resumes from.
+    """
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.utils.serialization import TuneFunctionEncoder, _loads_with_cloudpickle
+
+    newest = _find_newest_experiment_checkpoint(str(experiment))
+    if newest is None:
+        return []
+    state = json.loads(Path(newest).read_text())
+    repaired = []
+    for entry in state.get("trial_data", []):
+        meta = _loads_with_cloudpickle(entry[1])
+        manager = meta.get("checkpoint_manager")
+        latest = getattr(manager, "_latest_checkpoint_result", None)
+        if latest is None or Path(latest.checkpoint.path).exists():
+            continue
+        alive = [r for r in manager._checkpoint_results if Path(r.checkpoint.path).exists()]
+        manager._checkpoint_results = alive
+        manager._latest_checkpoint_result = max(alive, key=lambda r: r.metrics.get("training_iteration", 0),
+                                                default=None)
+        entry[1] = json.dumps(meta, indent=2, cls=TuneFunctionEncoder)
+        found = manager._latest_checkpoint_result
+        repaired.append(f"{Path(latest.checkpoint.path).parent.name}: "
+                        f"{Path(found.checkpoint.path).name if found else 'from the start'}")
+    if repaired:
+        tmp = Path(newest).with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, newest)
+        print(f"note: resuming {', '.join(repaired)} (their newest checkpoint had been pruned)", file=sys.stderr)
+    return repaired
+
+
 def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, callback: TrackingCallback, *,
                    objective: str, seed: int, max_failures: int, resume: bool,
                    user_fn: Callable[..., Any] | None = None, study: StudyRecord | None = None,
@@ -380,6 +421,7 @@ def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, c
         fn = tune.with_parameters(train_trial, metric=space.metric, mode=space.mode)
     trainable = tune.with_resources(fn, resources)
     if resume:
+        repair_checkpoints(storage / name)
         return tune.Tuner.restore(str(storage / name), trainable=trainable, resume_unfinished=True,
                                   resume_errored=max_failures > 0).fit()
     run_config = tune.RunConfig(
