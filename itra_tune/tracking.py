@@ -187,6 +187,10 @@ class Tracker:
             self.failures += 1
             return None
 
+    def knows(self, trial_id: str) -> bool:
+        """Whether the trial has its run already."""
+        return trial_id in self._children
+
     def trial_started(self, trial_id: str, name: str, params: dict[str, Any]) -> None:
         if trial_id in self._children:
             self._safe(lambda: self.c.update_run(self._children[trial_id], status="RUNNING"))

@@ -286,10 +286,14 @@ class TrackingCallback(tune.Callback):
         return self._tracker
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self.tracker is not None:
+        # a trial restored from a snapshot taken before its configuration was set has none (yet): it is recorded
+        # with its first result, or at the end of the search
+        if self.tracker is not None and "base" in trial.config:
             self.tracker.trial_started(trial.trial_id, trial_name(trial), trial_params(trial.config, self.user))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if self.tracker is not None and not self.tracker.knows(trial.trial_id) and "base" in trial.config:
+            self.on_trial_start(iteration, trials, trial)
         if self.tracker is not None:
             self.tracker.epoch(trial.trial_id, {**reported(result), "epoch": epoch_of(result)} if self.user else result)
 

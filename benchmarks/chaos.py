@@ -1,0 +1,145 @@
+"""Kill a search and resume it, again and again: does any finished work get lost?
+
+    python -m benchmarks.chaos [--kills 20] [--seed 0] [--trials 6] [--epochs 8] [--out DIR]
+
+One seeded search (synthetic data, the engine's MLP, no early stopping, so that every trial must reach its last
+epoch) is started, its driver SIGKILLed (with its whole process group) at ``--kills`` random moments, each
+followed by ``--resume``, and then resumed to the end. A second search with ``--max-failures 1`` has one trial's
+worker process killed mid-trial. What is checked, from the search's own files and its MLflow record: every resume
+started and ran; every trial finished; each trial's MLflow history holds every epoch exactly once; no trial was
+lost (a trial row and a finished MLflow run per sampled trial). Prints one line:
+``N/N kills resumed, T/T trials finished, E duplicated or missing epochs, L lost trials``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def space(folder: Path, trials: int, epochs: int) -> Path:
+    raw = {"name": "chaos",
+           "base": {"data": {"name": "synthetic", "batch_size": 32, "subset": 1280}, "model": {"name": "mlp"},
+                    "loss": {"name": "itra_c", "lam": 0.5}, "train": {"epochs": epochs, "compactness_samples": 64}},
+           "search": {"loss.lam": {"type": "float", "low": 0.1, "high": 1.0}},
+           "budget": {"num_samples": trials, "max_concurrent": 2}, "scheduler": {"name": "none"}}
+    path = folder / "chaos.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def command(sp: Path, folder: Path, name: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "itra_tune.search", "--space", str(sp), "--storage-path", str(folder / "st"),
+            "--name", name, "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}", "--seed", "0", *extra]
+
+
+def start(cmd: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def progress(trial_dir: Path) -> list[dict[str, Any]]:
+    f = trial_dir / "result.json"
+    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
+
+
+def kill_cycle(cmd: list[str], kills: int, rng: random.Random, log: Path) -> tuple[int, int]:
+    """Start, SIGKILL at a random moment, resume, ``kills`` times; returns (kills made, resumes that ran until the
+    next kill or to the end)."""
+    made = resumed = 0
+    for k in range(kills):
+        proc = start(cmd + (["--resume"] if k else []), log)
+        deadline = time.time() + rng.uniform(4.0, 14.0)
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        if proc.poll() is not None:  # it finished (or failed) before the kill
+            resumed += k > 0 and proc.returncode == 0
+            return made, resumed
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        made += 1
+        resumed += k > 0  # alive at the kill: it had resumed
+        print(f"  kill {made}/{kills}", flush=True)
+    return made, resumed
+
+
+def mlflow_epochs(uri: str, experiment: str) -> dict[str, list[int]]:
+    """Each finished child run's val_acc steps, by trial name."""
+    from mlflow import MlflowClient
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(experiment)
+    runs = c.search_runs([exp.experiment_id]) if exp else []
+    return {r.info.run_name: sorted(m.step for m in c.get_metric_history(r.info.run_id, "val_acc"))
+            for r in runs if "mlflow.parentRunId" in r.data.tags and r.info.status == "FINISHED"}
+
+
+def check(folder: Path, name: str, trials: int, epochs: int) -> tuple[int, int, int]:
+    """(trials finished, duplicated or missing epochs, lost trials) of one experiment."""
+    exp = folder / "st" / name
+    with open(exp / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    finished = sum(r["status"] == "completed" for r in rows)
+    steps = mlflow_epochs(f"sqlite:///{folder / 'mlflow.db'}", "chaos")
+    wrong = sum(abs(steps.get(r["trial"], []).count(e) - 1) for r in rows for e in range(1, epochs + 1))
+    lost = trials - len({r["trial"] for r in rows} & set(steps))
+    return finished, wrong, lost
+
+
+def kill_a_worker(cmd: list[str], exp: Path, log: Path) -> int:
+    """Kill one trial's worker process once it has reported 2 epochs; the search's exit code."""
+    proc = start(cmd, log)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        rows = [r for d in exp.glob("trial_*") for r in progress(d)]
+        if any(r["epoch"] >= 2 for r in rows):
+            os.kill(rows[-1]["pid"], signal.SIGKILL)
+            print(f"  killed worker {rows[-1]['pid']} of trial {rows[-1]['trial_id']}", flush=True)
+            break
+        time.sleep(0.2)
+    return proc.wait(timeout=600)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.chaos", description=__doc__.splitlines()[0])
+    p.add_argument("--kills", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trials", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--out", type=Path, help="keep the searches here (default: a temporary folder)")
+    args = p.parse_args(argv)
+    folder = args.out or Path(tempfile.mkdtemp(prefix="chaos-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "searches.log"
+    sp = space(folder, args.trials, args.epochs)
+    rng = random.Random(args.seed)
+    t0 = time.perf_counter()
+    cmd = command(sp, folder, "killed")
+    made, resumed = kill_cycle(cmd, args.kills, rng, log)
+    final = subprocess.run(cmd + ["--resume"] if made else cmd, stdout=log.open("a"), stderr=subprocess.STDOUT)
+    resumed += made > 0 and final.returncode == 0  # every kill is followed by a resume: the last one runs to the end
+    finished, wrong, lost = check(folder, "killed", args.trials, args.epochs)
+    print(f"{resumed}/{made} kills resumed, {finished}/{args.trials} trials finished, {wrong} duplicated or "
+          f"missing epochs, {lost} lost trials (final resume exit {final.returncode}; "
+          f"{(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
+    code = kill_a_worker(command(sp, folder, "worker", "--max-failures", "1"), folder / "st" / "worker", log)
+    w_finished, w_wrong, w_lost = check(folder, "worker", args.trials, args.epochs)
+    print(f"worker killed: exit {code}, {w_finished}/{args.trials} trials finished, {w_wrong} duplicated or "
+          f"missing epochs, {w_lost} lost trials; logs in {log}", flush=True)
+    ok = resumed == made and finished == args.trials and not wrong and not lost and final.returncode == 0
+    return 0 if ok and code == 0 and w_finished == args.trials and not w_wrong and not w_lost else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
