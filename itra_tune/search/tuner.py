@@ -371,7 +371,8 @@ def repair_checkpoints(experiment: Path) -> list[str]:
     Tune keeps a trial's 4 best checkpoints and its newest; between two snapshots a newer checkpoint can take the
     newest's place and the one the snapshot names as newest can be pruned. A driver killed then leaves a snapshot
     that Tune cannot restore ("does not exist on storage anymore"). Each such trial is pointed at its newest
-    checkpoint that exists (or none: it starts over), so it loses at most the epochs since then.
+    checkpoint that exists (or none: it starts over), so it loses at most the epochs since then. Checkpoints the
+    snapshot lists but the killed run had pruned already are dropped from its list too.
 
     Returns:
         The trials repaired, with the checkpoint each now resumes from.
@@ -383,25 +384,31 @@ def repair_checkpoints(experiment: Path) -> list[str]:
     if newest is None:
         return []
     state = json.loads(Path(newest).read_text())
-    repaired = []
+    repaired, changed = [], False
     for entry in state.get("trial_data", []):
         meta = _loads_with_cloudpickle(entry[1])
         manager = meta.get("checkpoint_manager")
-        latest = getattr(manager, "_latest_checkpoint_result", None)
-        if latest is None or Path(latest.checkpoint.path).exists():
+        if manager is None:
             continue
         alive = [r for r in manager._checkpoint_results if Path(r.checkpoint.path).exists()]
-        manager._checkpoint_results = alive
-        manager._latest_checkpoint_result = max(alive, key=lambda r: r.metrics.get("training_iteration", 0),
-                                                default=None)
+        latest = manager._latest_checkpoint_result
+        lost = latest is not None and not Path(latest.checkpoint.path).exists()
+        if len(alive) == len(manager._checkpoint_results) and not lost:
+            continue
+        # pruned entries go too: Tune would try to delete them again and log an error for each
+        manager._checkpoint_results, changed = alive, True
+        if lost:
+            manager._latest_checkpoint_result = max(alive, key=lambda r: r.metrics.get("training_iteration", 0),
+                                                    default=None)
+            found = manager._latest_checkpoint_result
+            repaired.append(f"{Path(latest.checkpoint.path).parent.name}: "
+                            f"{Path(found.checkpoint.path).name if found else 'from the start'}")
         entry[1] = json.dumps(meta, indent=2, cls=TuneFunctionEncoder)
-        found = manager._latest_checkpoint_result
-        repaired.append(f"{Path(latest.checkpoint.path).parent.name}: "
-                        f"{Path(found.checkpoint.path).name if found else 'from the start'}")
-    if repaired:
+    if changed:
         tmp = Path(newest).with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, newest)
+    if repaired:
         print(f"note: resuming {', '.join(repaired)} (their newest checkpoint had been pruned)", file=sys.stderr)
     return repaired
 
