@@ -5,9 +5,10 @@
 One seeded search (synthetic data, the engine's MLP, no early stopping, so that every trial must reach its last
 epoch) is started, its driver SIGKILLed (with its whole process group) at ``--kills`` random moments, each
 followed by ``--resume``, and the last resume runs to the end (if the search ends sooner, fewer kills are
-made). A second search with ``--max-failures 1`` has one trial's worker process killed mid-trial. What is checked, from the search's own files and its MLflow record: every resume
-started and ran; every trial finished; each trial's MLflow history holds every epoch exactly once; no trial was
-lost (a trial row and a finished MLflow run per sampled trial). Prints one line:
+made). A second search with ``--max-failures 1`` has one trial's worker process killed mid-trial. What is
+checked, from the search's own files and its MLflow record: every resume started and ran; every trial
+finished; each trial's MLflow history holds every epoch exactly once; no trial was lost (a trial row and a
+finished MLflow run per sampled trial). Prints one line:
 ``N/N kills resumed, T/T trials finished, E duplicated or missing epochs, L lost trials``.
 """
 
