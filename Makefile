@@ -1,32 +1,39 @@
-# Set-up happens on first use: the virtual environment is created and the package installed with its
-# test extra. `make demo` runs the main job on the embedded default space; `make test` runs the tests.
+# Set-up happens on first use: the virtual environment is created and the package installed with what the
+# target needs: `make demo` the search extra, the test targets every extra and the test tools.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+SEARCH := $(VENV)/.installed-search
+DEV := $(VENV)/.installed-dev
 
 .PHONY: demo test test-all bench lint clean
 
-$(STAMP): pyproject.toml
+$(PY):
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+	$(PY) -m pip install -qq --upgrade pip
 
-demo: $(STAMP)
+$(SEARCH): pyproject.toml | $(PY)
+	$(PY) -m pip install -qq -e ".[search]"
+	touch $@
+
+$(DEV): pyproject.toml | $(PY)
+	$(PY) -m pip install -qq -e ".[dev]"
+	touch $@ $(SEARCH)
+
+demo: $(SEARCH)
 	$(PY) -m itra_tune.search --space demo
 
-test: $(STAMP)
+test: $(DEV)
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: $(STAMP)
+test-all: $(DEV)
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+bench: $(DEV)
 	$(PY) -m benchmarks.bench
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(PY) -m ruff check itra_tune tests pipelines benchmarks
 
 clean:

@@ -8,7 +8,8 @@
     loss_fn = itra_tune.ITRALoss(num_classes=10, lam=0.5)   # ITRA in your own loop, with
     net = itra_tune.split_model(model)                       # SecondBatch; or itra_tune.ITRATrainer
 
-Attributes load on first use, so ``import itra_tune`` stays cheap.
+Attributes load on first use, so ``import itra_tune`` stays cheap. The core install trains; the search and
+the text models come with extras (``pip install "itra_tune[search]"``, ``[text]``, ``[all]``: ``itra_tune.extras``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'itra_tune' has no attribute {name!r}")
     module, attr = _LAZY[name]
-    mod = importlib.import_module(module)
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:  # an optional part whose extra is not installed: say which extra
+        raise (importlib.import_module("itra_tune.extras").missing(e, f"itra_tune.{name}") or e) from None
     return getattr(mod, attr)
 
 

@@ -25,13 +25,22 @@ class Parser(argparse.ArgumentParser):
 
 
 def run(prog: str, main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Run ``main(argv)``, turning ConfigError into one line and exit 2, and Ctrl-C into exit 130."""
+    """Run ``main(argv)``, turning ConfigError (and a missing extra) into one line and exit 2, and Ctrl-C into
+    exit 130."""
     try:
         return main(argv)
     except SystemExit as e:  # argparse: --help, or a usage error already printed as one line
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     except ConfigError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ModuleNotFoundError as e:  # a part of an extra that is not installed: name the extra
+        from itra_tune import extras
+
+        missing = extras.missing(e, prog)
+        if missing is None:
+            raise
+        print(f"{prog}: error: {missing}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

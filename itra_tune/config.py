@@ -7,6 +7,7 @@ top-level ``seed`` and ``device``. Unknown keys and wrong types are errors namin
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -14,6 +15,25 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+def _check_package() -> None:
+    """One line, instead of a puzzling error later, when ``itra_tune`` resolved to a folder that is not this
+    package: a folder named itra_tune (a clone of the repository, say) in the working folder or beside the script
+    is imported as an empty namespace package, while the modules come from the installed package."""
+    package = sys.modules.get("itra_tune")
+    if package is None or getattr(package, "__file__", None) is not None:
+        return
+    shadow = next(iter(getattr(package, "__path__", [])), "?")
+    line = (f"itra_tune resolves to the folder {shadow}, not to the installed package "
+            f"({Path(__file__).resolve().parent}): run from another folder, or rename that folder")
+    if sys.argv[:1] == ["-m"]:  # `python -m itra_tune...` is still locating its module: a command's bad input
+        print(f"error: {line}", file=sys.stderr)
+        raise SystemExit(2)
+    raise ImportError(line)
+
+
+_check_package()
 
 
 class ConfigError(ValueError):
@@ -97,6 +117,11 @@ class LossConfig:
     center_lr: float = 0.5  # learning rate of the class centers for 'center' (Wen et al. 2016)
 
 
+_MATCHING = ("lam", "bandwidth", "sigma", "form", "sigma_ema", "lam_warmup_steps")
+# the keys of the loss section each loss reads besides its name (tests/test_config.py holds the losses to it)
+LOSS_READS = {"ce": (), "lsr": ("eps",), "center": ("lam", "center_lr"), "itra": _MATCHING, "itra_c": _MATCHING}
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     name: str = "sgd"
@@ -140,10 +165,17 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
 
-    def flat(self) -> dict[str, Any]:
-        """The configuration as dotted keys, e.g. ``{"loss.lam": 0.6, ...}``."""
+    def written(self) -> dict[str, Any]:
+        """The configuration as files and trackers show it: ``to_dict`` without the loss keys its loss does not
+        read (an ITRA-c configuration carries no ``loss.eps``); loaded back, it trains the same."""
+        raw = self.to_dict()
+        raw["loss"] = {k: v for k, v in raw["loss"].items() if k == "name" or k in LOSS_READS[self.loss.name]}
+        return raw
+
+    def flat(self, written: bool = False) -> dict[str, Any]:
+        """The configuration as dotted keys, e.g. ``{"loss.lam": 0.6, ...}``; ``written``: of ``written()``."""
         out: dict[str, Any] = {}
-        for section, value in self.to_dict().items():
+        for section, value in (self.written() if written else self.to_dict()).items():
             if isinstance(value, dict):
                 out.update({f"{section}.{k}": v for k, v in value.items()})
             else:

@@ -52,7 +52,7 @@ def save(model: models.Classifier, cfg: Config, out: str | Path, example: Tensor
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         checkpoint.save({"model": model.state_dict()}, tmp / WEIGHTS)
-        (tmp / CONFIG).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        (tmp / CONFIG).write_text(yaml.safe_dump(cfg.written(), sort_keys=False))
         program = _program(model, example, tmp / STANDALONE, models.modality(cfg.model.name)) if standalone \
             else "not written: not asked for"
         meta = {"num_classes": model.num_classes, "input_shape": list(example.shape[1:]),

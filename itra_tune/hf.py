@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from itra_tune import extras
 from itra_tune.config import ConfigError
 
 # Names the model registry knows; "minilm" is the pretrained all-MiniLM-L6-v2 (BERT architecture, 22M
@@ -47,6 +48,7 @@ def missing_message(name: str) -> str:
 
 def load_tokenizer(name: str) -> Any:
     """The tokenizer of checkpoint ``name``, from disk or the hub; ModelMissing when neither has it."""
+    extras.check("transformers", what=f"the text model {name!r}")
     from transformers import AutoTokenizer
 
     try:
@@ -57,6 +59,7 @@ def load_tokenizer(name: str) -> Any:
 
 def load_encoder(name: str, pretrained: bool) -> Any:
     """The encoder of checkpoint ``name``: its weights when ``pretrained``, else its architecture, fresh."""
+    extras.check("transformers", what=f"the text model {name!r}")
     from transformers import AutoConfig, AutoModel
 
     path = checkpoint_path(name)
@@ -69,7 +72,9 @@ def load_encoder(name: str, pretrained: bool) -> Any:
 
 
 def check(name: str) -> None:
-    """Raise ModelMissing now, rather than in every trial, when checkpoint ``name`` cannot be loaded."""
+    """Raise ModelMissing now, rather than in every trial, when checkpoint ``name`` cannot be loaded (MissingExtra
+    without transformers)."""
+    extras.check("transformers", what=f"the text model {name!r}")
     from transformers import AutoConfig
 
     try:

@@ -35,7 +35,7 @@ class RunDir:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         meta = {"code_version": config_mod.code_version()}
-        text = "# " + json.dumps(meta) + "\n" + yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
+        text = "# " + json.dumps(meta) + "\n" + yaml.safe_dump(self.cfg.written(), sort_keys=False)
         (self.path / "config.yaml").write_text(text)
         self._made = True
 

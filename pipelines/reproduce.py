@@ -118,7 +118,7 @@ def retrain(summary: dict[str, Any], seeds: int, runs: Path, tracker: tracking.T
     for i in range(seeds):
         seed_cfg = config_mod.override(cfg, {"seed": cfg.seed + i})
         run_key = f"{row}/{method}/seed{seed_cfg.seed}"
-        params = {"row": row, "method": method, **seed_cfg.flat()}
+        params = {"row": row, "method": method, **seed_cfg.flat(written=True)}
         tracker.trial_started(run_key, f"{Path(row).stem}-{method}-seed{seed_cfg.seed}", params)
         result = itra_tune.train(seed_cfg, out_dir=runs / search.method_slug(method) / f"seed_{seed_cfg.seed}",
                                  full_train=True)

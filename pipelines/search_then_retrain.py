@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         logits = model.eval()(example).float()
     outputs = {"logits": logits.numpy(), "probabilities": logits.softmax(1).numpy(), "class": logits.argmax(1).numpy()}
     run_id, model_id, registered = tracking.log_production(
-        uri, space, f"{name}-production", params=cfg.flat() | {"seeds": args.seeds}, metrics=metrics,
+        uri, space, f"{name}-production", params=cfg.flat(written=True) | {"seeds": args.seeds}, metrics=metrics,
         model=tracking.ModelFiles(exported, example.numpy(), outputs, int(last["epoch"])),
         register_as=None if args.no_register else f"itra-{space}")
     print(f"full training set, {args.seeds} seeds: test_acc {100 * acc:.2f} ± {100 * acc_sd:.2f}%  "

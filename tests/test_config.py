@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import dataclasses
+import re
+from pathlib import Path
 
-from itra_tune import config
+import pytest
+import torch
+
+from itra_tune import config, losses
 from itra_tune.config import ConfigError
 
 
@@ -53,3 +58,35 @@ def test_override_validates():
     with pytest.raises(ConfigError, match="cannot be negative"):
         config.override(config.Config(), {"loss.lam": -1})
     assert config.override(config.Config(), {"loss.lam": 2}).loss.lam == 2.0
+
+
+def test_the_readme_table_names_every_configuration_key():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("A configuration has five sections", 1)[1].split("\n\n", 2)[1]
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `?([a-z ]+?)`? \| (.*) \|$", table, re.M)}
+    cfg = config.Config()
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(section):
+            missing = [g.name for g in dataclasses.fields(section) if f"`{g.name}`" not in rows[f.name]]
+            assert missing == [], f"the README's {f.name} row lacks {missing}"
+        else:
+            assert f"`{f.name}`" in rows["top level"], f.name
+
+
+@pytest.mark.parametrize("name", ["ce", "lsr", "center", "itra", "itra_c"])
+def test_a_written_configuration_drops_only_the_loss_keys_its_loss_does_not_read(name):
+    unread = {"lam": 2.5, "bandwidth": "multiscale", "sigma": 3.0, "form": "paper", "sigma_ema": 0.5,
+              "lam_warmup_steps": 7, "eps": 0.3, "center_lr": 0.05}
+    cfg = config.from_dict({"loss": {"name": name}})
+    odd = config.override(cfg, {f"loss.{k}": v for k, v in unread.items() if k not in config.LOSS_READS[name]})
+    assert set(cfg.written()["loss"]) == {"name", *config.LOSS_READS[name]}
+    assert config.from_dict(odd.written()).written() == cfg.written()
+
+    def value(c: config.Config) -> torch.Tensor:  # what the loss computes on fixed inputs, two steps
+        torch.manual_seed(0)
+        fn = losses.build(c.loss, num_classes=3, feature_dim=4)
+        logits, y, h1, h2 = torch.randn(12, 3), torch.arange(12) % 3, torch.randn(12, 4), torch.randn(12, 4)
+        return torch.stack([fn(logits, y, h1, h2, y).total for _ in range(2)])
+
+    assert torch.equal(value(cfg), value(odd))  # the keys it drops change nothing

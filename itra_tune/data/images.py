@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from itra_tune import extras
 from itra_tune.config import DataConfig
 from itra_tune.data.base import Batch, DatasetMissing, Held, Source, no_files
 
@@ -204,6 +205,10 @@ def _torchvision_set(folder: str, tv_class: str, mean: tuple[float, ...], std: t
 # --- bundled and generated ----------------------------------------------------------------------------
 
 
+def _sklearn(cfg: DataConfig, root: Path) -> None:
+    extras.check("sklearn", what="the digits dataset")
+
+
 def _digits(cfg: DataConfig, root: Path, model_name: str | None = None) -> tuple[Images, Images]:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images); a fixed 20% is the test split.
 
@@ -245,7 +250,7 @@ def _synthetic(cfg: DataConfig, root: Path, model_name: str | None = None) -> tu
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 SOURCES: dict[str, Source] = {
-    "digits": Source(_digits, no_files),
+    "digits": Source(_digits, _sklearn),
     "synthetic": Source(_synthetic, no_files),
     "fmnist": _mnist_like("fashion_mnist", "FashionMNIST", 0.2860, 0.3530, flip=True),
     "kmnist": _mnist_like("kmnist", "KMNIST", 0.1918, 0.3483, flip=False),

@@ -11,6 +11,7 @@ This package is the only part of itra_tune that imports Ray.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -18,7 +19,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from itra_tune import cli, engine, spaces, tracking
+from itra_tune import cli, engine, extras, spaces, tracking
 from itra_tune import config as config_mod
 from itra_tune.config import ConfigError
 
@@ -33,6 +34,8 @@ DEFAULT_STORAGE = Path("runs") / "search"
 # Ray 2.60 binds a local cluster's servers to the loopback address only when this is set before ray is first
 # imported (it is read once, at import); a node joining another cluster refuses it, so never with an address.
 LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# MLflow configures its loggers when first imported: a search shows its warnings only, unless --verbose
+QUIET_MLFLOW = {"MLFLOW_LOGGING_LEVEL": "WARNING"}
 OBJECTIVES = ("single", "acc_ce")
 
 
@@ -65,6 +68,7 @@ class Options:
     tracking_uri: str | None = None  # MLflow; default $MLFLOW_TRACKING_URI, else ./mlflow.db
     register: bool = False  # register the best model as itra-<space>
     log_models: int | None = 3  # the best k trials' checkpoints become LoggedModels; None: every trial's
+    verbose: bool = False  # Ray's status table and Ray's, Optuna's and MLflow's own messages; else a compact view
     # a user's training function fn(config, report) (itra_tune.search.trainable.Report), or its
     # "package.module:function"; None: the space's own trainable, else the engine
     trainable: Any = None
@@ -83,11 +87,13 @@ def run(space: str | Path = "demo", **options: Any) -> list[dict[str, Any]]:
         (the MLflow record) and ``interrupted`` (Ctrl-C: the rest is not run; resume with ``resume_command``).
 
     Raises:
-        ConfigError: bad input, before Ray starts or anything is written.
+        ConfigError: bad input, before Ray starts or anything is written (MissingExtra, a ConfigError, without
+            ``itra_tune[search]``).
     """
     unknown = sorted(set(options) - {f.name for f in fields(Options)})
     if unknown:
         raise TypeError(f"search.run() got an unexpected option {unknown[0]!r}")
+    extras.check(*extras.SEARCH, what="the search")  # without importing Ray: LOOPBACK_ONLY comes first
     opts = Options(**options)
     if not opts.address:
         for key, value in LOOPBACK_ONLY.items():
@@ -96,6 +102,9 @@ def run(space: str | Path = "demo", **options: Any) -> list[dict[str, Any]]:
         raise ConfigError(f"--log-models must be at least 1 (or all) but got {opts.log_models}")
     if opts.objective not in OBJECTIVES:
         raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)} but got {opts.objective!r}")
+    if not opts.verbose:
+        for key, value in QUIET_MLFLOW.items():
+            os.environ.setdefault(key, value)
     prepared, cfg = prepare(space, opts)
     if opts.objective == "acc_ce" and prepared.scheduler["name"] == "pbt":
         raise ConfigError("--objective acc_ce ranks on two metrics; population based training (pbt) needs one")
@@ -177,10 +186,18 @@ def _run_plan(plan: list[tuple[spaces.Space, str | None]], names: list[str], sav
               storage: Path, uri: str, opts: Options, resume_cmd: str, warm: list[Any]) -> list[dict[str, Any]]:
     import ray
 
-    from itra_tune.search import record, results, study, trainable, tuner
+    from itra_tune.search import progress, tuner
 
-    tuner.init_ray(opts.address)
-    available = ray.cluster_resources()
+    with contextlib.nullcontext() if opts.verbose else progress.quiet_libraries():
+        tuner.init_ray(opts.address)
+        return _run_searches(plan, names, saved, storage, uri, opts, resume_cmd, warm, ray.cluster_resources())
+
+
+def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str], saved: dict[str, tuple[str, str]],
+                  storage: Path, uri: str, opts: Options, resume_cmd: str, warm: list[Any],
+                  available: dict[str, float]) -> list[dict[str, Any]]:
+    from itra_tune.search import progress, record, results, study, trainable, tuner
+
     summaries = []
     for (sp, _method), name, previous in zip(plan, names, warm):
         user_fn = trainable.resolve_trainable(opts.trainable or sp.trainable) if sp.trainable else None
@@ -200,11 +217,15 @@ def _run_plan(plan: list[tuple[spaces.Space, str | None]], names: list[str], sav
             url = study.storage_url(opts.optuna_storage, storage / name)
             study.create(url, name, *tuner.objectives(sp, objective), previous, sp.params)
             stored = tuner.StudyRecord(sp, objective, url, name)
+        view = None if opts.verbose else progress.Progress(sp, epochs)
+        if view is not None:
+            print(progress.header(sp, epochs, name, opts.resume), flush=True)
         t0 = time.perf_counter()
         grid = tuner.run_experiment(sp, epochs, name, storage,
                                     tuner.TrackingCallback(uri, sp.name, parent, user=user_fn is not None),
                                     objective=objective, seed=opts.seed, max_failures=opts.max_failures,
-                                    resume=opts.resume, user_fn=user_fn, study=stored, previous=previous)
+                                    resume=opts.resume, user_fn=user_fn, study=stored, previous=previous,
+                                    progress=view)
         summary = results.summarize(grid, sp, epochs, storage / name, time.perf_counter() - t0, objective)
         if stored is not None:
             stored.record_all(grid)

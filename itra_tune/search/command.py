@@ -46,6 +46,8 @@ def parser() -> cli.Parser:
     p.add_argument("--max-failures", type=int, default=0, help="retries of a failing trial from its checkpoint")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.add_argument("--register", action="store_true", help="register the best model as itra-<space> in MLflow")
+    p.add_argument("--verbose", action="store_true",
+                   help="Ray's status table and Ray's, Optuna's and MLflow's own messages instead of the compact view")
     p.add_argument("--log-models", default="3", metavar="K|all",
                    help="log the best K trials' checkpoints as MLflow models (default 3; all: every trial's)")
     return p

@@ -119,7 +119,7 @@ def summarize(results: Any, space: spaces.Space, epochs: int, path: Path, wall: 
                                "num_samples": space.num_samples, **counts, "best": best}
     if best is not None:
         tune_config = {"base": space.base, **{p.key: best[p.key] for p in space.params if p.key in best}}
-        best_cfg = user_config(tune_config) if space.trainable else trial_config(tune_config).to_dict()
+        best_cfg = user_config(tune_config) if space.trainable else trial_config(tune_config).written()
         summary["best_config"] = best_cfg
         (path / "best_config.yaml").write_text(yaml.safe_dump(best_cfg, sort_keys=False))
     if objective == "acc_ce":
@@ -162,17 +162,18 @@ def print_summary(s: dict[str, Any], space: spaces.Space) -> None:
     elif t:
         backfill = f", {t['failed_live_writes']} live writes back-filled" if t.get("failed_live_writes") else ""
         reg = f", registered as {t['registered']}" if t.get("registered") else ""
-        print(f"MLflow:  experiment {t['experiment']!r}, parent run {t['parent_run_id']} at {t['uri']}{backfill}{reg}"
-              + ("" if t["uri"].startswith("http") else
-                 f"\n         browse with `{cli.command('mlflow')} ui --backend-store-uri {t['uri']}`, then open")
-              + f"\n         {t['ui']}")
+        print(f"MLflow:  experiment {t['experiment']!r}, parent run {t['parent_run_id']} at {t['uri']}{backfill}{reg}")
+        if not t["uri"].startswith("http"):
+            print(f"  browse: {cli.command('mlflow')} ui --backend-store-uri {t['uri']}")
+        print(f"  open:   {t['ui']}")
     o = s.get("optuna")
     if o:
         warm = o.get("warm_start")
         print(f"Optuna:  study {o['study']!r} in {o['storage']}"
-              + (f", started from {warm['trials']} trials of {warm['from']!r}" if warm else "")
-              + f"\n         browse with `{o['dashboard']}` (pip install optuna-dashboard)")
-    print(f"resume:  {s['resume_command']}")
+              + (f", started from {warm['trials']} trials of {warm['from']!r}" if warm else ""))
+        print(f"  browse: {o['dashboard']}")
+    if not s.get("interrupted"):  # an interrupted search says how to continue it on its last line
+        print(f"resume:  {s['resume_command']}")
 
 
 def _fmt(v: Any) -> str:

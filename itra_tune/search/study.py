@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 
-from itra_tune import spaces
+from itra_tune import cli, spaces
 from itra_tune.config import ConfigError
 
 DB_FILE = "optuna.db"
@@ -30,7 +30,8 @@ def storage_url(url: str | None, experiment: Path) -> str:
 
 
 def dashboard_command(url: str) -> str:
-    return f"optuna-dashboard {url}"
+    """The command that browses the study: optuna-dashboard, installed first (it is not a dependency)."""
+    return f"{cli.command('pip')} install optuna-dashboard && {cli.command('optuna-dashboard')} {url}"
 
 
 def storage(url: str) -> optuna.storages.RDBStorage:

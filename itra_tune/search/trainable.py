@@ -61,7 +61,7 @@ def user_config(tune_config: dict[str, Any]) -> dict[str, Any]:
 
 def trial_params(tune_config: dict[str, Any], user: bool = False) -> dict[str, Any]:
     """A trial's whole configuration as dotted keys, as MLflow records it."""
-    return config_mod.dotted(user_config(tune_config)) if user else trial_config(tune_config).flat()
+    return config_mod.dotted(user_config(tune_config)) if user else trial_config(tune_config).flat(written=True)
 
 
 def train_trial(tune_config: dict[str, Any], metric: str = "val_acc", mode: str = "max",

@@ -416,10 +416,10 @@ def repair_checkpoints(experiment: Path) -> list[str]:
 def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, callback: TrackingCallback, *,
                    objective: str, seed: int, max_failures: int, resume: bool,
                    user_fn: Callable[..., Any] | None = None, study: StudyRecord | None = None,
-                   previous: Any = None) -> Any:
+                   previous: Any = None, progress: tune.Callback | None = None) -> Any:
     """Run (or resume) one experiment and return its ResultGrid; ``user_fn``: a user trainable, else the engine;
     ``study``: what copies finished trials into the stored Optuna study; ``previous``: the study to warm-start
-    from."""
+    from; ``progress``: the live view (``search.progress.Progress``), else Ray's status table."""
     resources = {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial}
     if user_fn is not None:
         ship_by_value(user_fn)
@@ -445,9 +445,10 @@ def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, c
         checkpoint_config=tune.CheckpointConfig(num_to_keep=4, checkpoint_score_attribute=SELECTION,
                                                 checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=max_failures),
-        progress_reporter=_reporter(space),
-        callbacks=[callback] + ([FreeWorkers()] if space.workers_per_trial > 1 else []) + ([study] if study else []),
-        verbose=1,
+        progress_reporter=_reporter(space) if progress is None else None,
+        callbacks=[callback] + ([FreeWorkers()] if space.workers_per_trial > 1 else []) + ([study] if study else [])
+        + ([progress] if progress else []),
+        verbose=1 if progress is None else 0,
     )
     pbt = space.scheduler["name"] == "pbt"
     sampled = {p.key: tune_domain(p) for p in space.params} if pbt else {}

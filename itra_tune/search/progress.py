@@ -1,0 +1,160 @@
+"""The search's live view on the terminal, in place of Ray Tune's status table.
+
+A line for each trial that ends (how, after how many epochs, its best epoch's figures, its parameters) with the
+budget done so far, the best trial so far whenever it changes, and while trials train a status line at most
+every minute. What Ray, Optuna and MLflow would print besides (token and study notices, database set-up,
+signature checks, Ray's own resume hint) is kept quiet for the search; ``--verbose`` shows it all, with Ray's
+table instead of this view.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from itra_tune import spaces
+from itra_tune.config import UNRANKED
+from itra_tune.search.trainable import SELECTION, epoch_of
+
+# the loggers a search quiets, and the level each keeps: Ray's warnings include its own resume hint after Ctrl-C
+# (the summary prints ours) and a notice of token authentication, which the search turns on itself
+QUIET = {"ray": logging.ERROR, "optuna": logging.WARNING, "mlflow": logging.WARNING, "alembic": logging.WARNING}
+STATUS_EVERY_S = 60.0
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Ray, Optuna and MLflow print warnings and errors only, for the length of the block; the levels the
+    program had come back after it."""
+    before = {name: logging.getLogger(name).level for name in QUIET}
+    for name, level in QUIET.items():
+        logger = logging.getLogger(name)
+        logger.setLevel(max(level, logger.level))
+    try:
+        yield
+    finally:
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def header(space: spaces.Space, epochs: int, name: str, resume: bool) -> str:
+    """The search's first line: what runs, for how long, ranked how."""
+    scheduler = space.scheduler["name"]
+    return (f"{'resuming' if resume else 'searching'} {name}: {space.num_samples} trials, {space.max_concurrent} at a "
+            f"time, up to {epochs} epochs each, ranked on {space.metric} ({space.mode}), early stopping: "
+            f"{scheduler}; Ctrl-C stops and keeps what finished")
+
+
+def clock(seconds: float) -> str:
+    """``m:ss``, or ``h:mm:ss`` from an hour."""
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def figure(name: str, value: Any) -> str:
+    """A metric as the summary shows it: accuracies in percent, the rest to 4 significant digits."""
+    if not isinstance(value, (int, float)):
+        return f"{name} {value}"
+    return f"{name} {100 * value:.2f}%" if name.endswith("acc") else f"{name} {value:.4g}"
+
+
+class Progress(tune.Callback):
+    """Tune callback printing the live view. Plain data only: it pickles into Tune's experiment state, and a
+    resumed search goes on counting from where the killed one stopped."""
+
+    def __init__(self, space: spaces.Space, epochs: int, every: float = STATUS_EVERY_S) -> None:
+        self.metric, self.mode, self.total, self.epochs, self.every = (space.metric, space.mode, space.num_samples,
+                                                                      epochs, every)
+        # the engine's accuracy and CE side by side (whichever ranks first); a user trainable's metric alone
+        self.shown = [self.metric] + ([m for m in ("val_ce", "val_acc") if m != self.metric][:1]
+                                      if not space.trainable else [])
+        short = [p.key.rsplit(".", 1)[-1] for p in space.params]
+        self.params = {p.key: (s if short.count(s) == 1 else p.key) for p, s in zip(space.params, short)}
+        self.ended: dict[str, str] = {}  # trial id -> how it ended
+        self.top: dict[str, tuple[float, int, dict[str, Any]]] = {}  # trial id -> its best epoch: score, epoch, figures
+        self.best: tuple[float, str] | None = None  # score and name of the best ended trial
+        self._t0 = self._last = 0.0
+
+    def setup(self, **info: Any) -> None:
+        self._t0 = self._last = time.monotonic()
+
+    def get_state(self) -> dict[str, Any]:  # saved with Tune's snapshots: a resumed search counts on
+        return {"ended": self.ended, "top": self.top, "best": self.best}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.ended, self.top, self.best = state["ended"], state["top"], state["best"]
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        score = result.get(SELECTION)
+        if isinstance(score, (int, float)) and math.isfinite(score):
+            if trial.trial_id not in self.top or score > self.top[trial.trial_id][0]:
+                self.top[trial.trial_id] = (float(score), epoch_of(result),
+                                            {m: result[m] for m in self.shown if m in result})
+        if time.monotonic() - self._last >= self.every:
+            self.status(trials)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        epoch = epoch_of(trial.last_result or {})
+        self.end(trial, "completed" if epoch >= self.epochs else f"stopped at epoch {epoch}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.top.pop(trial.trial_id, None)  # a failed or collapsed trial never ranks
+        self.end(trial, error_line(trial))
+
+    def end(self, trial: Any, how: str) -> None:
+        self.ended.pop(trial.trial_id, None)  # a retried trial (--max-failures) ends once more
+        self.ended[trial.trial_id] = how
+        name, top = f"trial_{trial.trial_id}", self.top.get(trial.trial_id)
+        line = f"{self.counter()}  {clock(self.elapsed)}  {name} {how}"
+        if top:
+            line += "  " + "  ".join(figure(m, v) for m, v in top[2].items()) + f" (epoch {top[1]})"
+        line += "".join(f"  {short}={_value(trial.config[key])}" for key, short in self.params.items()
+                        if key in (trial.config or {}))
+        if top and not how.startswith(UNRANKED) and (self.best is None or top[0] > self.best[0]):
+            self.best = (top[0], name)
+            line += "  <- best so far"
+        self.say(line)
+
+    def status(self, trials: list) -> None:
+        running = [f"trial_{t.trial_id} epoch {epoch_of(t.last_result or {})}/{self.epochs}"
+                   for t in trials if t.status == "RUNNING"]
+        self.say(f"{'':{len(self.counter())}}  {clock(self.elapsed)}  running: {', '.join(running) or 'none'}"
+                 + (f"; best so far {self.best[1]}" if self.best else ""))
+
+    def counter(self) -> str:
+        """The budget done, as a bar and a count: ``[###-------] 3/8``."""
+        done = len(self.ended)
+        filled = round(10 * min(done, self.total) / max(self.total, 1))
+        return f"[{'#' * filled}{'-' * (10 - filled)}] {done:>{len(str(self.total))}}/{self.total}"
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self._t0
+
+    def say(self, line: str) -> None:
+        self._last = time.monotonic()
+        print(line, flush=True)
+
+
+def error_line(trial: Any) -> str:
+    """How an errored trial ended, in one line: its collapse with the numbers, else ``failed: <the error>``."""
+    text = ""
+    with contextlib.suppress(OSError, TypeError):
+        text = Path(trial.error_file).read_text()
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else "see its error.txt"
+    if "Collapsed: " in last:
+        return last.partition("Collapsed: ")[2][:160]
+    return "failed: " + last[:160]
+
+
+def _value(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
