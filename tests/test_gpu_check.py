@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # What a bare GPU box lacks (it has torch, torchvision, transformers, numpy and pyyaml): the check imports none
@@ -20,6 +22,7 @@ sys.exit(code)
 """.replace("ABSENT", repr(ABSENT))
 
 
+@pytest.mark.slow
 def test_the_gpu_check_runs_its_cpu_fallback_with_pytorch_alone():
     run = subprocess.run([sys.executable, "-c", RUN], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -16,6 +18,7 @@ def _load(name: str):
     return module
 
 
+@pytest.mark.slow
 def test_reproduce_reports_every_method_over_seeds_under_one_parent_run(ray_local, space_file, tmp_path):
     from mlflow import MlflowClient
 

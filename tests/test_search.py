@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -58,6 +59,11 @@ def test_four_trial_search_end_to_end(ray_local, space_file, tmp_path, capsys):
     assert summary["best"]["val_acc"] == pytest.approx(per_trial[best_name][0])
     assert (exp / "best_config.yaml").read_text().count("lam:") == 1
     assert "4 completed, 0 stopped early, 0 failed" in out and "best trial " + best_name in out
+    # the live view: a line as each trial ends, the best so far marked, and no table of Ray's
+    ended = [line for line in out.splitlines() if re.match(r"\[[#-]{10}\] [1-4]/4 ", line)]
+    assert [line.split()[1] for line in ended] == ["1/4", "2/4", "3/4", "4/4"]
+    assert all(" completed  val_acc " in line and " lam=" in line for line in ended), ended
+    assert ended[0].endswith("<- best so far") and "== Status ==" not in out
     lams = {float(r["loss.lam"]) for r in _trials(exp)}
     assert len(lams) == 4 and all(0.1 <= v <= 1.0 for v in lams)
 
@@ -65,8 +71,9 @@ def test_four_trial_search_end_to_end(ray_local, space_file, tmp_path, capsys):
     import optuna
 
     url = f"sqlite:///{exp / 'optuna.db'}"
-    assert summary["optuna"] == {"storage": url, "study": "e2e", "dashboard": f"optuna-dashboard {url}"}
-    assert f"optuna-dashboard {url}" in out
+    dashboard = f"{cli.command('pip')} install optuna-dashboard && {cli.command('optuna-dashboard')} {url}"
+    assert summary["optuna"] == {"storage": url, "study": "e2e", "dashboard": dashboard}
+    assert f"  browse: {dashboard}\n" in out
     study = optuna.load_study(study_name="e2e", storage=url)
     done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert sorted(t.params["loss.lam"] for t in done) == sorted(lams)
@@ -342,6 +349,7 @@ def test_ctrl_c_reports_the_interrupted_search_and_resume_finishes_it(space_file
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 130, err[-3000:]
+    assert "Tuner.restore" not in err and err.count("--resume") == 1  # one resume hint: ours
     # the trials training at the interrupt are recorded as interrupted, not as stopped early
     statuses = [r["status"] for r in _trials(tmp_path / "st" / "intr")]
     assert "interrupted" in statuses and "stopped early" not in statuses, statuses
@@ -359,6 +367,31 @@ def test_ctrl_c_reports_the_interrupted_search_and_resume_finishes_it(space_file
                                          output_format="list")
     runs = [m.source_run_id for m in models]
     assert len(runs) == 3 and len(set(runs)) == 3, runs
+
+
+@pytest.mark.slow
+def test_the_demo_prints_its_own_compact_view_and_commands_that_work_when_pasted(tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env.pop("RAY_AUTH_MODE", None)  # as a user's shell has it
+    demo = subprocess.run([sys.executable, "-m", "itra_tune.search", "--space", "demo"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    lines = (demo.stdout + demo.stderr).splitlines()
+    assert len(lines) <= 30, lines  # 8 trials: a header, a line per trial, the summary
+    for chatter in ("== Status ==", "Result logdir", "/tmp/ray", "Token authentication", "A new study created",
+                    "INFO mlflow", "Validating input example"):
+        assert chatter not in demo.stdout + demo.stderr
+    assert sum(bool(re.match(r"\[[#-]{10}\] [1-8]/8 ", line)) for line in lines) == 8
+    assert re.search(r"== demo: 8 trials in \d+s: \d+ completed, \d+ stopped early, 0 failed", demo.stdout)
+    pasted = [shlex.split(line.split(":", 1)[1]) for line in lines if re.match(r"^ *(browse|resume): ", line)]
+    # the summary's commands, pasted: the resume command runs (it finds nothing left to do); the programs of the
+    # others are where the lines say
+    mlflow_ui, dashboard, resume = pasted
+    assert Path(tmp_path, mlflow_ui[0]).is_file() and mlflow_ui[1:3] == ["ui", "--backend-store-uri"]
+    assert Path(tmp_path, dashboard[0]).is_file() and dashboard[1:3] == ["install", "optuna-dashboard"]
+    again = subprocess.run(resume, cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0 and "== demo: 8 trials" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ around code that is not the engine (it lives here, in a test module, not in the 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -155,6 +156,7 @@ def test_a_search_over_a_user_trainable_tracks_resumes_and_hands_over_its_best(r
     assert cfg["epochs"] == 3 and cfg == summary["best_config"]
 
 
+@pytest.mark.slow
 def test_a_ray_style_trainable_runs_unchanged_and_max_epochs_ends_it_under_no_scheduler(
         ray_local, mlflow_server, user_space, tmp_path):
     crashes = tmp_path / "crashes"
@@ -181,6 +183,7 @@ def test_a_ray_style_trainable_runs_unchanged_and_max_epochs_ends_it_under_no_sc
     assert empty["trials"] == 1 and empty["best"] is None
 
 
+@pytest.mark.slow
 def test_the_command_line_searches_a_trainable_by_its_import_path(user_space, tmp_path):
     # a fresh process run from the folder that holds the user's module, as a user would
     space = user_space(budget={"num_samples": 2, "max_concurrent": 2, "max_epochs": 2},
@@ -194,6 +197,10 @@ def test_the_command_line_searches_a_trainable_by_its_import_path(user_space, tm
     summary = json.loads((tmp_path / "st" / "cli" / "summary.json").read_text())
     assert summary["completed"] == 2 and "val_loss" in summary["best"]
     assert "best trial" in code.stdout and "val_loss" in code.stdout
+    # the search's own view, without Ray's table or Ray's, Optuna's and MLflow's notices
+    assert re.search(r"^\[#{10}\] 2/2 .* completed  val_loss ", code.stdout, re.M), code.stdout
+    for chatter in ("== Status ==", "Token authentication", "A new study created", "INFO mlflow"):
+        assert chatter not in code.stdout + code.stderr
 
 
 @pytest.mark.parametrize("trainable, sections, message", [
