@@ -224,6 +224,11 @@ def test_mlflow_ui_shows_the_search_with_nested_trial_runs(ray_local, mlflow_ser
             run_link(name).wait_for(timeout=30_000)
         # each trial's row links its LoggedModel, named after the trial
         page.locator("a[href*='/models/m-']").get_by_text(trial_names[0], exact=True).wait_for(timeout=30_000)
+        # the README's way to show a search's score in the run list: Columns, then the metric
+        page.get_by_role("button", name="Columns").click()
+        page.get_by_text("best_val_acc", exact=True).first.click()
+        page.keyboard.press("Escape")
+        page.get_by_test_id("sort-header-best_val_acc").wait_for(timeout=30_000)
         shot = tmp_path / "mlflow_ui.png"
         page.screenshot(path=str(shot))
         browser.close()
