@@ -78,3 +78,23 @@ def test_no_product_file_names_the_development_layout():
                ROOT / "pyproject.toml"]
     named = [str(p.relative_to(ROOT)) for p in product if any(s in p.read_text() for s in ("../shared", "shared/data"))]
     assert named == []
+
+
+def test_a_folder_named_itra_tune_that_shadows_the_package_is_one_line(tmp_path):
+    # a clone named itra_tune in the working folder: Python imports the folder as an empty namespace package and
+    # the modules from the (editable) install
+    (tmp_path / "itra_tune").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    probe = subprocess.run([sys.executable, "-c", "import itra_tune; print(itra_tune.__file__)"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True)
+    if probe.stdout.strip() != "None":
+        pytest.skip("the installed package is found before the folder (a non-editable install): nothing shadows it")
+    line = f"itra_tune resolves to the folder {tmp_path / 'itra_tune'}, not to the installed package"
+    command = subprocess.run([sys.executable, "-m", "itra_tune.search", "--help"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True)
+    assert command.returncode == 2 and command.stdout == ""
+    assert command.stderr.count("\n") == 1 and line in command.stderr
+    library = subprocess.run([sys.executable, "-c", "from itra_tune import search"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True)
+    assert library.stderr.strip().splitlines()[-1] == f"ImportError: {line} ({ROOT / 'itra_tune'}): run from " \
+                                                        "another folder, or rename that folder"
