@@ -101,15 +101,17 @@ def check(folder: Path, name: str, trials: int, epochs: int) -> tuple[int, int, 
     return finished, wrong, lost
 
 
-def kill_a_worker(cmd: list[str], exp: Path, log: Path) -> int:
-    """Kill one trial's worker process once it has reported 2 epochs; the search's exit code."""
+def kill_a_worker(cmd: list[str], exp: Path, log: Path, epochs: int) -> int:
+    """Kill the worker process of a trial in mid-training (2 epochs reported, 2 or more to go); the search's exit
+    code. A finished trial's process is not chosen: Tune reuses it for the next trial, whose end would be lost."""
     proc = start(cmd, log)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        rows = [r for d in exp.glob("trial_*") for r in progress(d)]
-        if any(r["epoch"] >= 2 for r in rows):
-            os.kill(rows[-1]["pid"], signal.SIGKILL)
-            print(f"  killed worker {rows[-1]['pid']} of trial {rows[-1]['trial_id']}", flush=True)
+        latest = [rows[-1] for rows in map(progress, exp.glob("trial_*")) if rows]
+        mid = [r for r in latest if 2 <= r["epoch"] <= epochs - 2]
+        if mid:
+            os.kill(mid[0]["pid"], signal.SIGKILL)
+            print(f"  killed worker {mid[0]['pid']} of trial {mid[0]['trial_id']}", flush=True)
             break
         time.sleep(0.2)
     return proc.wait(timeout=600)
@@ -135,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{resumed}/{made} kills resumed, {finished}/{args.trials} trials finished, {wrong} duplicated or "
           f"missing epochs, {lost} lost trials (final run exit {final}; "
           f"{(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
-    code = kill_a_worker(command(sp, folder, "worker", "--max-failures", "1"), folder / "st" / "worker", log)
+    code = kill_a_worker(command(sp, folder, "worker", "--max-failures", "1"), folder / "st" / "worker", log,
+                         args.epochs)
     w_finished, w_wrong, w_lost = check(folder, "worker", args.trials, args.epochs)
     print(f"worker killed: exit {code}, {w_finished}/{args.trials} trials finished, {w_wrong} duplicated or "
           f"missing epochs, {w_lost} lost trials; logs in {log}", flush=True)

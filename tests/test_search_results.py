@@ -29,10 +29,14 @@ def test_rows_statuses_best_and_pareto(space_file, tmp_path):
             "0.0% of its peak 3.98 while CE 2.302 stays at chance (ln K = 2.303) after 20 steps")),
         # Ctrl-C can leave a trial Tune created but never started: no configuration, no results
         Result(metrics=None, checkpoint=None, error=None, path=str(tmp_path / "trial_d")),
+        # a trial whose reused process had died before it reported: no configuration, but an error
+        Result(metrics={"trial_id": "f"}, checkpoint=None, path=str(tmp_path / "trial_f"),
+               error=RuntimeError("ray.exceptions.ActorDiedError: The actor died unexpectedly")),
     ]
     rows = results.trial_rows(grid, space, epochs=2)
-    assert [r["trial"] for r in rows] == ["trial_a", "trial_b", "trial_c", "trial_e"]
-    assert [r["status"][:13] for r in rows] == ["completed", "stopped early", "failed: loss ", "collapsed: fe"]
+    assert [r["trial"] for r in rows] == ["trial_a", "trial_b", "trial_c", "trial_e", "trial_f"]
+    assert [r["status"][:13] for r in rows] == ["completed", "stopped early", "failed: loss ", "collapsed: fe",
+                                                "failed: ray.e"]
     assert rows[3]["status"].endswith("after 20 steps")
     best = results.best_row(rows, space)
     assert best["trial"] == "trial_b"  # equal val_acc with a, lower val_ce; c failed and e collapsed: never best

@@ -4,7 +4,9 @@ around code that is not the engine (it lives here, in a test module, not in the 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -98,6 +100,11 @@ def never_reports(config: dict, report) -> None:
     """A trainable that returns without a single report."""
 
 
+def dies_at_once(config: dict, report) -> None:
+    """A trainable whose process dies (SIGKILL: nothing can catch it) before its first report."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def three_args(config: dict, report, extra) -> None:
     """Not a trainable: one argument too many."""
 
@@ -181,6 +188,14 @@ def test_a_ray_style_trainable_runs_unchanged_and_max_epochs_ends_it_under_no_sc
     [empty] = search.run(user_space(name="silent"), trainable=never_reports, storage_path=str(tmp_path / "st"),
                          name="s", tracking_uri=mlflow_server, num_samples=1)
     assert empty["trials"] == 1 and empty["best"] is None
+
+
+@pytest.mark.slow
+def test_a_trial_whose_process_dies_before_its_first_report_is_failed_not_interrupted(ray_local, user_space, tmp_path):
+    [summary] = search.run(user_space(name="dies"), trainable=dies_at_once, storage_path=str(tmp_path / "st"),
+                           name="d", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", num_samples=1)
+    assert (summary["trials"], summary["failed"], summary["interrupted"], summary["best"]) == (1, 1, False, None)
+    assert summary["tracking"].get("error") is None
 
 
 @pytest.mark.slow

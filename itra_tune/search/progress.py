@@ -29,19 +29,38 @@ QUIET = {"ray": logging.ERROR, "optuna": logging.WARNING, "mlflow": logging.WARN
 STATUS_EVERY_S = 60.0
 
 
+class ReportedHere(logging.Filter):
+    """Drops what Tune logs as errors that the view and the summary report themselves: a failed trial's traceback
+    (its line says the error; the traceback stays in the trial's error.txt) and the list of trials that did not
+    complete."""
+
+    PREFIXES = ("Trial task failed for trial", "Trials did not complete")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.PREFIXES)
+
+
+REPORTED_BY = ("ray.tune.execution.tune_controller", "ray.tune.tune")  # the loggers of those two messages
+
+
 @contextlib.contextmanager
 def quiet_libraries() -> Iterator[None]:
-    """Ray, Optuna and MLflow print warnings and errors only, for the length of the block; the levels the
-    program had come back after it."""
+    """Ray, Optuna and MLflow print warnings and errors only, and Tune not the errors the view reports, for the
+    length of the block; the program's own levels come back after it."""
     before = {name: logging.getLogger(name).level for name in QUIET}
     for name, level in QUIET.items():
         logger = logging.getLogger(name)
         logger.setLevel(max(level, logger.level))
+    reported = ReportedHere()
+    for name in REPORTED_BY:
+        logging.getLogger(name).addFilter(reported)
     try:
         yield
     finally:
         for name, level in before.items():
             logging.getLogger(name).setLevel(level)
+        for name in REPORTED_BY:
+            logging.getLogger(name).removeFilter(reported)
 
 
 def header(space: spaces.Space, epochs: int, name: str, resume: bool) -> str:

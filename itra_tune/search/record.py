@@ -62,7 +62,8 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
                 files = _model_files(model, trial_config(res.config), data, row, Path(tmp)) \
                     if model is not None and name in with_model else None
                 run_id = tracker.finish_trial(name.removeprefix("trial_"), name,
-                                              trial_params(res.config, user=cfg is None), histories[name],
+                                              trial_params(res.config, user=cfg is None) if res.config else {},
+                                              histories[name],
                                               row["status"], row if space.metric in row else None, files)
             if data is None and name in with_model:
                 _log_checkpoint_files(tracker, run_id, res, row)

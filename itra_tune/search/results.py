@@ -24,7 +24,7 @@ def trial_rows(results: Any, space: spaces.Space, epochs: int) -> list[dict[str,
     running = interrupted_trials(results)
     for r in started(results):
         df = r.metrics_dataframe
-        params = {k: v for k, v in r.config.items() if k != "base"}
+        params = {k: v for k, v in (r.config or {}).items() if k != "base"}
         row: dict[str, Any] = {"trial": Path(r.path).name, **params}
         history = df.to_dict("records") if df is not None and len(df) else []
         history = [h for h in history if not is_nan(h.get(space.metric))]
@@ -72,8 +72,9 @@ def row_metrics(row: dict[str, Any], space: spaces.Space) -> list[str]:
 
 def started(results: Any) -> list[Any]:
     """The trials that began. A search stopped by Ctrl-C can hold one Tune created but never ran: it has no
-    configuration or results yet, and ``--resume`` starts it."""
-    return [r for r in results if r.config is not None]
+    configuration or results yet, and ``--resume`` starts it. A trial whose process died before its first report
+    has no configuration in its results either, but its error: it began, and failed."""
+    return [r for r in results if r.config is not None or r.error is not None]
 
 
 def is_nan(v: Any) -> bool:
@@ -154,7 +155,8 @@ def print_summary(s: dict[str, Any], space: spaces.Space) -> None:
         print(f"best trial {b['trial']} ({params}) at epoch {b['best_epoch']}: {figures}")
     for r in s.get("pareto_front", []):
         print(f"  pareto: {r['trial']}  val_acc {100 * r['val_acc']:.2f}%  val_ce {r['val_ce']:.4f}")
-    print(f"results: {s['experiment_path']} (summary.json, trials.csv, best_config.yaml)")
+    print(f"results: {s['experiment_path']} (summary.json, trials.csv, best_config.yaml"
+          + ("; a failed trial's traceback in trial_<id>/error.txt" if s.get("failed") else "") + ")")
     t = s.get("tracking", {})
     if t.get("error"):
         print(f"MLflow: not completed ({t['error']}); the results above are safe, and the resume command "
