@@ -195,6 +195,7 @@ def test_diverging_trial_is_failed_never_best(ray_local, space_file, tmp_path, c
     assert summary["failed"] == len(failed) and summary["best"]["optim.lr"] == 0.05
 
 
+@pytest.mark.slow
 def test_pareto_objective_and_method_comparison(ray_local, space_file, tmp_path, capsys):
     space = space_file(budget={"num_samples": 2, "max_concurrent": 2})
     code = _search(["--space", space, "--storage-path", tmp_path / "st", "--name", "cmp", "--methods", "ce,itra_c",
