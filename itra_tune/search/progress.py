@@ -65,10 +65,9 @@ def quiet_libraries() -> Iterator[None]:
 
 def header(space: spaces.Space, epochs: int, name: str, resume: bool) -> str:
     """The search's first line: what runs, for how long, ranked how."""
-    scheduler = space.scheduler["name"]
     return (f"{'resuming' if resume else 'searching'} {name}: {space.num_samples} trials, {space.max_concurrent} at a "
-            f"time, up to {epochs} epochs each, ranked on {space.metric} ({space.mode}), early stopping: "
-            f"{scheduler}; Ctrl-C stops and keeps what finished")
+            f"time, up to {epochs} epochs each, ranked on {space.metric} ({space.mode}), scheduler "
+            f"{space.scheduler['name']}; Ctrl-C stops and keeps what finished")
 
 
 def clock(seconds: float) -> str:
