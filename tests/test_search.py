@@ -78,15 +78,18 @@ def test_four_trial_search_end_to_end(ray_local, space_file, tmp_path, capsys):
     done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert sorted(t.params["loss.lam"] for t in done) == sorted(lams)
 
-    # a new search starts from it: its trials seed the sampler, its best configuration runs first
+    # a new search starts from it: its trials seed the sampler, its best configuration runs first (and --verbose
+    # shows Ray's table instead of the live view)
     assert _search(["--space", space, "--storage-path", tmp_path / "st", "--name", "again", "--warm-start", "e2e",
-                    "--num-samples", "2", "--seed", "4"]) == 0
+                    "--num-samples", "2", "--seed", "4", "--verbose"]) == 0
     again = optuna.load_study(study_name="again", storage=f"sqlite:///{tmp_path / 'st' / 'again' / 'optuna.db'}")
     copied = [t for t in again.trials if t.user_attrs.get("warm_start_from") == "e2e"]
     assert sorted(t.params["loss.lam"] for t in copied) == sorted(lams)
     new = [t for t in again.trials if t not in copied]
     assert len(new) == 2 and any(t.params == study.best_trial.params for t in new)  # the best, evaluated again
-    assert "started from 4 trials of 'e2e'" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "started from 4 trials of 'e2e'" in out
+    assert "== Status ==" in out and not re.search(r"^\[[#-]{10}\] ", out, re.M)
 
 
 def test_the_pairing_of_s2_is_searched_like_any_other_key(ray_local, space_file, tmp_path):
