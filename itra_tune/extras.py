@@ -17,7 +17,7 @@ from itra_tune.config import ConfigError
 EXTRA = {"ray": "search", "optuna": "search", "mlflow": "search", "matplotlib": "search", "sklearn": "search",
          "transformers": "text", "accelerate": "text"}
 DISTRIBUTION = {"ray": "ray[tune]", "sklearn": "scikit-learn"}  # where the import name is not the package's
-SEARCH = ("ray", "optuna", "mlflow", "matplotlib", "sklearn")
+SEARCH = tuple(m for m, extra in EXTRA.items() if extra == "search")
 
 
 class MissingExtra(ModuleNotFoundError, ConfigError):
