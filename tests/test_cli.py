@@ -29,3 +29,12 @@ def test_parser_usage_errors_are_one_line_and_exit_2(capsys):
     assert cli.run("prog", lambda argv: p.parse_args(argv) and 0, ["--seeds", "many"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("prog: error: argument --seeds") and err[0].endswith("(see --help)")
+
+
+def test_a_missing_module_of_an_extra_is_one_line_naming_the_extra_and_any_other_is_raised(capsys):
+    # deep in a part of the search, `import mlflow` fails in an install without the extra
+    assert cli.run("prog", _main_raising(ModuleNotFoundError("No module named 'mlflow'", name="mlflow.entities"))) == 2
+    assert capsys.readouterr().err == ('prog: error: prog needs mlflow, which is not installed: '
+                                       'pip install "itra_tune[search]"\n')
+    with pytest.raises(ModuleNotFoundError):  # a module of no extra is a bug, not bad input
+        cli.run("prog", _main_raising(ModuleNotFoundError("No module named 'nope'", name="nope")))

@@ -68,3 +68,14 @@ def test_the_libraries_are_quiet_for_the_search_and_as_they_were_after():
     with progress.quiet_libraries():
         assert ray_logger.level == logging.ERROR and logging.getLogger("optuna").level >= logging.WARNING
     assert ray_logger.level == logging.INFO
+
+
+def test_tune_errors_the_view_reports_itself_are_dropped_and_others_kept(caplog):
+    controller = logging.getLogger("ray.tune.execution.tune_controller")
+    with progress.quiet_libraries(), caplog.at_level(logging.ERROR):
+        controller.error("Trial task failed for trial trial_x", exc_info=RuntimeError("boom"))
+        logging.getLogger("ray.tune.tune").error("Trials did not complete: %s", ["trial_x"])
+        controller.error("Could not re-use actor for trial trial_y: gone")
+    assert [r.getMessage() for r in caplog.records] == ["Could not re-use actor for trial trial_y: gone"]
+    controller.error("Trial task failed for trial trial_z")  # the filter ends with the search
+    assert caplog.records[-1].getMessage() == "Trial task failed for trial trial_z"
