@@ -1,7 +1,7 @@
 """Typed training configuration: frozen dataclasses, YAML loading, dotted overrides, validation.
 
-A configuration file has up to five sections (``data``, ``model``, ``loss``, ``optim``, ``train``) and a
-top-level ``seed`` and ``device``. Unknown keys and wrong types are errors naming the file and the key.
+A configuration file has up to six sections (``data``, ``model``, ``loss``, ``optim``, ``train``, ``select``) and
+a top-level ``seed`` and ``device``. Unknown keys and wrong types are errors naming the file and the key.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ BANDWIDTHS = ("median", "mean", "fixed", "multiscale")  # kernel bandwidth schem
 # gradient, as if the bandwidth were carried in the graph; guarded (the default): scale_invariant while CE is at
 # chance, the paper's once the classifier has learned (CE below half of ln K), blended in between
 FORMS = ("guarded", "scale_invariant", "paper")
+# what may select an epoch or a trial (itra_tune.selection): validation figures, never the test split's
+SELECT_METRICS = {"val_ce": "min", "val_acc": "max"}
 UNRANKED = ("failed", "collapsed")  # trial statuses that never rank: an error, or a matching loss's collapse
 ENGINE = "itra_tune.engine"  # the trainable a search records when it trains with the engine, not a user's
 
@@ -153,12 +155,28 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SelectConfig:
+    """Which epoch a run hands over (``itra_tune.selection``): the rule a search ranks its trials by, written into
+    the configuration it hands to production, so that retraining selects what the search selected."""
+
+    # the validation figure that selects (val_ce or val_acc; ties go to the lower val_ce, then the earlier epoch).
+    # val_ce by default: it ranks epochs as their test CE does (docs/results/search-quality.md)
+    metric: str = "val_ce"
+    mode: str = "min"  # min | max: which way the metric improves
+    # the epoch the search selected (written by the search into its best configuration). Without a validation
+    # split (--full-train) nothing can be selected: training stops at this epoch of the same schedule and hands it
+    # over; null hands over the last epoch
+    epoch: int | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
@@ -269,7 +287,7 @@ def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
 
 def validate(cfg: Config, source: str = "config") -> None:
     """Range checks that the types alone do not express."""
-    d, lo, o, t = cfg.data, cfg.loss, cfg.optim, cfg.train
+    d, lo, o, t, se = cfg.data, cfg.loss, cfg.optim, cfg.train, cfg.select
     checks = [
         (d.batch_size > 0, "data.batch_size", f"must be a positive integer but got {d.batch_size}"),
         (d.second_batch_size is None or d.second_batch_size > 0, "data.second_batch_size",
@@ -297,6 +315,11 @@ def validate(cfg: Config, source: str = "config") -> None:
         (t.threads is None or t.threads > 0, "train.threads",
          f"must be a positive integer or null but got {t.threads}"),
         (t.workers_per_trial >= 1, "train.workers_per_trial", f"must be at least 1 but got {t.workers_per_trial}"),
+        (se.metric in SELECT_METRICS, "select.metric",
+         f"{se.metric!r} cannot select; choose one of {', '.join(SELECT_METRICS)} (validation figures)"),
+        (se.mode in ("min", "max"), "select.mode", f"must be min or max but got {se.mode!r}"),
+        (se.epoch is None or 1 <= se.epoch <= t.epochs, "select.epoch",
+         f"must be null or an epoch from 1 to train.epochs ({t.epochs}) but got {se.epoch}"),
     ]
     for ok, key, message in checks:
         if not ok:
@@ -368,9 +391,9 @@ def _deep_copy(raw: Any) -> Any:
 
 
 __all__ = [
-    "BANDWIDTHS", "PAIRINGS", "Config", "ConfigError", "DataConfig", "LossConfig", "ModelConfig", "OptimConfig",
-    "TrainConfig", "apply_overrides", "check_bandwidth", "check_lam", "code_version", "from_dict", "load",
-    "override", "read_yaml", "replace", "validate",
+    "BANDWIDTHS", "PAIRINGS", "SELECT_METRICS", "Config", "ConfigError", "DataConfig", "LossConfig", "ModelConfig",
+    "OptimConfig", "SelectConfig", "TrainConfig", "apply_overrides", "check_bandwidth", "check_lam", "code_version",
+    "from_dict", "load", "override", "read_yaml", "replace", "validate",
 ]
 
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from itra_tune import data as data_mod
-from itra_tune import losses, models, parallel
+from itra_tune import losses, models, parallel, selection
 from itra_tune.config import Config, ConfigError, DataConfig, OptimConfig
 from itra_tune.data import Step, memory_rows
 
@@ -41,7 +41,7 @@ class Collapsed(Diverged):
 class FitResult:
     model: models.Classifier
     history: list[dict[str, float]]  # one row of metrics per epoch
-    best: dict[str, float]  # the row with the highest val_acc (the earliest among ties); without one, the last
+    best: dict[str, float]  # the epoch's row the run hands over (itra_tune.selection, by config.select)
 
     def __repr__(self) -> str:
         keep = ("epoch", "val_acc", "val_ce", "test_acc", "test_ce")
@@ -261,7 +261,9 @@ def fit(config: Config, report: Report | None = None, resume: dict[str, Any] | N
         progress: show a progress bar over each epoch's steps.
 
     Returns:
-        The trained model (last epoch), the per-epoch history, and the best epoch's metrics.
+        The trained model (last epoch), the per-epoch history, and the selected epoch's metrics
+        (``itra_tune.selection``: by ``config.select``). Without a validation split, a configuration whose
+        ``select.epoch`` is set trains to that epoch of its schedule and hands it over.
     """
     check(config)
     device = resolve_device(config.device)
@@ -300,8 +302,9 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
         torch.set_rng_state(resume["rng"])
         history, start = list(resume["history"]), int(resume["epoch"])
     x_c, y_c = data.sample("test", 2 * config.train.compactness_samples)
+    last = selection.stop_epoch(config.select, config.train.epochs, validated=data.val is not None)
 
-    for epoch in range(start, config.train.epochs):
+    for epoch in range(start, last):
         t0 = time.perf_counter()
         bar = _bar(progress, len(data.train), f"epoch {epoch + 1}/{config.train.epochs}")
         lr = optimizer.param_groups[0]["lr"]
@@ -325,8 +328,7 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
                 "schedule": schedule.state_dict(), "data": data.state_dict(), "rng": torch.get_rng_state(),
                 "history": history, "epoch": epoch + 1, "config": config.to_dict(),
             })
-    best = max(history, key=lambda r: r.get("val_acc", r["epoch"])) if history else {}
-    return FitResult(model, history, best)
+    return FitResult(model, history, selection.handed_over(history, config.select))
 
 
 def build_training(config: Config, data_cfg: DataConfig, device: torch.device,

@@ -1,9 +1,12 @@
 """Production training, without Ray: ``itra_tune.train(config, out_dir=...)`` and its command line
 ``python -m itra_tune.train --config FILE.yaml [--set k=v ...]``.
 
-It runs the same engine a search runs and writes the resolved configuration, per-epoch metrics and the best
-checkpoint (by validation accuracy) to ``out_dir``. Nothing is written before the first epoch ends, so bad
-input leaves no half-made folder.
+It runs the same engine a search runs and writes the resolved configuration, per-epoch metrics and the selected
+checkpoint to ``out_dir``, chosen by the search's rule (``itra_tune.selection``, the configuration's ``select``):
+retraining a search's best configuration selects the epoch the search selected. ``full_train`` folds the
+validation split back into training; nothing is left to select on, so the run trains to the search's selected
+epoch (``select.epoch``) of the same schedule and hands that over. Nothing is written before the first epoch
+ends, so bad input leaves no half-made folder.
 """
 
 from __future__ import annotations
@@ -18,17 +21,18 @@ from typing import Any
 
 import yaml
 
-from itra_tune import checkpoint, cli, engine, spaces
+from itra_tune import checkpoint, cli, engine, selection, spaces
 from itra_tune import config as config_mod
 from itra_tune.config import Config
 
 
 class RunDir:
-    """A run's output folder, made on first write: config.yaml, metrics.jsonl, best.pt, last.pt."""
+    """A run's output folder, made on first write: config.yaml, metrics.jsonl, best.pt (the epoch the run hands
+    over, ``itra_tune.selection``), last.pt."""
 
     def __init__(self, path: Path, cfg: Config) -> None:
         self.path, self.cfg, self._made = path, cfg, False
-        self.best_acc = -math.inf
+        self.best_score, self._best_written = -math.inf, False
 
     def _make(self) -> None:
         if self._made:
@@ -44,9 +48,12 @@ class RunDir:
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         checkpoint.save(state, self.path / "last.pt")
-        # with no validation split nothing is selected: best.pt is the last epoch, never chosen on the test split
-        if "val_acc" not in metrics or metrics["val_acc"] > self.best_acc:
-            self.best_acc = metrics.get("val_acc", self.best_acc)
+        # without a validation split nothing is selected: training stops at the search's selected epoch (or runs
+        # to the last), and each epoch replaces best.pt, so it ends as the one handed over; never the test split's
+        rule = self.cfg.select
+        score = selection.score(metrics, rule.metric, rule.mode)
+        if rule.metric not in metrics or score > self.best_score or not self._best_written:
+            self.best_score, self._best_written = max(score, self.best_score), True
             checkpoint.save({"model": state["model"], "config": state["config"], "metrics": metrics},
                             self.path / "best.pt")
 
@@ -73,8 +80,8 @@ def train(config: Config, out_dir: str | Path | None = None, progress: bool = Fa
         out_dir: folder for config.yaml, metrics.jsonl, best.pt and last.pt; None writes nothing.
         progress: show a progress bar.
         resume: a ``last.pt`` from an earlier run of the same configuration, to continue it.
-        full_train: fold the validation split back into training; best.pt is then the last epoch,
-            since nothing held out is left to select on.
+        full_train: fold the validation split back into training; nothing held out is left to select on, so
+            training stops at ``config.select.epoch`` (a search's selected epoch; else the last) and best.pt is it.
         on_epoch: called with each epoch's metrics (after they are written).
 
     Returns:
@@ -100,7 +107,8 @@ def train(config: Config, out_dir: str | Path | None = None, progress: bool = Fa
 
 def over_seeds(config: Config, seeds: int, out_dir: str | Path | None = None, full_train: bool = False,
                progress: bool = False, on_epoch: Callable[[dict[str, float]], None] | None = None) -> dict[str, Any]:
-    """Train ``config`` with seeds ``config.seed``, ``config.seed + 1``, ...; mean and std of the final epoch.
+    """Train ``config`` with seeds ``config.seed``, ``config.seed + 1``, ...; mean and std of each seed's handed-over
+    epoch (``FitResult.best``: selected by ``config.select``, or the search's selected epoch under ``full_train``).
 
     Returns:
         ``{"seeds": [...], "results": [FitResult, ...], "test_acc": (mean, std), "test_ce": (mean, std)}``,
@@ -119,7 +127,7 @@ def over_seeds(config: Config, seeds: int, out_dir: str | Path | None = None, fu
                              on_epoch=on_epoch))
     out: dict[str, Any] = {"seeds": seed_list, "results": results}
     for key in ("test_acc", "test_ce"):
-        values = [r.history[-1][key] for r in results]
+        values = [r.best[key] for r in results]
         out[key] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
     return out
 
@@ -139,7 +147,9 @@ def parser() -> cli.Parser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="a training configuration YAML file")
     src.add_argument("--space", help="a search space name or file: train its base configuration")
-    p.add_argument("--best", action="store_true", help="with --space: the best configuration of its newest search")
+    p.add_argument("--best", action="store_true",
+                   help="with --space: the best configuration of its newest search (not a --smoke one)")
+    p.add_argument("--search", help="with --best: the search to take it from, by name (default the newest)")
     p.add_argument("--tracking-uri", help="where that search tracked (default $MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--full-train", action="store_true", help="train on the validation split too")
     p.add_argument("--seeds", type=int, default=1, help="train with N seeds; report mean and std")
@@ -154,13 +164,15 @@ def config_from_args(args: Any) -> tuple[Config, str]:
     """The configuration the command line names, and a name for its run folder."""
     if args.best and not args.space:
         raise config_mod.ConfigError("--best needs --space, the space whose search to take the winner of")
+    if args.search and not args.best:
+        raise config_mod.ConfigError("--search names the search --best takes the winner of; add --best --space")
     if args.config:
         return config_mod.load(args.config, args.set), Path(args.config).stem
     if args.best:
         from itra_tune.best import best_config
 
         name = Path(args.space).stem
-        best = best_config(name, args.tracking_uri)
+        best = best_config(name, args.tracking_uri, search=args.search)
         return config_mod.from_dict(config_mod.apply_overrides(best.to_dict(), args.set), f"best of {name}"), \
             f"{name}-best"
     space = spaces.load(args.space)
@@ -183,22 +195,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"training {name} over {args.seeds} seeds -> {out}", flush=True)
             res = over_seeds(cfg, args.seeds, out, progress=progress)
             for s, r in zip(res["seeds"], res["results"]):
-                print(f"seed {s}: " + format_epoch(r.history[-1], epochs))
+                print(f"seed {s}: " + format_epoch(r.best, epochs))
             (acc, acc_sd), (ce, ce_sd) = res["test_acc"], res["test_ce"]
-            print(f"final epoch over {args.seeds} seeds: test_acc {100 * acc:.2f} ± {100 * acc_sd:.2f}%  "
-                  f"test_ce {ce:.4f} ± {ce_sd:.4f}")
+            print(f"handed-over epochs ({selection.describe(cfg.select, cfg.data.val_fraction > 0)}) over "
+                  f"{args.seeds} seeds: test_acc {100 * acc:.2f} ± {100 * acc_sd:.2f}%  test_ce {ce:.4f} ± {ce_sd:.4f}")
             return cli.EXIT_OK
+        stop = selection.stop_epoch(cfg.select, epochs, validated=cfg.data.val_fraction > 0)
+        length = f"{epochs} epochs" if stop == epochs else f"{stop} of {epochs} epochs (the search's selected epoch)"
         print(f"training {name}: {cfg.model.name} on {cfg.data.name}, loss {cfg.loss.name} "
-              f"(lambda {cfg.loss.lam}, bandwidth {cfg.loss.bandwidth}), {epochs} epochs -> {out}", flush=True)
+              f"(lambda {cfg.loss.lam}, bandwidth {cfg.loss.bandwidth}), {length} -> {out}", flush=True)
         result = train(cfg, out, progress, resume=args.resume, on_epoch=show)
     except engine.Diverged as e:
         print(f"python -m itra_tune.train: run failed: {e}", file=sys.stderr)
         return cli.EXIT_FAILED
     b = result.best
-    if "val_acc" in b:
-        print(f"best epoch {int(b['epoch'])} by validation accuracy: val_acc {100 * b['val_acc']:.2f}%  "
-              f"test_acc {100 * b['test_acc']:.2f}%  test_ce {b['test_ce']:.4f}; saved {out / 'best.pt'}")
-    else:
-        print(f"no validation split: kept the last epoch, test_acc {100 * b['test_acc']:.2f}%  "
-              f"test_ce {b['test_ce']:.4f}; saved {out / 'best.pt'}")
+    val = f"val_acc {100 * b['val_acc']:.2f}%  val_ce {b['val_ce']:.4f}  " if "val_acc" in b else ""
+    print(f"handed over epoch {int(b['epoch'])} ({selection.describe(cfg.select, 'val_acc' in b)}): {val}"
+          f"test_acc {100 * b['test_acc']:.2f}%  test_ce {b['test_ce']:.4f}; saved {out / 'best.pt'}")
     return cli.EXIT_OK

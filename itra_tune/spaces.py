@@ -27,7 +27,8 @@ def _shipped() -> Path:
 
 
 SPACES_DIR = _shipped()
-METRICS = {"val_acc": "max", "val_ce": "min", "test_acc": "max", "test_ce": "min", "compactness": "min"}
+METRICS = config_mod.SELECT_METRICS  # what an engine search may select on: validation figures, never the test split
+DEFAULT_METRIC = config_mod.SelectConfig.metric  # a space that names no metric selects as a configuration does
 SCHEDULERS = ("asha", "median", "hyperband", "pbt", "none")
 MUTABLE = ("loss.", "optim.")  # what population based training mutates mid-training: the loss's and the optimizer's
 
@@ -131,17 +132,20 @@ def load(name_or_path: str | Path, user: bool = False) -> Space:
     if not isinstance(base, dict):
         raise ConfigError(f"{src}: base must be a mapping of configuration sections")
     user = user or trainable is not None
-    cfg = None if user else config_mod.from_dict(base, src)  # the engine's must be valid on its own
-    keys = cfg.flat() if cfg is not None else config_mod.dotted(base)
-    params = tuple(_param(key, spec, src, cfg, keys) for key, spec in (raw.get("search") or {}).items())
-    metric = raw.get("metric", "val_acc")
+    metric = raw.get("metric", DEFAULT_METRIC)
     if not user and metric not in METRICS:
-        raise ConfigError(f"{src}: metric {metric!r} is not reported; choose one of {', '.join(METRICS)}")
+        raise ConfigError(f"{src}: metric {metric!r} cannot select; choose one of {', '.join(METRICS)} (the test "
+                          f"split's figures are reported, never selected on)")
     if not isinstance(metric, str) or not metric:
         raise ConfigError(f"{src}: metric must be the name of a value the trainable reports")
     mode = raw.get("mode", METRICS.get(metric))
     if mode not in ("max", "min"):
         raise ConfigError(f"{src}: mode must be max or min but got {mode!r}")
+    if not user:
+        base = with_rule(base, metric, mode, src)
+    cfg = None if user else config_mod.from_dict(base, src)  # the engine's must be valid on its own
+    keys = cfg.flat() if cfg is not None else config_mod.dotted(base)
+    params = tuple(_param(key, spec, src, cfg, keys) for key, spec in (raw.get("search") or {}).items())
     budget = _section(raw, "budget", {"num_samples": int, "max_concurrent": int, "max_epochs": int}, src)
     if "max_epochs" in budget and not user:
         raise ConfigError(f"{src}: budget.max_epochs is for a space with a trainable; the engine's epochs are "
@@ -165,6 +169,22 @@ def load(name_or_path: str | Path, user: bool = False) -> Space:
     check_budget({**budget, **res}, src)
     return Space(name=raw.get("name", path.stem), path=path, base=base, params=params, metric=metric, mode=mode,
                  scheduler={"name": "asha", **sched}, smoke=smoke, trainable=trainable, **budget, **res)
+
+
+def with_rule(base: dict[str, Any], metric: str, mode: str, src: str) -> dict[str, Any]:
+    """The engine's base configuration with the space's selection rule as its ``select`` section: every trial,
+    and the best configuration the search hands to production, then selects its epoch by the space's rule."""
+    given = base.get("select") or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"{src}: base.select must be a mapping")
+    for key, value in (("metric", metric), ("mode", mode)):
+        if key in given and given[key] != value:
+            raise ConfigError(f"{src}: base.select.{key} is {given[key]!r} but the space's {key} is {value!r}; set "
+                              f"the rule once, as the space's top-level metric and mode")
+    if "epoch" in given:
+        raise ConfigError(f"{src}: base.select.epoch is what a search writes into its best configuration; a space's "
+                          f"trials select their own epoch (remove it)")
+    return {**base, "select": {"metric": metric, "mode": mode}}
 
 
 def grace_epochs(scheduler: dict[str, Any], epochs: int) -> int:

@@ -35,6 +35,7 @@ PARENT_TAG = "mlflow.parentRunId"
 BEST_TAG = "itra_tune.best_run_id"
 BEST_MODEL_TAG = "itra_tune.best_model_id"
 STATUS_TAG = "itra_tune.status"
+SMOKE_TAG = "itra_tune.smoke"  # on a search's parent run: "true" for a --smoke search, which best_config skips
 EPOCH_TAG = "itra_tune.epoch"  # on a LoggedModel: the epoch of the checkpoint it holds
 EPOCH_METRICS = ("train_ce", "val_acc", "val_ce", "test_acc", "test_ce", "match_loss", "compactness", "lr", "lam")
 HEADLINE_METRICS = ("val_acc", "val_ce", "test_acc", "test_ce")  # logged as best_<name>: the selected epoch's
@@ -151,12 +152,13 @@ class Tracker:
         run_name, params, artifacts: the new parent run's name, parameters and files to attach.
         epoch_metrics: what an epoch logs; None: every number given (a user trainable's own metrics).
         headline_metrics: what headlines a trial and the search, as ``best_<name>`` of the selected epoch.
+        tags: more tags of a new parent run (``SMOKE_TAG``).
     """
 
     def __init__(self, uri: str, experiment: str, parent_run_id: str | None = None, run_name: str = "",
                  params: dict[str, Any] | None = None, artifacts: Iterable[Path] = (),
                  epoch_metrics: tuple[str, ...] | None = EPOCH_METRICS,
-                 headline_metrics: tuple[str, ...] = HEADLINE_METRICS) -> None:
+                 headline_metrics: tuple[str, ...] = HEADLINE_METRICS, tags: dict[str, str] | None = None) -> None:
         self.uri, self.c = uri, client(uri)
         self.epoch_metrics, self.headline_metrics = epoch_metrics, headline_metrics
         self.exp_id = experiment_id(self.c, experiment)
@@ -165,7 +167,7 @@ class Tracker:
         self._children: dict[str, str] = {}  # trial id -> run id
         self._logged: dict[str, set[int]] = {}  # trial id -> epochs that reached MLflow
         if parent_run_id is None:
-            run = self.c.create_run(self.exp_id, run_name=run_name, tags={"itra_tune.role": "search"})
+            run = self.c.create_run(self.exp_id, run_name=run_name, tags={"itra_tune.role": "search", **(tags or {})})
             self.parent = run.info.run_id
             self._log_params(self.parent, params or {})
             for a in artifacts:
@@ -379,8 +381,10 @@ def register(uri: str, model_id: str, name: str) -> str:
 # --- reading back: the best of a space ---------------------------------------------------------------
 
 
-def latest_search(space: str, uri: str | None = None) -> tuple[Any, Any]:
-    """The client and the newest finished parent run of ``space`` that names a best trial."""
+def latest_search(space: str, uri: str | None = None, search: str | None = None,
+                  smoke: bool = False) -> tuple[Any, Any]:
+    """The client and the parent run of a finished search of ``space`` that names a best trial: the one named
+    ``search``, else the newest that was not ``--smoke`` (``smoke=True``: the newest of any kind)."""
     uri = resolve_uri(uri)
     check_reachable(uri)
     c = client(uri)
@@ -388,11 +392,20 @@ def latest_search(space: str, uri: str | None = None) -> tuple[Any, Any]:
     if exp is None:
         raise ConfigError(f"no MLflow experiment {space!r} at {uri}; run `python -m itra_tune.search --space "
                           f"{space}` first, or pass the tracking URI it used")
-    runs = c.search_runs([exp.experiment_id], f"tags.`{BEST_TAG}` != ''", order_by=["attributes.start_time DESC"],
-                         max_results=1)
-    if not runs:
-        raise ConfigError(f"experiment {space!r} at {uri} has no finished search with a best trial yet")
-    return c, runs[0]
+    runs = [r for r in c.search_runs([exp.experiment_id], f"tags.`{BEST_TAG}` != ''",
+                                     order_by=["attributes.start_time DESC"], max_results=1000)
+            if r.data.tags.get(PARENT_TAG) is None]
+    if search is not None:
+        named = [r for r in runs if r.info.run_name == search]
+        if not named:
+            there = ", ".join(dict.fromkeys(r.info.run_name for r in runs)) or "none"
+            raise ConfigError(f"no finished search {search!r} of {space!r} at {uri}; its searches: {there}")
+        return c, named[0]
+    full = [r for r in runs if smoke or r.data.tags.get(SMOKE_TAG) != "true"]
+    if not full:
+        hint = "; its searches are all --smoke ones (pass smoke=True to take one)" if runs else ""
+        raise ConfigError(f"experiment {space!r} at {uri} has no finished search with a best trial yet{hint}")
+    return c, full[0]
 
 
 def download(c: Any, run_id: str, artifact: str) -> Path:

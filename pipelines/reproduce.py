@@ -123,7 +123,7 @@ def retrain(summary: dict[str, Any], seeds: int, runs: Path, tracker: tracking.T
         result = itra_tune.train(seed_cfg, out_dir=runs / search.method_slug(method) / f"seed_{seed_cfg.seed}",
                                  full_train=True)
         tracker.finish_trial(run_key, run_key, params, result.history, "completed", None)
-        finals.append(result.history[-1])
+        finals.append(result.best)  # full_train: the search's selected epoch
         histories.append(result.history)
         print(f"  {Path(row).stem} {method} seed {seed_cfg.seed}: test_acc {100 * finals[-1]['test_acc']:.2f}%  "
               f"test_ce {finals[-1]['test_ce']:.4f}", flush=True)

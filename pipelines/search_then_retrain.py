@@ -4,7 +4,8 @@ MLflow's registry and export it for serving code.
     python pipelines/search_then_retrain.py --space demo [--smoke] [--seeds 3] [--out runs/prod/demo]
 
 The search selects on the validation split; the retrain folds that split back into training
-(``data.val_fraction=0``) and reports the test split as mean and std over the seeds. The model of the
+(``data.val_fraction=0``), trains to the epoch the search selected (of the same schedule) and reports the test split
+there as mean and std over the seeds. The model of the
 configuration's own seed (reproducible with ``itra_tune.train(config)``) is logged as an MLflow LoggedModel,
 registered as ``itra-<space>`` and exported to ``<out>/export``: ``itra_tune.load_exported("<out>/export")``
 rebuilds it in one call, and ``model.pt2`` (``torch.export``, where the model exports) loads with torch alone.
@@ -49,11 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config.from_dict(summary["best_config"], f"best of {name}")
     out = Path(args.out or Path("runs") / "prod" / name)
 
-    print(f"retraining the best configuration on the full training set, {args.seeds} seeds -> {out}", flush=True)
+    print(f"retraining the best configuration on the full training set to its selected epoch {cfg.select.epoch}, "
+          f"{args.seeds} seeds -> {out}", flush=True)
     res = itra_tune.train.over_seeds(cfg, args.seeds, out, full_train=True)
     (acc, acc_sd), (ce, ce_sd) = res["test_acc"], res["test_ce"]
     own = res["results"][0]  # the configuration's own seed
-    model, last = own.model, own.history[-1]
+    model, last = own.model, own.best  # full_train stops at the search's selected epoch: the last is the selected
     metrics = {"test_acc_mean": acc, "test_acc_std": acc_sd, "test_ce_mean": ce, "test_ce_std": ce_sd,
                "test_acc": last["test_acc"], "test_ce": last["test_ce"]}
     example = data_mod.build(cfg.data, torch.device("cpu"), cfg.seed, paired=False,
@@ -68,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         uri, space, f"{name}-production", params=cfg.flat(written=True) | {"seeds": args.seeds}, metrics=metrics,
         model=tracking.ModelFiles(exported, example.numpy(), outputs, int(last["epoch"])),
         register_as=None if args.no_register else f"itra-{space}")
-    print(f"full training set, {args.seeds} seeds: test_acc {100 * acc:.2f} ± {100 * acc_sd:.2f}%  "
-          f"test_ce {ce:.4f} ± {ce_sd:.4f}")
+    print(f"full training set, epoch {int(last['epoch'])}, {args.seeds} seeds: test_acc {100 * acc:.2f} ± "
+          f"{100 * acc_sd:.2f}%  test_ce {ce:.4f} ± {ce_sd:.4f}")
     print(f"MLflow: run {run_id} in experiment {space!r}, model models:/{model_id}"
           + (f", registered as {registered}" if registered else ""))
     print(f"export: {exported} (load with itra_tune.load_exported({str(exported)!r}); "

@@ -62,7 +62,7 @@ def test_override_validates():
 
 def test_the_readme_table_names_every_configuration_key():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    table = readme.split("A configuration has five sections", 1)[1].split("\n\n", 2)[1]
+    table = readme.split("A configuration has six sections", 1)[1].split("\n\n", 2)[1]
     rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `?([a-z ]+?)`? \| (.*) \|$", table, re.M)}
     cfg = config.Config()
     for f in dataclasses.fields(cfg):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import itra_tune
-from itra_tune import checkpoint, cli
+from itra_tune import checkpoint, cli, config
 from itra_tune.production import main
 
 
@@ -28,14 +28,14 @@ def test_cli_run_writes_config_metrics_and_best_checkpoint(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["--config", str(_write(tmp_path)), "--set", "loss.lam=0.8", "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "epoch   2/2" in printed and "best epoch" in printed
+    assert "epoch   2/2" in printed and "handed over epoch" in printed and "(by validation CE)" in printed
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["loss"]["lam"] == 0.8
     assert "code_version" in (out / "config.yaml").read_text().splitlines()[0]
     best = checkpoint.load(out / "best.pt")
-    assert best["metrics"]["val_acc"] == max(r["val_acc"] for r in rows)
+    assert best["metrics"]["val_ce"] == min(r["val_ce"] for r in rows)  # the configuration's rule: select.metric
     assert set(best["model"]) == set(checkpoint.load(out / "last.pt")["model"])
 
 
@@ -95,12 +95,13 @@ def test_diverging_run_exits_1(tmp_path, capsys):
     assert code == 1 and "training loss became" in capsys.readouterr().err
 
 
-def test_over_seeds_reports_mean_and_std_of_the_final_epoch(tiny_config, tmp_path):
+def test_over_seeds_reports_mean_and_std_of_the_handed_over_epoch(tiny_config, tmp_path):
     import statistics
 
     res = itra_tune.train.over_seeds(tiny_config(seed=5), 3, out_dir=tmp_path / "s", full_train=True)
     assert res["seeds"] == [5, 6, 7]
-    finals = [r.history[-1]["test_acc"] for r in res["results"]]
+    finals = [r.best["test_acc"] for r in res["results"]]
+    assert [r.best for r in res["results"]] == [r.history[-1] for r in res["results"]]  # no select.epoch: the last
     assert len(set(finals)) > 1  # the seeds really differ
     assert res["test_acc"] == pytest.approx((statistics.fmean(finals), statistics.stdev(finals)))
     saved = yaml.safe_load((tmp_path / "s" / "seed_6" / "config.yaml").read_text())
@@ -119,7 +120,7 @@ def test_full_train_command_line_prints_the_test_split_once(tiny_config, tmp_pat
     assert main(["--config", str(path), "--full-train", "--out", str(tmp_path / "o"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "val_acc" not in out and "val_ce" not in out and out.count("test_acc") == 3  # 2 epochs, then the end
-    assert "no validation split: kept the last epoch" in out
+    assert "handed over epoch 2 (the last epoch: no validation split, and no epoch selected by a search)" in out
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -129,3 +130,29 @@ def test_full_train_command_line_prints_the_test_split_once(tiny_config, tmp_pat
 def test_bad_production_flags(capsys, args, message):
     assert cli.run("python -m itra_tune.train", main, args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_full_train_stops_at_the_searchs_selected_epoch_of_the_same_schedule(tiny_config, tmp_path, capsys):
+    cfg = tiny_config(**{"train.epochs": 3})
+    whole = itra_tune.train(cfg, full_train=True)
+    handed = itra_tune.train(config.override(cfg, {"select.epoch": 2}), out_dir=tmp_path / "o", full_train=True)
+    assert [r["epoch"] for r in handed.history] == [1, 2] and handed.best["epoch"] == 2
+    # epochs 1 and 2 of the 3-epoch schedule, exactly: the rate at epoch 2 is not the end of a 2-epoch cosine
+    strip = lambda row: {k: v for k, v in row.items() if k != "epoch_time"}
+    assert [strip(r) for r in handed.history] == [strip(r) for r in whole.history[:2]]
+    assert checkpoint.load(tmp_path / "o" / "best.pt")["metrics"]["epoch"] == 2
+    path = tmp_path / "best.yaml"
+    path.write_text(yaml.safe_dump(config.override(cfg, {"select.epoch": 2}).to_dict()))
+    assert main(["--config", str(path), "--full-train", "--out", str(tmp_path / "cli"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 3 epochs (the search's selected epoch)" in out
+    assert "handed over epoch 2 (the search's selected epoch: no validation split)" in out
+
+
+def test_retraining_selects_by_the_configurations_rule(tiny_config):
+    by_ce, by_acc = (itra_tune.train(tiny_config(**{"train.epochs": 4, "select.metric": m, "select.mode": d}))
+                     for m, d in (("val_ce", "min"), ("val_acc", "max")))
+    strip = lambda h: [{k: v for k, v in row.items() if k != "epoch_time"} for row in h]
+    assert strip(by_ce.history) == strip(by_acc.history)  # the rule changes the choice, not the training
+    assert by_ce.best["val_ce"] == min(r["val_ce"] for r in by_ce.history)
+    assert by_acc.best["val_acc"] == max(r["val_acc"] for r in by_acc.history)

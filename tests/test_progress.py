@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 from itra_tune import spaces
 from itra_tune.search import progress
-from itra_tune.search.trainable import SELECTION, selection_score
+from itra_tune.search.trainable import SELECTION
+from itra_tune.selection import score as selection_score
 
 
 def trial(tid: str, lam: float, status: str = "RUNNING", error: str | None = None, tmp=None) -> SimpleNamespace:

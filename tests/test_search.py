@@ -47,16 +47,18 @@ def test_four_trial_search_end_to_end(ray_local, space_file, tmp_path, capsys):
     exp = tmp_path / "st" / "e2e"
     summary = json.loads((exp / "summary.json").read_text())
     assert summary["trials"] == 4 and summary["completed"] == 4 and summary["failed"] == 0
-    # the reported best trial is the one whose best epoch has the highest validation accuracy
+    # a space that names no metric selects as a configuration does: the trial whose best epoch has the lowest
+    # validation CE
     per_trial = {}
     for d in exp.glob("trial_*"):
         rows = _progress(d)
         assert [r["epoch"] for r in rows] == [1, 2]
-        per_trial[d.name] = max((r["val_acc"], -r["val_ce"]) for r in rows)  # ties go to the lower CE
+        per_trial[d.name] = min((r["val_ce"], r["epoch"]) for r in rows)
     assert len(per_trial) == 4
-    best_name = max(per_trial, key=per_trial.get)
-    assert summary["best"]["trial"] == best_name
-    assert summary["best"]["val_acc"] == pytest.approx(per_trial[best_name][0])
+    best_name = min(per_trial, key=per_trial.get)
+    assert summary["best"]["trial"] == best_name and summary["metric"] == "val_ce"
+    assert summary["best"]["val_ce"] == pytest.approx(per_trial[best_name][0])
+    assert summary["best"]["best_epoch"] == per_trial[best_name][1] == summary["best_config"]["select"]["epoch"]
     assert (exp / "best_config.yaml").read_text().count("lam:") == 1
     assert "4 completed, 0 stopped early, 0 failed" in out and "best trial " + best_name in out
     # the live view: a line as each trial ends, the best so far marked, and no table of Ray's

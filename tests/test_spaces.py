@@ -59,7 +59,10 @@ def test_method_spaces_tune_their_own_knob():
     ({"scheduler": {"name": "bohb"}}, "scheduler.name must be one of"),
     ({"scheduler": {"name": "asha", "grace_fraction": 1.5}}, "grace_fraction must be in \\(0, 1\\]"),
     ({"scheduler": {"name": "asha", "grace_fraction": 0.3, "grace_period": 2}}, "not both"),
-    ({"metric": "train_acc"}, "metric 'train_acc' is not reported"),
+    ({"metric": "train_acc"}, "metric 'train_acc' cannot select"),
+    ({"metric": "test_acc"}, "metric 'test_acc' cannot select.*never selected on"),
+    ({"base": {"select": {"metric": "val_acc"}}}, "base.select.metric is 'val_acc' but the space's metric is 'val_ce'"),
+    ({"base": {"select": {"epoch": 2}}}, "base.select.epoch is what a search writes"),
 ])
 def test_bad_space_files_name_file_and_key(space_file, change, message):
     path = space_file(**change)

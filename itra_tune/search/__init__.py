@@ -209,7 +209,7 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
         objective, parent = saved.get(name, (opts.objective, ""))
         if not parent:
             tracker = tracking.Tracker(uri, sp.name, run_name=name, params=_search_params(sp, opts, objective),
-                                       artifacts=[sp.path])
+                                       artifacts=[sp.path], tags={tracking.SMOKE_TAG: str(opts.smoke).lower()})
             parent = tracker.parent
             tracker.log_artifact(tuner.save_settings(sp, objective, storage / name, parent))
         stored = None
@@ -258,6 +258,9 @@ def prepare(space: str | Path, opts: Options) -> tuple[spaces.Space, config_mod.
         return _prepare_user(sp, opts), None
     sp, overrides = _apply_options(sp, opts)
     cfg = config_mod.from_dict(config_mod.apply_overrides(sp.base, overrides), str(sp.path))
+    if (cfg.select.metric, cfg.select.mode, cfg.select.epoch) != (sp.metric, sp.mode, None):
+        raise ConfigError(f"--set select.*: a search selects by its space's rule ({sp.metric}, {sp.mode}) and writes "
+                          f"the selected epoch itself; change metric and mode in {sp.path}")
     if cfg.data.root is not None:  # trials run in their own folders: make a relative data root absolute
         cfg = config_mod.override(cfg, {"data.root": str(Path(cfg.data.root).expanduser().resolve())})
     sp = replace(sp, base=cfg.to_dict())
@@ -366,7 +369,7 @@ def _search_params(space: spaces.Space, opts: Options, objective: str) -> dict[s
             "num_samples": space.num_samples, "max_concurrent": space.max_concurrent, "seed": opts.seed,
             "workers_per_trial": space.workers_per_trial,
             "scheduler": space.scheduler.get("name"), "searched": ",".join(p.key for p in space.params),
-            "trainable": space.trainable or config_mod.ENGINE,
+            "trainable": space.trainable or config_mod.ENGINE, "smoke": opts.smoke,
             "code_version": config_mod.code_version()}
 
 

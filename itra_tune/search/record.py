@@ -14,7 +14,7 @@ from ray import tune
 from itra_tune import checkpoint, export, models, plots, spaces, tracking
 from itra_tune import config as config_mod
 from itra_tune import data as data_mod
-from itra_tune.search.results import is_nan, rank_key, row_metrics, started, trial_rows
+from itra_tune.search.results import is_nan, ranked, row_metrics, started, trial_rows
 from itra_tune.search.trainable import SELECTION, STATE_FILE, epoch_of, trial_config, trial_params
 
 
@@ -41,12 +41,10 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
         else:
             tracker = tracking.Tracker(uri, space.name, parent)
         out["ui"] = tracking.ui_link(uri, tracker.exp_id)
-        ranked = sorted((r for r in rows.values()
-                         if space.metric in r and not r["status"].startswith(config_mod.UNRANKED)),
-                        key=lambda r: rank_key(r, space), reverse=True)
+        ranking = ranked(list(rows.values()), space)
         # an interrupted search is unfinished: its models are logged once, when --resume finishes it
         with_model = set() if summary.get("interrupted") else \
-            {r["trial"] for r in (ranked if log_models is None else ranked[:log_models])}
+            {r["trial"] for r in (ranking if log_models is None else ranking[:log_models])}
         data = None if cfg is None else \
             data_mod.build(cfg.data, torch.device("cpu"), cfg.seed, paired=False, model_name=cfg.model.name)
         best_name = summary["best"]["trial"] if summary.get("best") else None
@@ -153,15 +151,14 @@ def _model_files(model: models.Classifier, cfg: config_mod.Config, data: data_mo
 
 def _figures(rows: list[dict[str, Any]], histories: dict[str, list[dict[str, Any]]],
              space: spaces.Space, engine: bool = True) -> dict[str, Any]:
-    ranked = sorted((r for r in rows if space.metric in r and not r["status"].startswith(config_mod.UNRANKED)),
-                    key=lambda r: rank_key(r, space), reverse=True)
-    top = {r["trial"]: histories[r["trial"]] for r in ranked[:5] if histories.get(r["trial"])}
+    ranking = ranked(rows, space)
+    top = {r["trial"]: histories[r["trial"]] for r in ranking[:5] if histories.get(r["trial"])}
     log_axes = frozenset(p.key for p in space.params if p.log)
     figs = {"plots/params_vs_metric.png": plots.params_vs_metric(rows, [p.key for p in space.params], space.metric,
                                                                  log_axes)}
     if top and engine:
         figs["plots/learning_curves_top5.png"] = plots.learning_curves(top)
-        best = ranked[0]["trial"]
+        best = ranking[0]["trial"]
         figs["plots/compactness_best.png"] = plots.compactness_curves({best: top[best]})
     elif top:
         figs["plots/learning_curves_top5.png"] = plots.seed_curves(

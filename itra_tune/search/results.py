@@ -13,13 +13,13 @@ from typing import Any
 
 import yaml
 
-from itra_tune import cli, engine, spaces
+from itra_tune import cli, engine, selection, spaces
 from itra_tune.config import UNRANKED
-from itra_tune.search.trainable import epoch_of, reported, selection_score, trial_config, user_config
+from itra_tune.search.trainable import epoch_of, reported, trial_config, user_config
 
 
 def trial_rows(results: Any, space: spaces.Space, epochs: int) -> list[dict[str, Any]]:
-    """One row per trial: parameters, status, and the metrics of its best epoch by the space's metric."""
+    """One row per trial: parameters, status, and the metrics of its selected epoch (``itra_tune.selection``)."""
     rows = []
     running = interrupted_trials(results)
     for r in started(results):
@@ -40,8 +40,8 @@ def trial_rows(results: Any, space: spaces.Space, epochs: int) -> list[dict[str,
         else:
             row["status"] = "stopped early"
         row["epochs"] = epoch_of(history[-1]) if history else 0
-        if history:
-            best = max(history, key=lambda h: rank_key(h, space))
+        best = selection.best(history, space.metric, space.mode)
+        if best is not None:
             row.update({k: best[k] for k in metric_names(best, space)}, best_epoch=epoch_of(best))
         rows.append(row)
     return rows
@@ -83,16 +83,15 @@ def is_nan(v: Any) -> bool:
 
 def best_row(rows: list[dict[str, Any]], space: spaces.Space) -> dict[str, Any] | None:
     """The best trial that did not fail (Tune's own get_best_result would accept errored ones)."""
-    ok = [r for r in rows if not r["status"].startswith(UNRANKED) and space.metric in r]
-    if not ok:
-        return None
-    return max(ok, key=lambda r: rank_key(r, space))
+    ranking = ranked(rows, space)
+    return ranking[0] if ranking else None
 
 
-def rank_key(row: dict[str, Any], space: spaces.Space) -> float:
-    """Sort key, larger is better: the space's metric, ties broken by lower validation CE (the score Tune ranks
-    the trial's checkpoints by, so the selected epoch's checkpoint is the one kept)."""
-    return selection_score(row, space.metric, space.mode)
+def ranked(rows: list[dict[str, Any]], space: spaces.Space) -> list[dict[str, Any]]:
+    """The trials that rank (not failed or collapsed, with a selected epoch), best first by the space's rule:
+    each at its selected epoch, ``itra_tune.selection``'s order (the score Tune ranks a trial's checkpoints by,
+    so the selected epoch's checkpoint is the one kept)."""
+    return selection.ranked([r for r in rows if not r["status"].startswith(UNRANKED)], space.metric, space.mode)
 
 
 def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -120,7 +119,9 @@ def summarize(results: Any, space: spaces.Space, epochs: int, path: Path, wall: 
                                "num_samples": space.num_samples, **counts, "best": best}
     if best is not None:
         tune_config = {"base": space.base, **{p.key: best[p.key] for p in space.params if p.key in best}}
-        best_cfg = user_config(tune_config) if space.trainable else trial_config(tune_config).written()
+        # the engine's carries its selected epoch: what --full-train hands over, with no validation left to select
+        best_cfg = user_config(tune_config) if space.trainable else \
+            trial_config({**tune_config, "select.epoch": best["best_epoch"]}).written()
         summary["best_config"] = best_cfg
         (path / "best_config.yaml").write_text(yaml.safe_dump(best_cfg, sort_keys=False))
     if objective == "acc_ce":

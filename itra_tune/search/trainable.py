@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-import math
 import shutil
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from typing import Any
 
 from ray import tune
 
-from itra_tune import checkpoint, engine, losses
+from itra_tune import checkpoint, engine, losses, selection
 from itra_tune import config as config_mod
 from itra_tune.config import ConfigError
 
@@ -37,15 +36,6 @@ def epoch_of(result: dict[str, Any]) -> int:
     """A result's epoch: what the trial reported as ``epoch``, else Tune's count of its reports."""
     value = result.get("epoch")
     return int(value if isinstance(value, (int, float)) and value == value else result.get("training_iteration", 0))
-
-
-def selection_score(metrics: dict[str, Any], metric: str, mode: str) -> float:
-    """How good an epoch is, larger better: the space's metric, ties broken by the lower validation CE.
-
-    One number, so that the epoch a search selects and the checkpoint Tune keeps for it are the same.
-    """
-    sign = 1.0 if mode == "max" else -1.0
-    return sign * float(metrics[metric]) - 1e-9 * float(metrics.get("val_ce", 0.0))
 
 
 def trial_config(tune_config: dict[str, Any]) -> config_mod.Config:
@@ -100,7 +90,7 @@ def _reporter(cfg: config_mod.Config, metric: str, mode: str, report: Callable[.
     def on_epoch(metrics: dict[str, float], state: dict[str, Any]) -> None:
         # lambda with the metrics: under population based training it changes mid-trial
         payload = {**metrics, **({"lam": cfg.loss.lam} if weighted else {}),
-                   SELECTION: selection_score(metrics, metric, mode), **(extra or {})}
+                   SELECTION: selection.score(metrics, metric, mode), **(extra or {})}
         if not keep:
             report(payload)
             return
@@ -236,8 +226,7 @@ class Report:
                              f"{self.metric!r}")
         self.epoch += 1
         result = {**metrics, "epoch": self.epoch}
-        score = selection_score(result, self.metric, self.mode)
-        result[SELECTION] = score if math.isfinite(score) else -math.inf
+        result[SELECTION] = selection.score(result, self.metric, self.mode)
         if checkpoint is None:
             _tune_report(result)
             return
