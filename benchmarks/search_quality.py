@@ -1,16 +1,22 @@
 """How close each search strategy comes to the best configuration per unit of compute, replayed against the oracle
-grids of ``benchmarks.oracle``.
+grids of ``benchmarks.oracle``, scored by what production gets from the hand-off.
 
-    python -m benchmarks.search_quality [--tasks fmnist_overfit,digits,fmnist_cosine] [--reps 10] \\
+    python -m benchmarks.search_quality [--tasks fmnist_overfit,digits,fmnist_cosine,fmnist_adamw] [--reps 10] \\
         [--oracle docs/results/search-quality/oracle.json] [--out docs/results/search-quality]
 
 A strategy runs as the platform runs it, with ``max_concurrent`` trials side by side advancing an epoch at a time;
 a trial of a grid point sees the validation figures of one of the point's 3 seeds, drawn at random, and costs the
-epochs (and the seconds) that seed took. At every epoch of compute the search's pick is the trial whose best
-epoch is best on the selection metric, as ``itra_tune.search`` ranks them (failed and collapsed trials never).
-The pick's **regret** is the oracle's test figure of its configuration (mean over the seeds, at the last epoch,
-as production training gets it) minus the best such figure of the grid: test CE above the best, test accuracy
-below it. Written: ``regret.json`` (every repetition's curve), ``<task>_regret.png``, and a table on stdout.
+epochs (and the seconds) that seed took. At every epoch of compute the search's pick is the trial whose selected
+epoch is best, as ``itra_tune.search`` ranks them (``itra_tune.selection``; failed and collapsed trials never).
+
+The pick's **production figure** is what the hand-off gives: retraining its configuration selects an epoch by the
+same rule (``itra_tune.train``), so it is the test figure at each seed's selected epoch, mean over the seeds (the
+*kept checkpoint*); with ``--full-train`` the validation split is folded in and training stops at that epoch, so it
+is the full-train grid's (``oracle-full.json``) test figure at the same epochs (the *full-train* figure). Its
+**regret** is that figure minus the best such figure of the grid (test CE above the best, test accuracy below).
+The figure the benchmark scored before, the mean test figure at the *last* epoch, which no hand-off gives, is kept
+beside them for comparison. Written: ``regret.json`` (every repetition's curve), ``<task>_regret.png``, and a
+table on stdout; the shipped default's row carries the word ``default``.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import math
 import os
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,45 +36,89 @@ import numpy as np
 import optuna
 
 from benchmarks import oracle
-from itra_tune import engine, spaces
+from itra_tune import engine, selection, spaces
 
 BUDGETS = (1, 2, 4, 8, 16, 32)  # compute, in full trainings (epochs / the task's epochs)
 SELECT = {"val_acc": "max", "val_ce": "min"}
-VAL_SIZE = {"fmnist_overfit": 6000, "fmnist_cosine": 6000, "digits": 270}  # validation examples of each task
+RULES = ("val_ce", "val_acc", "tie")  # how a trial's epoch and the search's pick are chosen (``selected_epoch``)
+DEFAULT_RULE = spaces.DEFAULT_METRIC  # whose seed spread is the noise the regrets are read against
+VAL_SIZE = {"fmnist_overfit": 6000, "fmnist_cosine": 6000, "digits": 270, "fmnist_adamw": 6000}  # validation examples
+FIGURES = ("test_acc", "test_ce")
+WORST = {"test_acc": 0.1, "test_ce": math.log(10)}  # a failed run's figure: chance on the 10-class tasks
+
+
+def selected_epoch(curves: dict[str, list[float]], upto: int, rule: str, val_size: int) -> int:
+    """The epoch (from 1) a run of ``upto`` epochs hands over: ``itra_tune.selection``'s rule for ``val_ce`` and
+    ``val_acc``; ``tie`` (a design not shipped): accuracy within one standard error of the run's best counts as a
+    tie, broken by the lower CE."""
+    rows = [{"epoch": e + 1, "val_acc": curves["val_acc"][e], "val_ce": curves["val_ce"][e]} for e in range(upto)]
+    if rule in SELECT:
+        return selection.best(rows, rule, SELECT[rule])["epoch"]
+    return tie_best(rows, val_size)["epoch"]
+
+
+def tie_best(rows: list[dict[str, Any]], val_size: int) -> dict[str, Any]:
+    top = max(r["val_acc"] for r in rows)
+    tol = math.sqrt(max(top * (1 - top), 1e-12) / val_size)
+    return min((r for r in rows if r["val_acc"] >= top - tol), key=lambda r: r["val_ce"])
 
 
 @dataclass
 class Grid:
-    """One task's oracle: curves per point and seed, and each point's production figures."""
+    """One task's oracle: curves per point and seed, and each point's production figures under each rule."""
 
     name: str
     epochs: int
     points: list[dict[str, Any]]
     curves: list[list[dict[str, list[float]]]]  # [point][seed] -> figure -> per-epoch values
     failed: list[list[bool]]
-    test: dict[str, np.ndarray] = field(default_factory=dict)  # figure -> (points,) mean over seeds, last epoch
+    full: list[list[dict[str, list[float]]]] | None = None  # the full-train grid's curves, when it was run
+    full_failed: list[list[bool]] | None = None
+    # figure -> (points,) mean over seeds: at each seed's selected epoch by rule ("kept", "full") or the last epoch
+    kept: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    fulltrain: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    last: dict[str, np.ndarray] = field(default_factory=dict)
     noise: dict[str, float] = field(default_factory=dict)  # figure -> median std over seeds, best tenth of points
+    spread: dict[str, np.ndarray] = field(default_factory=dict)  # figure -> (points,) std over seeds, kept, default
 
     @classmethod
-    def load(cls, name: str, runs: dict[str, dict[str, Any]]) -> Grid:
+    def load(cls, name: str, runs: dict[str, dict[str, Any]], full_runs: dict[str, dict[str, Any]]) -> Grid:
         task = oracle.TASKS[name]
         points = task.points()
-        curves, failed = [], []
+        curves, failed, full, full_failed = [], [], [], []
         for p in points:
             rs = [runs.get(oracle.run_key(name, p, s)) for s in oracle.SEEDS]
             if any(r is None for r in rs):
                 raise SystemExit(f"the oracle has no run of {name} {oracle.point_key(p)}; run benchmarks.oracle")
             curves.append([r["curves"] for r in rs])
             failed.append([r["status"] != "ok" for r in rs])
-        g = cls(name, task.epochs, points, curves, failed)
-        num_classes = 10
-        for fig, worst in (("test_acc", 1 / num_classes), ("test_ce", math.log(num_classes))):
-            per_seed = np.array([[worst if f else c[fig][-1] for c, f in zip(cs, fs)]
-                                 for cs, fs in zip(curves, failed)])
-            g.test[fig] = per_seed.mean(axis=1)
-            order = np.argsort(-g.test[fig] if fig == "test_acc" else g.test[fig])
-            top = order[: max(3, len(points) // 10)]  # the seeds' spread where a good search ends: the best tenth
-            g.noise[fig] = float(np.median(per_seed[top].std(axis=1, ddof=1)))
+            fs = [full_runs.get(oracle.run_key(name, p, s)) for s in oracle.SEEDS]
+            full.append([f["curves"] if f else None for f in fs])
+            full_failed.append([f is not None and f["status"] != "ok" for f in fs])
+        has_full = all(c is not None for cs in full for c in cs)
+        g = cls(name, task.epochs, points, curves, failed, full if has_full else None,
+                full_failed if has_full else None)
+        for fig in FIGURES:
+            g.last[fig] = np.array([[WORST[fig] if f else c[fig][-1] for c, f in zip(cs, fs)]
+                                    for cs, fs in zip(curves, failed)]).mean(axis=1)
+        for rule in RULES:
+            g.kept[rule], g.fulltrain[rule] = {}, {}
+            picked = [[selected_epoch(c, len(c["val_ce"]), rule, VAL_SIZE[name]) if c["val_ce"] else 0
+                       for c in cs] for cs in curves]
+            for fig in FIGURES:
+                per_seed = np.array([[WORST[fig] if f or not e else c[fig][e - 1] for c, f, e in zip(cs, fs, es)]
+                                     for cs, fs, es in zip(curves, failed, picked)])
+                g.kept[rule][fig] = per_seed.mean(axis=1)
+                if rule == DEFAULT_RULE:
+                    order = np.argsort(-g.kept[rule][fig] if fig == "test_acc" else g.kept[rule][fig])
+                    top = order[: max(3, len(points) // 10)]  # the seeds' spread where a good search ends
+                    g.noise[fig] = float(np.median(per_seed[top].std(axis=1, ddof=1)))
+                    g.spread[fig] = per_seed.std(axis=1, ddof=1)
+                if g.full is not None:
+                    g.fulltrain[rule][fig] = np.array([
+                        [WORST[fig] if f or not e or len(c[fig]) < e else c[fig][e - 1]
+                         for c, f, e in zip(cs, fs, es)]
+                        for cs, fs, es in zip(g.full, g.full_failed, picked)]).mean(axis=1)
         return g
 
     def seconds(self, point: int, seed: int, epoch: int) -> float:
@@ -79,11 +129,27 @@ class Grid:
     def index(self, point: dict[str, Any]) -> int:
         return [oracle.point_key(p) for p in self.points].index(oracle.point_key(point))
 
-    def regret(self, point: int | None, fig: str) -> float:
+    def figures(self, which: str, rule: str) -> dict[str, np.ndarray] | None:
+        """The production figures of every point: ``kept`` (the kept checkpoint), ``full`` (the full-train
+        retraining; None without the full-train grid) or ``last`` (the last epoch, the former score)."""
+        if which == "last":
+            return self.last
+        return self.kept[rule] if which == "kept" else (self.fulltrain[rule] if self.full is not None else None)
+
+    def best(self, which: str, fig: str, rule: str = DEFAULT_RULE) -> float:
+        """The best production figure of the grid's points under ``rule``: what the search's best pick would give."""
+        v = self.figures(which, rule)[fig]
+        return float(v.max() if fig == "test_acc" else v.min())
+
+    def regret(self, point: int | None, fig: str, which: str = "kept", rule: str = DEFAULT_RULE) -> float:
+        """How far a pick's production figure is from the grid's best under the same rule and hand-off (the rule's
+        own cost against another rule is the difference of their bests, printed in each task's header)."""
+        values = self.figures(which, rule)
+        if values is None:
+            return math.nan
         if point is None:  # nothing selected yet: the worst point of the grid
-            return float(self.test[fig].max() - self.test[fig].min())
-        best = self.test[fig].max() if fig == "test_acc" else self.test[fig].min()
-        return float(abs(self.test[fig][point] - best))
+            return float(values[fig].max() - values[fig].min())
+        return float(abs(values[fig][point] - self.best(which, fig, rule)))
 
 
 @dataclass
@@ -151,23 +217,17 @@ class ASHA:
 
 
 def choose(grid: Grid, trials: list[Trial], rule: str) -> int | None:
-    """The pick among ended trials, each at its own selected epoch: ``val_acc`` (ties to the lower CE),
-    ``val_ce``, or ``tie``: accuracy within one standard error of the best counts as a tie, broken by the lower CE
-    (first among a trial's epochs, then among the trials)."""
-    def best(rows: list[tuple[float, float, int]]) -> tuple[float, float, int]:
-        if rule == "val_acc":
-            return max(rows, key=lambda r: (r[0], -r[1]))
-        if rule == "val_ce":
-            return min(rows, key=lambda r: r[1])
-        top = max(r[0] for r in rows)
-        tol = math.sqrt(max(top * (1 - top), 1e-12) / VAL_SIZE[grid.name])
-        return min((r for r in rows if r[0] >= top - tol), key=lambda r: r[1])
-
+    """The pick among ended trials, each at its own selected epoch (``selected_epoch``), then among the trials by
+    the same rule (``itra_tune.selection``, or ``tie``)."""
     rows = []
     for t in trials:
         c = grid.curves[t.point][t.seed]
-        rows.append(best([(c["val_acc"][e], c["val_ce"][e], t.point) for e in range(t.epoch)]))
-    return best(rows)[2] if rows else None
+        e = selected_epoch(c, t.epoch, rule, VAL_SIZE[grid.name])
+        rows.append({"val_acc": c["val_acc"][e - 1], "val_ce": c["val_ce"][e - 1], "point": t.point})
+    if not rows:
+        return None
+    best = selection.best(rows, rule, SELECT[rule]) if rule in SELECT else tie_best(rows, VAL_SIZE[grid.name])
+    return best["point"]
 
 
 def simulate(grid: Grid, sampler: Sampler, scheduler: ASHA | None, metric: str, workers: int, budget: int,
@@ -227,10 +287,12 @@ class Strategy:
     select: str  # how the search's pick is chosen: val_acc, val_ce or tie (see ``choose``)
     # (grid, budget in epochs, workers, rng) -> (pick, seconds)
     run: Callable[[Grid, int, int, np.random.Generator], tuple[int | None, float]]
+    default: bool = False  # the search as the space ships it
 
     @property
     def label(self) -> str:
-        return f"{self.name}, {self.metric}" + ("" if self.select == self.metric else f", pick {self.select}")
+        return (f"{self.name}, {self.metric}" + ("" if self.select == self.metric else f", pick {self.select}")
+                + (", default" if self.default else ""))
 
 
 def strategies(task: oracle.Task, space: spaces.Space, epochs: int) -> list[Strategy]:
@@ -264,7 +326,9 @@ def strategies(task: oracle.Task, space: spaces.Space, epochs: int) -> list[Stra
             Strategy(f"tpe+asha (grace {late}, rf {late_rf})", metric, "tie",
                      search("tpe", metric, (late, late_rf), "tie")),
         ]
-    return out
+    shipped = f"tpe+asha (grace {late}, rf {late_rf})" if space.scheduler["name"] == "asha" else "tpe"
+    return [replace(s, default=True) if (s.name, s.metric, s.select) == (shipped, space.metric, space.metric) else s
+            for s in out]
 
 
 class _Pause(Exception):
@@ -334,20 +398,31 @@ def explore(point: dict[str, Any], task: oracle.Task, rng: np.random.Generator) 
     return out
 
 
+HANDOFFS = {"regret": "kept", "regret_full": "full", "regret_last": "last"}  # regret.json's key -> production figure
+
+
+def regrets(grid: Grid, picks: list[int | None], rule: str) -> dict[str, dict[str, list[float]]]:
+    """The regret of each pick on both test figures, for every hand-off (``HANDOFFS``)."""
+    return {key: {fig: [grid.regret(p, fig, which, rule) for p in picks] for fig in FIGURES}
+            for key, which in HANDOFFS.items()}
+
+
 def evaluate(grid: Grid, strategy: Strategy, reps: int, workers: int) -> dict[str, Any]:
-    """Every repetition's regret at each budget, on both test figures. A budget of b full trainings runs
-    min(b, ``workers``) trials side by side, so that a search of b trials without early stopping ends them all."""
-    curves: dict[str, list[list[float]]] = {"test_acc": [], "test_ce": []}
+    """Every repetition's regret at each budget, on both test figures and every hand-off. A budget of b full
+    trainings runs min(b, ``workers``) trials side by side, so that a search of b trials without early stopping
+    ends them all."""
+    out: dict[str, Any] = {key: {fig: [] for fig in FIGURES} for key in HANDOFFS}
     seconds = []
     for rep in range(reps):
         picks = []
         for b in BUDGETS:
             rng = np.random.default_rng([rep, b, zlib.crc32(strategy.label.encode())])
             picks.append(strategy.run(grid, b * grid.epochs, min(b, workers), rng))
-        for fig in curves:
-            curves[fig].append([grid.regret(p, fig) for p, _ in picks])
+        for key, figs in regrets(grid, [p for p, _ in picks], strategy.select).items():
+            for fig, values in figs.items():
+                out[key][fig].append(values)
         seconds.append([round(sec, 2) for _, sec in picks])
-    return {"strategy": strategy.label, "metric": strategy.metric, "budgets": list(BUDGETS), "regret": curves,
+    return {"strategy": strategy.label, "metric": strategy.metric, "budgets": list(BUDGETS), **out,
             "seconds": seconds}
 
 
@@ -357,7 +432,7 @@ def pbt_rows(name: str, grid: Grid, reps: int, budgets: list[int], cache_path: P
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     rows = []
     for metric in SELECT:
-        curves: dict[str, list[list[float]]] = {"test_acc": [], "test_ce": []}
+        out: dict[str, Any] = {key: {fig: [] for fig in FIGURES} for key in HANDOFFS}
         for rep in range(reps):
             picks = []
             for b in budgets:
@@ -368,17 +443,42 @@ def pbt_rows(name: str, grid: Grid, reps: int, budgets: list[int], cache_path: P
                     print(f"   pbt {key}: {cache[key]['pick']}", flush=True)
                 pick = cache[key]["pick"]
                 picks.append(None if pick is None else grid.index(pick))
-            for fig in curves:
-                curves[fig].append([grid.regret(p, fig) for p in picks])
+            for k, figs in regrets(grid, picks, metric).items():
+                for fig, values in figs.items():
+                    out[k][fig].append(values)
         rows.append({"strategy": f"pbt (trained; population = budget), {metric}", "metric": metric,
-                     "budgets": budgets, "regret": curves})
+                     "budgets": budgets, **out})
     return rows
 
 
-def to_noise(row: dict[str, Any], grid: Grid, fig: str) -> int | None:
+def to_noise(row: dict[str, Any], grid: Grid, fig: str, key: str = "regret") -> int | None:
     """The smallest budget (full trainings) at which the median regret is within the oracle's seed noise."""
-    med = np.median(np.array(row["regret"][fig]), axis=0)
+    med = np.median(np.array(row[key][fig]), axis=0)
     return next((b for b, m in zip(row["budgets"], med) if m <= grid.noise[fig]), None)
+
+
+def at_budget(row: dict[str, Any], key: str, fig: str, budget: int) -> float:
+    """The median regret of a row at ``budget`` full trainings (NaN where the row has no such budget)."""
+    if budget not in row["budgets"]:
+        return math.nan
+    return float(np.median(np.array(row[key][fig]), axis=0)[row["budgets"].index(budget)])
+
+
+def itra_against_ce(grid: Grid) -> dict[str, Any]:
+    """ITRA against plain CE under the same selection: the best point with lambda = 0 and the best with lambda > 0,
+    each by its kept-checkpoint figure (the default rule), with the seeds' spread."""
+    lam = np.array([p.get("loss.lam", 0.0) for p in grid.points])
+    out: dict[str, Any] = {}
+    for fig in FIGURES:
+        values, spread = grid.kept[DEFAULT_RULE][fig], grid.spread[fig]
+        pick = np.argmax if fig == "test_acc" else np.argmin
+        row = {}
+        for name, mask in (("ce", lam == 0), ("itra", lam > 0)):
+            idx = np.flatnonzero(mask)
+            i = int(idx[pick(values[idx])])
+            row[name] = {"value": float(values[i]), "seed_sd": float(spread[i]), "point": grid.points[i]}
+        out[fig] = row
+    return out
 
 
 def plot(name: str, grid: Grid, rows: list[dict[str, Any]], path: Path) -> None:
@@ -417,38 +517,56 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pbt-reps", type=int, default=5, help="repetitions of population based training (trained)")
     p.add_argument("--pbt-budgets", default="8", help="populations of PBT, in full trainings")
     p.add_argument("--oracle", type=Path, default=oracle.OUT)
+    p.add_argument("--oracle-full", type=Path, default=oracle.FULL_OUT, help="the full-train grid, where it was run")
     p.add_argument("--out", type=Path, default=oracle.OUT.parent)
     args = p.parse_args(argv)
     runs = oracle.load(args.oracle)
+    full_runs = oracle.load(args.oracle_full)
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {}
     for name in args.tasks.split(","):
         task = oracle.TASKS[name]
-        grid = Grid.load(name, runs)
+        grid = Grid.load(name, runs, full_runs)
         space = spaces.load(task.space)
-        print(f"\n== {name}: {len(grid.points)} points x {len(oracle.SEEDS)} seeds, {grid.epochs} epochs", flush=True)
+        print(f"\n== {name}: {len(grid.points)} points x {len(oracle.SEEDS)} seeds, {grid.epochs} epochs"
+              + ("" if grid.full is not None else " (no full-train grid: run benchmarks.oracle --full-train)"),
+              flush=True)
         best = {}
-        for f in grid.test:
-            i = int(np.argmax(grid.test[f]) if f == "test_acc" else np.argmin(grid.test[f]))
-            best[f] = {"point": grid.points[i], "value": float(grid.test[f][i]), "noise": grid.noise[f]}
-            print(f"   oracle best {f}: {grid.test[f][i]:.4f} (seed noise {grid.noise[f]:.4f}) at "
-                  f"{oracle.point_key(grid.points[i])}")
+        for f in FIGURES:
+            values = grid.kept[DEFAULT_RULE][f]
+            i = int(np.argmax(values) if f == "test_acc" else np.argmin(values))
+            by_rule = {r: grid.best("kept", f, r) for r in RULES}
+            best[f] = {"point": grid.points[i], "value": float(values[i]), "noise": grid.noise[f],
+                       "best_by_rule": by_rule, "best_last_epoch": grid.best("last", f),
+                       "best_full_train": {r: grid.best("full", f, r) for r in RULES} if grid.full else None}
+            print(f"   oracle best {f} (kept checkpoint, by {DEFAULT_RULE}): {values[i]:.4f} (seed noise "
+                  f"{grid.noise[f]:.4f}) at {oracle.point_key(grid.points[i])}; by rule "
+                  + ", ".join(f"{r} {v:.4f}" for r, v in by_rule.items()) + f"; last epoch {grid.best('last', f):.4f}"
+                  + (f"; full-train by {DEFAULT_RULE} {grid.best('full', f):.4f}" if grid.full is not None else ""))
+        fair = itra_against_ce(grid)
+        for f, r in fair.items():
+            print(f"   CE vs ITRA under the same selection, {f}: CE {r['ce']['value']:.4f} ± {r['ce']['seed_sd']:.4f}"
+                  f" ({oracle.point_key(r['ce']['point'])}), ITRA {r['itra']['value']:.4f} ± "
+                  f"{r['itra']['seed_sd']:.4f} ({oracle.point_key(r['itra']['point'])})")
         rows = [evaluate(grid, s, args.reps, task.max_concurrent) for s in strategies(task, space, grid.epochs)]
         if args.pbt_reps:
             rows += pbt_rows(name, grid, args.pbt_reps, [int(b) for b in args.pbt_budgets.split(",")],
                              args.out / f"pbt-{name}.json")
-        report[name] = {"best": best, "epochs": grid.epochs, "rows": rows}
-        print(f"   median regret over {args.reps} repetitions at {list(BUDGETS)} full trainings: test accuracy "
-              f"(points) | test CE | the least compute within seed noise, accuracy | CE | median seconds")
+        report[name] = {"best": best, "epochs": grid.epochs, "noise": grid.noise, "itra_vs_ce": fair, "rows": rows}
+        print(f"   median regret of the kept checkpoint over {args.reps} repetitions at {list(BUDGETS)} full trainings:"
+              f" test accuracy (points) | test CE | the least compute within seed noise, accuracy | CE | at 16: "
+              f"full-train acc, CE | last epoch (former score) acc, CE | median seconds")
         for r in rows:
             acc = np.median(np.array(r["regret"]["test_acc"]), axis=0) * 100
             ce = np.median(np.array(r["regret"]["test_ce"]), axis=0)
             sec = (" ".join(f"{v:4.0f}" for v in np.median(np.array(r["seconds"]), axis=0)) + " s"
                    if "seconds" in r else "")
-            print(f"   {r['strategy']:<40} " + " ".join(f"{v:5.2f}" for v in acc) + " | "
+            at16 = " ".join(f"{100 * at_budget(r, k, 'test_acc', 16):5.2f} {at_budget(r, k, 'test_ce', 16):5.3f}"
+                            for k in ("regret_full", "regret_last"))
+            print(f"   {r['strategy']:<48} " + " ".join(f"{v:5.2f}" for v in acc) + " | "
                   + " ".join(f"{v:5.3f}" for v in ce) + f" | within noise at {to_noise(r, grid, 'test_acc')} | "
-                  f"{to_noise(r, grid, 'test_ce')} | {sec}" + ("" if r["budgets"] == list(BUDGETS) else
-                                                              f" (budgets {r['budgets']})"))
+                  f"{to_noise(r, grid, 'test_ce')} | {at16} | {sec}" + ("" if r["budgets"] == list(BUDGETS) else
+                                                                          f" (budgets {r['budgets']})"))
         plot(name, grid, rows, args.out / f"{name}_regret.png")
     (args.out / "regret.json").write_text(json.dumps(report, indent=1))
     return 0

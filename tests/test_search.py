@@ -64,7 +64,7 @@ def test_four_trial_search_end_to_end(ray_local, space_file, tmp_path, capsys):
     # the live view: a line as each trial ends, the best so far marked, and no table of Ray's
     ended = [line for line in out.splitlines() if re.match(r"\[[#-]{10}\] [1-4]/4 ", line)]
     assert [line.split()[1] for line in ended] == ["1/4", "2/4", "3/4", "4/4"]
-    assert all(" completed  val_acc " in line and " lam=" in line for line in ended), ended
+    assert all(" completed  val_ce " in line and " val_acc " in line and " lam=" in line for line in ended), ended
     assert ended[0].endswith("<- best so far") and "== Status ==" not in out
     lams = {float(r["loss.lam"]) for r in _trials(exp)}
     assert len(lams) == 4 and all(0.1 <= v <= 1.0 for v in lams)

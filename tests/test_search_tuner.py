@@ -38,7 +38,7 @@ def test_scheduler_choices_map_to_tune_schedulers(space_file):
         scheduler = build_scheduler(space, epochs=4)
         assert type(scheduler) is cls
         if name != "none":
-            assert scheduler.metric == "val_acc" and scheduler._mode == "max"
+            assert scheduler.metric == "val_ce" and scheduler._mode == "min"  # the default rule
 
 
 def test_population_based_training_mutates_loss_and_optimizer_keys_within_their_ranges(space_file):

@@ -55,7 +55,7 @@ def test_the_best_logged_model_classifies_raw_pixels_as_the_search_reported(ray_
     np.testing.assert_allclose(out["probabilities"].sum(1), 1.0, rtol=1e-5)
     assert abs(_accuracy(out["class"], y) - summary["best"]["test_acc"]) <= 0.005
     assert abs(_accuracy(out["logits"].argmax(1), y) - summary["best"]["test_acc"]) <= 0.005
-    model = itra_tune.load_best_model("demo")
+    model = itra_tune.load_best_model("demo", smoke=True)  # a --smoke search is taken only when asked
     assert abs(_accuracy(model(torch.from_numpy(x)).argmax(1), y) - summary["best"]["test_acc"]) <= 0.005
 
 
