@@ -78,6 +78,7 @@ class Grid:
     kept: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     fulltrain: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     last: dict[str, np.ndarray] = field(default_factory=dict)
+    full_last: dict[str, np.ndarray] = field(default_factory=dict)  # the full-train run's last epoch (no stop)
     noise: dict[str, float] = field(default_factory=dict)  # figure -> median std over seeds, best tenth of points
     spread: dict[str, np.ndarray] = field(default_factory=dict)  # figure -> (points,) std over seeds, kept, default
 
@@ -101,6 +102,9 @@ class Grid:
         for fig in FIGURES:
             g.last[fig] = np.array([[WORST[fig] if f else c[fig][-1] for c, f in zip(cs, fs)]
                                     for cs, fs in zip(curves, failed)]).mean(axis=1)
+            if g.full is not None:
+                g.full_last[fig] = np.array([[WORST[fig] if f else c[fig][-1] for c, f in zip(cs, fs)]
+                                             for cs, fs in zip(g.full, g.full_failed)]).mean(axis=1)
         for rule in RULES:
             g.kept[rule], g.fulltrain[rule] = {}, {}
             picked = [[selected_epoch(c, len(c["val_ce"]), rule, VAL_SIZE[name]) if c["val_ce"] else 0
@@ -131,10 +135,15 @@ class Grid:
 
     def figures(self, which: str, rule: str) -> dict[str, np.ndarray] | None:
         """The production figures of every point: ``kept`` (the kept checkpoint), ``full`` (the full-train
-        retraining; None without the full-train grid) or ``last`` (the last epoch, the former score)."""
+        retraining to the selected epoch; None without the full-train grid), ``full_last`` (the full-train
+        retraining to its last epoch, the alternative hand-off) or ``last`` (the last epoch, the former score)."""
         if which == "last":
             return self.last
-        return self.kept[rule] if which == "kept" else (self.fulltrain[rule] if self.full is not None else None)
+        if which == "kept":
+            return self.kept[rule]
+        if self.full is None:
+            return None
+        return self.fulltrain[rule] if which == "full" else self.full_last
 
     def best(self, which: str, fig: str, rule: str = DEFAULT_RULE) -> float:
         """The best production figure of the grid's points under ``rule``: what the search's best pick would give."""
@@ -398,7 +407,8 @@ def explore(point: dict[str, Any], task: oracle.Task, rng: np.random.Generator) 
     return out
 
 
-HANDOFFS = {"regret": "kept", "regret_full": "full", "regret_last": "last"}  # regret.json's key -> production figure
+# regret.json's key -> production figure (``Grid.figures``)
+HANDOFFS = {"regret": "kept", "regret_full": "full", "regret_full_last": "full_last", "regret_last": "last"}
 
 
 def regrets(grid: Grid, picks: list[int | None], rule: str) -> dict[str, dict[str, list[float]]]:
@@ -538,11 +548,13 @@ def main(argv: list[str] | None = None) -> int:
             by_rule = {r: grid.best("kept", f, r) for r in RULES}
             best[f] = {"point": grid.points[i], "value": float(values[i]), "noise": grid.noise[f],
                        "best_by_rule": by_rule, "best_last_epoch": grid.best("last", f),
-                       "best_full_train": {r: grid.best("full", f, r) for r in RULES} if grid.full else None}
+                       "best_full_train": {r: grid.best("full", f, r) for r in RULES} if grid.full else None,
+                       "best_full_train_last_epoch": grid.best("full_last", f) if grid.full else None}
             print(f"   oracle best {f} (kept checkpoint, by {DEFAULT_RULE}): {values[i]:.4f} (seed noise "
                   f"{grid.noise[f]:.4f}) at {oracle.point_key(grid.points[i])}; by rule "
                   + ", ".join(f"{r} {v:.4f}" for r, v in by_rule.items()) + f"; last epoch {grid.best('last', f):.4f}"
-                  + (f"; full-train by {DEFAULT_RULE} {grid.best('full', f):.4f}" if grid.full is not None else ""))
+                  + (f"; full-train to the selected epoch {grid.best('full', f):.4f}, to the last "
+                     f"{grid.best('full_last', f):.4f}" if grid.full is not None else ""))
         fair = itra_against_ce(grid)
         for f, r in fair.items():
             print(f"   CE vs ITRA under the same selection, {f}: CE {r['ce']['value']:.4f} ± {r['ce']['seed_sd']:.4f}"
@@ -555,14 +567,15 @@ def main(argv: list[str] | None = None) -> int:
         report[name] = {"best": best, "epochs": grid.epochs, "noise": grid.noise, "itra_vs_ce": fair, "rows": rows}
         print(f"   median regret of the kept checkpoint over {args.reps} repetitions at {list(BUDGETS)} full trainings:"
               f" test accuracy (points) | test CE | the least compute within seed noise, accuracy | CE | at 16: "
-              f"full-train acc, CE | last epoch (former score) acc, CE | median seconds")
+              f"full-train acc, CE | full-train to the last epoch acc, CE | last epoch (former score) acc, CE | "
+              f"median seconds")
         for r in rows:
             acc = np.median(np.array(r["regret"]["test_acc"]), axis=0) * 100
             ce = np.median(np.array(r["regret"]["test_ce"]), axis=0)
             sec = (" ".join(f"{v:4.0f}" for v in np.median(np.array(r["seconds"]), axis=0)) + " s"
                    if "seconds" in r else "")
             at16 = " ".join(f"{100 * at_budget(r, k, 'test_acc', 16):5.2f} {at_budget(r, k, 'test_ce', 16):5.3f}"
-                            for k in ("regret_full", "regret_last"))
+                            for k in ("regret_full", "regret_full_last", "regret_last"))
             print(f"   {r['strategy']:<48} " + " ".join(f"{v:5.2f}" for v in acc) + " | "
                   + " ".join(f"{v:5.3f}" for v in ce) + f" | within noise at {to_noise(r, grid, 'test_acc')} | "
                   f"{to_noise(r, grid, 'test_ce')} | {at16} | {sec}" + ("" if r["budgets"] == list(BUDGETS) else

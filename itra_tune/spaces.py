@@ -281,5 +281,6 @@ def _param(key: str, spec: Any, src: str, base: Config | None, keys: dict[str, A
         try:
             config_mod.override(base, values, src)
         except ConfigError as e:
-            raise ConfigError(f"{where}: value {list(values.values())[0]!r} is invalid here: {e}") from None
+            reason = str(e).removeprefix(f"{src}: ")  # the file is named once, in ``where``
+            raise ConfigError(f"{where}: value {list(values.values())[0]!r} is invalid here: {reason}") from None
     return param

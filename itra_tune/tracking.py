@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import os
 import tempfile
 import time
@@ -374,7 +375,9 @@ def register(uri: str, model_id: str, name: str) -> str:
     import mlflow
 
     mlflow.set_tracking_uri(uri)  # register_model talks to the global tracking and registry URI
-    version = mlflow.register_model(f"models:/{model_id}", name)
+    # it prints "Successfully registered model ..." to stderr; the caller's summary line says it instead
+    with contextlib.redirect_stderr(io.StringIO()):
+        version = mlflow.register_model(f"models:/{model_id}", name)
     return f"{name}/{version.version}"
 
 

@@ -3,6 +3,8 @@ MLflow's registry and export it for serving code.
 
     python pipelines/search_then_retrain.py --space demo [--smoke] [--seeds 3] [--out runs/prod/demo]
 
+Without ``--out`` the retrained runs and the export go to ``runs/prod/<space>-<time>``; the last line prints where.
+
 The search selects on the validation split; the retrain folds that split back into training
 (``data.val_fraction=0``), trains to the epoch the search selected (of the same schedule) and reports the test split
 there as mean and std over the seeds. The model of the
@@ -25,7 +27,10 @@ from itra_tune import cli, config, export, search, tracking
 from itra_tune import data as data_mod
 
 
-def main(argv: list[str] | None = None) -> int:
+DEFAULT_OUT = "runs/prod/<space>-<time>"  # without --out: the export goes to DEFAULT_OUT/export
+
+
+def parser() -> cli.Parser:
     p = cli.Parser(prog="python pipelines/search_then_retrain.py", description=__doc__.splitlines()[0])
     p.add_argument("--space", default="demo", help="a name from search_spaces/ or a YAML path (default demo)")
     p.add_argument("--smoke", action="store_true", help="the space's smoke budget")
@@ -33,8 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage-path", default=str(search.DEFAULT_STORAGE))
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.add_argument("--no-register", action="store_true", help="skip the MLflow Model Registry")
-    p.add_argument("--out", help="folder of the retrained runs and the export (default runs/prod/<space>-<time>)")
-    args = p.parse_args(argv)
+    p.add_argument("--out", help=f"folder of the retrained runs and the export (default {DEFAULT_OUT})")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if args.seeds < 1:
         raise config.ConfigError(f"--seeds must be at least 1 but got {args.seeds}")
     uri = tracking.resolve_uri(args.tracking_uri)
@@ -48,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no trial of the search finished; see {summary['experiment_path']}", file=sys.stderr)
         return cli.EXIT_FAILED
     cfg = config.from_dict(summary["best_config"], f"best of {name}")
-    out = Path(args.out or Path("runs") / "prod" / name)
+    out = Path(args.out or DEFAULT_OUT.replace("<space>-<time>", name))
 
     print(f"retraining the best configuration on the full training set to its selected epoch {cfg.select.epoch}, "
           f"{args.seeds} seeds -> {out}", flush=True)

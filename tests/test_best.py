@@ -44,3 +44,16 @@ def test_best_config_and_model_of_the_newest_search(tmp_path):
 def test_best_config_of_an_unknown_space(tmp_path):
     with pytest.raises(itra_tune.ConfigError, match="no MLflow experiment 'nothing-here'"):
         itra_tune.best_config("nothing-here", tracking_uri=f"sqlite:///{tmp_path / 'empty.db'}")
+
+
+def test_registering_a_model_prints_nothing_of_mlflows_own(tmp_path, capfd):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    model = models.build("mlp", 10, (1, 8, 8)).eval()
+    cfg = config.override(config.Config(), {"model.name": "mlp"})
+    tracker = tracking.Tracker(uri, "space-r", run_name="search")
+    tracker.trial_started("t1", "trial_t1", {})
+    files = _model_files(model, cfg, torch.rand(2, 1, 8, 8), tmp_path / "export")
+    run = tracker.finish_trial("t1", "trial_t1", {}, [], "completed", None, files)
+    capfd.readouterr()
+    assert [tracking.register(uri, tracker.model_ids[run], "itra-r") for _ in range(2)] == ["itra-r/1", "itra-r/2"]
+    assert "registered" not in capfd.readouterr().err.lower()  # the caller's summary line says it

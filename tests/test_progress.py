@@ -80,3 +80,10 @@ def test_tune_errors_the_view_reports_itself_are_dropped_and_others_kept(caplog)
     assert [r.getMessage() for r in caplog.records] == ["Could not re-use actor for trial trial_y: gone"]
     controller.error("Trial task failed for trial trial_z")  # the filter ends with the search
     assert caplog.records[-1].getMessage() == "Trial task failed for trial trial_z"
+
+
+def test_the_header_names_what_the_search_ranks_on():
+    space = spaces.load("demo")
+    assert "ranked on val_ce (min), scheduler asha" in progress.header(space, 6, "d", resume=False)
+    both = progress.header(space, 6, "d", resume=False, objective="acc_ce")
+    assert "ranked on val_acc (max) and val_ce (min), a Pareto front, scheduler asha" in both

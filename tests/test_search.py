@@ -246,6 +246,16 @@ def test_bad_input_exits_2_with_one_line_before_ray(tmp_path, capsys, args, mess
     assert not (tmp_path / "st").exists()
 
 
+def test_bad_input_names_its_cause_once(tmp_path, capsys, space_file):
+    assert _search(["--space", "demo", "--set", "loss.lam=-1", "--storage-path", tmp_path / "st"]) == 2
+    err = capsys.readouterr().err
+    assert "--set loss.lam=-1: loss.lam cannot be negative" in err and "demo.yaml" not in err
+    space = space_file(name="negative", search={"loss.lam": {"type": "float", "low": -1.0, "high": 0.5}})
+    assert _search(["--space", space, "--storage-path", tmp_path / "st"]) == 2
+    err = capsys.readouterr().err
+    assert err.count(str(space)) == 1 and "search.loss.lam: value -1.0 is invalid here: loss.lam cannot" in err
+
+
 def test_existing_experiment_needs_resume(tmp_path, capsys):
     (tmp_path / "st" / "taken").mkdir(parents=True)
     assert _search(["--space", "demo", "--storage-path", tmp_path / "st", "--name", "taken"]) == 2

@@ -219,7 +219,7 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
             stored = tuner.StudyRecord(sp, objective, url, name)
         view = None if opts.verbose else progress.Progress(sp, epochs)
         if view is not None:
-            print(progress.header(sp, epochs, name, opts.resume), flush=True)
+            print(progress.header(sp, epochs, name, opts.resume, objective), flush=True)
         t0 = time.perf_counter()
         grid = tuner.run_experiment(sp, epochs, name, storage,
                                     tuner.TrackingCallback(uri, sp.name, parent, user=user_fn is not None),
@@ -257,7 +257,9 @@ def prepare(space: str | Path, opts: Options) -> tuple[spaces.Space, config_mod.
     if opts.trainable is not None or sp.trainable is not None:
         return _prepare_user(sp, opts), None
     sp, overrides = _apply_options(sp, opts)
-    cfg = config_mod.from_dict(config_mod.apply_overrides(sp.base, overrides), str(sp.path))
+    # the space file's base is valid (spaces.load checked it): what fails now, --set (or the space's smoke) caused
+    source = "--set " + " ".join(opts.overrides) if opts.overrides else f"{sp.path}: smoke"
+    cfg = config_mod.from_dict(config_mod.apply_overrides(sp.base, overrides), source)
     if (cfg.select.metric, cfg.select.mode, cfg.select.epoch) != (sp.metric, sp.mode, None):
         raise ConfigError(f"--set select.*: a search selects by its space's rule ({sp.metric}, {sp.mode}) and writes "
                           f"the selected epoch itself; change metric and mode in {sp.path}")

@@ -63,11 +63,13 @@ def quiet_libraries() -> Iterator[None]:
             logging.getLogger(name).removeFilter(reported)
 
 
-def header(space: spaces.Space, epochs: int, name: str, resume: bool) -> str:
-    """The search's first line: what runs, for how long, ranked how."""
+def header(space: spaces.Space, epochs: int, name: str, resume: bool, objective: str = "single") -> str:
+    """The search's first line: what runs, for how long, ranked how (``acc_ce``: on both objectives)."""
+    ranked = "val_acc (max) and val_ce (min), a Pareto front" if objective == "acc_ce" else \
+        f"{space.metric} ({space.mode})"
     return (f"{'resuming' if resume else 'searching'} {name}: {space.num_samples} trials, {space.max_concurrent} at a "
-            f"time, up to {epochs} epochs each, ranked on {space.metric} ({space.mode}), scheduler "
-            f"{space.scheduler['name']}; Ctrl-C stops and keeps what finished")
+            f"time, up to {epochs} epochs each, ranked on {ranked}, scheduler {space.scheduler['name']}; Ctrl-C stops "
+            f"and keeps what finished")
 
 
 def clock(seconds: float) -> str:
