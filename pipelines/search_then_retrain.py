@@ -26,7 +26,6 @@ import itra_tune
 from itra_tune import cli, config, export, search, tracking
 from itra_tune import data as data_mod
 
-
 DEFAULT_OUT = "runs/prod/<space>-<time>"  # without --out: the export goes to DEFAULT_OUT/export
 
 
