@@ -386,6 +386,31 @@ def test_ctrl_c_reports_the_interrupted_search_and_resume_finishes_it(space_file
 
 
 @pytest.mark.slow
+def test_ctrl_c_before_any_epoch_is_an_interruption_not_a_failure(space_file, tmp_path):
+    # an epoch of minutes: the interrupt lands while both trials train their first
+    space = space_file(budget={"num_samples": 4, "max_concurrent": 2},
+                       base={"data": {"name": "synthetic", "batch_size": 2, "subset": 60000}, "model": {"name": "mlp"},
+                             "loss": {"name": "itra_c"}, "train": {"epochs": 2, "compactness_samples": 64}})
+    exp = tmp_path / "st" / "early"
+    proc = subprocess.Popen([sys.executable, "-m", "itra_tune.search", "--space", str(space), "--storage-path",
+                             str(tmp_path / "st"), "--name", "early", "--tracking-uri",
+                             f"sqlite:///{tmp_path / 'mlflow.db'}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.time() + 240
+    while len(list(exp.glob("trial_*"))) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=240)
+    assert not any(_progress(d) for d in exp.glob("trial_*")), "an epoch ended before the interrupt"
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted before any trial finished an epoch; nothing failed" in out and "see the errors" not in out
+    assert "interrupted before any trial finished an epoch; continue with: " in err and "--name early --resume" in err
+    summary = json.loads((exp / "summary.json").read_text())
+    assert summary["interrupted"] and summary["interrupted_trials"] == 2 and summary["failed"] == 0
+
+
+@pytest.mark.slow
 def test_the_demo_prints_its_own_compact_view_and_commands_that_work_when_pasted(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     env.pop("RAY_AUTH_MODE", None)  # as a user's shell has it

@@ -65,8 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     summaries = run(space, **args)
     last = summaries[-1]
     if last["interrupted"]:
-        print(f"interrupted after {last['trials']} of {last['num_samples']} trials; continue with: "
-              f"{last['resume_command']}", file=sys.stderr)
+        done = f"after {last['trials']} of {last['num_samples']} trials" if last.get("best") else \
+            "before any trial finished an epoch"
+        print(f"interrupted {done}; continue with: {last['resume_command']}", file=sys.stderr)
         return 130
     return cli.EXIT_OK if all(s.get("best") for s in summaries) else cli.EXIT_FAILED
 

@@ -113,7 +113,9 @@ def summarize(results: Any, space: spaces.Space, epochs: int, path: Path, wall: 
     best = best_row(rows, space)
     counts = {s: sum(r["status"].startswith(s) for r in rows)
               for s in ("completed", "stopped early", "failed", "collapsed")}
-    counts["interrupted_trials"] = sum(r["status"] == "interrupted" for r in rows)
+    # Ctrl-C also cuts trials that were training but had not reported yet: they have a folder and no row
+    unreported = {n for n in interrupted_trials(results) if (path / n).is_dir()} - {r["trial"] for r in rows}
+    counts["interrupted_trials"] = sum(r["status"] == "interrupted" for r in rows) + len(unreported)
     summary: dict[str, Any] = {"space": space.name, "metric": space.metric, "mode": space.mode,
                                "experiment_path": str(path), "wall_time_s": round(wall, 1), "trials": len(rows),
                                "num_samples": space.num_samples, **counts, "best": best}
@@ -144,7 +146,9 @@ def print_summary(s: dict[str, Any], space: spaces.Space) -> None:
           + (f", {s['interrupted_trials']} interrupted" if s.get("interrupted_trials") else "")
           + (f", {s['collapsed']} collapsed" if s.get("collapsed") else ""))
     b = s.get("best")
-    if b is None:
+    if b is None and s.get("interrupted"):
+        print("interrupted before any trial finished an epoch; nothing failed")
+    elif b is None:
         print("no trial finished an epoch; see the errors in " + s["experiment_path"])
     else:
         params = ", ".join(f"{p.key}={_fmt(b.get(p.key))}" for p in space.params)
