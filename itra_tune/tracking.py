@@ -36,6 +36,7 @@ PARENT_TAG = "mlflow.parentRunId"
 BEST_TAG = "itra_tune.best_run_id"
 BEST_MODEL_TAG = "itra_tune.best_model_id"
 STATUS_TAG = "itra_tune.status"
+SHARED_VIEW_TAG = "mlflow.sharedViewState."  # + key: a view of the runs table the MLflow UI opens from a link
 SMOKE_TAG = "itra_tune.smoke"  # on a search's parent run: "true" for a --smoke search, which best_config skips
 EPOCH_TAG = "itra_tune.epoch"  # on a LoggedModel: the epoch of the checkpoint it holds
 EPOCH_METRICS = ("train_ce", "val_acc", "val_ce", "test_acc", "test_ce", "match_loss", "compactness", "lr", "lam")
@@ -45,12 +46,15 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 SERVING_CODE = Path(__file__).resolve().parent / "serving.py"
 
 
-def ui_link(uri: str, experiment_id: str) -> str:
-    """Where the MLflow UI shows an experiment's runs and models: the server of an http URI, else the address
-    ``mlflow ui`` serves by default. MLflow 3.17's UI opens experiments in its GenAI view unless the link asks
-    for the model-training one (it reads ``workflowType``, not the experiment's kind tag)."""
+def ui_link(uri: str, experiment_id: str, view: str | None = None, run_id: str | None = None) -> str:
+    """Where the MLflow UI shows an experiment's runs (``view``: a shared view of them, ``share_view``), or one
+    run's page: the server of an http URI, else the address ``mlflow ui`` serves by default. MLflow 3.17's UI
+    opens experiments and runs in its GenAI view unless the link asks for the model-training one (it reads
+    ``workflowType`` from the link, else the switch the browser last used, not the experiment's kind tag)."""
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    page = f"runs/{run_id}" if run_id else "runs"
+    shared = f"viewStateShareKey={view}&" if view and not run_id else ""
+    return f"{base}/#/experiments/{experiment_id}/{page}?{shared}workflowType=machine_learning"
 
 
 def resolve_uri(uri: str | None = None) -> str:
@@ -268,6 +272,23 @@ class Tracker:
         if best:
             log_metrics(self.c, self.parent, self._headline(best))
         _terminate(self.c, self.parent, "KILLED" if interrupted else "FINISHED")
+
+    def share_view(self, metric: str, mode: str, params: Iterable[str]) -> str:
+        """A shared view of the search for the UI's runs table: its trials alone (not folded under the parent),
+        sorted by the selection metric, with the headline metrics, the searched parameters and the models as
+        columns. MLflow keeps it as an experiment tag ``mlflow.sharedViewState.<key>``, which a link opens with
+        ``viewStateShareKey=<key>`` (``ui_link``). Returns the key."""
+        import json
+
+        headline = [f"best_{metric}"] + [f"best_{m}" for m in self.headline_metrics if m != metric] + ["best_epoch"]
+        state = {"searchFilter": f"tags.`{PARENT_TAG}` = '{self.parent}'", "orderByKey": f"metrics.`best_{metric}`",
+                 "orderByAsc": mode == "min",
+                 "selectedColumns": [f"metrics.`{m}`" for m in headline] + [f"params.`{p}`" for p in params]
+                 + ["attributes.`Models`"]}
+        text = json.dumps(state, separators=(",", ":"))
+        key = hashlib.sha256(text.encode()).hexdigest()
+        self.c.set_experiment_tag(self.exp_id, f"{SHARED_VIEW_TAG}{key}", text)
+        return key
 
     def set_parent_tag(self, key: str, value: str) -> None:
         self.c.set_tag(self.parent, key, value)

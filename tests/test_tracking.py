@@ -197,42 +197,44 @@ def test_tracking_server_outage_mid_search_is_back_filled(space_file, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (.ci/run installs it)")
-def test_mlflow_ui_shows_the_search_with_nested_trial_runs(ray_local, mlflow_server, space_file, tmp_path, capsys):
+def test_mlflow_ui_shows_the_searchs_trials_ranked_with_their_figures(ray_local, mlflow_server, space_file, tmp_path,
+                                                                     capsys):
     from playwright.sync_api import sync_playwright
 
-    space = space_file(name="ui", budget={"num_samples": 2, "max_concurrent": 2})
+    space = space_file(name="ui", budget={"num_samples": 3, "max_concurrent": 2})
     assert cli.run(PROG, main, ["--space", str(space), "--storage-path", str(tmp_path / "st"), "--name", "ui-search",
                                 "--tracking-uri", mlflow_server]) == 0
-    link = next(w for w in capsys.readouterr().out.split() if w.startswith(f"{mlflow_server}/#/experiments/"))
+    out = capsys.readouterr().out.split()
+    link = out[out.index("open:") + 1]
+    best_link = out[out.index("best:") + 1]
     c = MlflowClient(mlflow_server)
     _, children = _runs(c, "ui")
-    trial_names = sorted(r.info.run_name for r in children)
-    assert len(trial_names) == 2
+    ranked = sorted(children, key=lambda r: r.data.metrics["best_val_ce"])  # the space's metric, val_ce (min)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium"),
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        page.goto(link)  # the link the search printed opens the model-training view, not the GenAI one
-        parent = page.get_by_role("link", name="ui-search", exact=True)
-        parent.wait_for(timeout=60_000)
-        assert page.get_by_text("Model training").count() >= 1 and page.get_by_text("Judges").count() == 0
+        page = browser.new_page(viewport={"width": 2600, "height": 1000})  # every column in view (ag-grid)
+        page.goto(link)  # the link the search printed: its trials, ranked, with their figures, in model training
         run_link = lambda name: page.locator("a[href*='/runs/']").get_by_text(name, exact=True)  # noqa: E731
-        for name in trial_names:  # nested: hidden until the parent row is expanded
-            assert run_link(name).count() == 0
-        parent.locator("xpath=ancestor::*[@role='gridcell'][1]").locator("button").first.click()
-        for name in trial_names:
-            run_link(name).wait_for(timeout=30_000)
+        run_link(ranked[0].info.run_name).wait_for(timeout=60_000)
+        headers = page.locator("[role=columnheader]").all_inner_texts()
+        assert {"best_val_ce", "best_val_acc", "best_epoch", "loss.lam", "Models"} <= set(headers), headers
+        assert page.get_by_text("ui-search", exact=True).count() == 0  # the trials alone, not folded under it
+        names = [n for n in page.locator("a[href*='/runs/']").all_inner_texts() if n.startswith("trial_")]
+        assert names == [r.info.run_name for r in ranked]  # best first, by the space's metric
+        assert page.get_by_text("Sort: best_val_ce").count() == 1
+        assert page.get_by_text("Model training").count() >= 1 and page.get_by_text("Judges").count() == 0
         # each trial's row links its LoggedModel, named after the trial
-        page.locator("a[href*='/models/m-']").get_by_text(trial_names[0], exact=True).wait_for(timeout=30_000)
-        # the README's way to show a search's score in the run list: Columns, then the metric
-        page.get_by_role("button", name="Columns").click()
-        page.get_by_text("best_val_acc", exact=True).first.click()
-        page.keyboard.press("Escape")
-        page.get_by_test_id("sort-header-best_val_acc").wait_for(timeout=30_000)
-        shot = tmp_path / "mlflow_ui.png"
-        page.screenshot(path=str(shot))
+        page.locator("a[href*='/models/m-']").get_by_text(ranked[0].info.run_name, exact=True).wait_for(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "mlflow_ui.png"))
+        # the best trial's page, from the summary's link, stays in the model-training view (no GenAI navigation)
+        page.goto(best_link)
+        page.get_by_text("best_val_ce").first.wait_for(timeout=60_000)
+        best = next(r for r in children if r.info.run_id in best_link)
+        assert best.info.run_id == ranked[0].info.run_id and page.get_by_text(best.info.run_name).count() >= 1
+        assert page.get_by_text("Judges").count() == 0 and page.get_by_text("Evaluation runs").count() == 0
         browser.close()
-    assert shot.stat().st_size > 10_000
+    assert (tmp_path / "mlflow_ui.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow

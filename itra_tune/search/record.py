@@ -40,7 +40,8 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
             tracker = tracking.Tracker(uri, space.name, parent, epoch_metrics=None, headline_metrics=names)
         else:
             tracker = tracking.Tracker(uri, space.name, parent)
-        out["ui"] = tracking.ui_link(uri, tracker.exp_id)
+        view = tracker.share_view(space.metric, space.mode, [p.key for p in space.params])
+        out["ui"] = tracking.ui_link(uri, tracker.exp_id, view)
         ranking = ranked(list(rows.values()), space)
         # an interrupted search is unfinished: its models are logged once, when --resume finishes it
         with_model = set() if summary.get("interrupted") else \
@@ -85,6 +86,8 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
         summary["best_history"] = histories.get(best_name) if best_name else None
         out.update(best_run_id=best_run, best_model_id=tracker.model_ids.get(best_run),
                    failed_live_writes=tracker.failures)
+        if best_run is not None:
+            out["best_run_ui"] = tracking.ui_link(uri, tracker.exp_id, run_id=best_run)
         if register and best_run in tracker.model_ids:
             out["registered"] = tracking.register(uri, tracker.model_ids[best_run], f"itra-{space.name}")
     except Exception as e:  # noqa: BLE001 - the trials are safe on disk; say how to finish the record later

@@ -173,6 +173,8 @@ def print_summary(s: dict[str, Any], space: spaces.Space) -> None:
         if not t["uri"].startswith("http"):
             print(f"  browse: {cli.command('mlflow')} ui --backend-store-uri {t['uri']}")
         print(f"  open:   {t['ui']}")
+        if t.get("best_run_ui"):
+            print(f"  best:   {t['best_run_ui']}")
     o = s.get("optuna")
     if o:
         warm = o.get("warm_start")
