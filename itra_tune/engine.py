@@ -62,9 +62,10 @@ def check(cfg: Config) -> None:
 
 
 def check_available(cfg: Config) -> None:
-    """Raise ConfigError now, rather than in every trial, when the data or the model is not at hand."""
-    data_mod.check_available(cfg.data)
+    """Raise ConfigError now, rather than in every trial, when the model or the data is not at hand (the model's
+    first: a missing extra is what to fix before looking for the data)."""
     models.check_available(cfg.model.name)
+    data_mod.check_available(cfg.data)
 
 
 def resolve_device(name: str) -> torch.device:
