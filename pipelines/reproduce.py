@@ -88,7 +88,9 @@ def protocol(args: argparse.Namespace) -> dict[str, Any]:
     sets = list(args.set) + [f"train.epochs={epochs}"] * bool(epochs) + [f"data.subset={subset}"] * bool(subset)
     return {"name": "reduced" if reduced else "full", "epochs": epochs or "the space's", "subset": subset or "all",
             "trials_per_method": samples or "the space's", "seeds": args.seeds, "overrides": sets,
-            "selection": "validation split; retrain on train + validation; figures on the test split"}
+            "selection": "each method's search selects its trial and epoch on the validation split (the space's "
+                         "rule, itra_tune.selection); its winner is retrained on train + validation to that epoch; "
+                         "figures on the test split at that epoch"}
 
 
 def search_row(row: str, methods: list[str], proto: dict[str, Any], args: argparse.Namespace,
