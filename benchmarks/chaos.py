@@ -55,8 +55,12 @@ def progress(trial_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
 
 
-def kill_cycle(cmd: list[str], kills: int, rng: random.Random, log: Path) -> tuple[int, int, int]:
+def kill_cycle(cmd: list[str], exp: Path, kills: int, rng: random.Random, log: Path) -> tuple[int, int, int]:
     """Start, SIGKILL at a random moment, resume, until ``kills`` kills are made, then resume to the end.
+
+    The moment is drawn from when the search has saved its first state (``exp``'s ``experiment_state-*.json``):
+    a search killed before it has any state has nothing to resume, and how long a busy machine takes to get
+    there must not decide what is tested.
 
     Returns:
         The kills made, the resumes that ran (until the next kill, or to the end with exit 0), and the exit code
@@ -65,7 +69,9 @@ def kill_cycle(cmd: list[str], kills: int, rng: random.Random, log: Path) -> tup
     made = resumed = 0
     while True:
         proc = start(cmd + (["--resume"] if made else []), log)
-        deadline = time.time() + (rng.uniform(4.0, 14.0) if made < kills else 3600.0)
+        while not list(exp.glob("experiment_state-*.json")) and proc.poll() is None:
+            time.sleep(0.2)
+        deadline = time.time() + (rng.uniform(2.0, 12.0) if made < kills else 3600.0)
         while time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
         if proc.poll() is not None:  # it ran to its end (or failed) before a kill
@@ -132,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     t0 = time.perf_counter()
     cmd = command(sp, folder, "killed")
-    made, resumed, final = kill_cycle(cmd, args.kills, rng, log)
+    made, resumed, final = kill_cycle(cmd, folder / "st" / "killed", args.kills, rng, log)
     finished, wrong, lost = check(folder, "killed", args.trials, args.epochs)
     print(f"{resumed}/{made} kills resumed, {finished}/{args.trials} trials finished, {wrong} duplicated or "
           f"missing epochs, {lost} lost trials (final run exit {final}; "
