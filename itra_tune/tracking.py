@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import hashlib
 import io
+import json
 import os
 import tempfile
 import time
@@ -278,8 +279,6 @@ class Tracker:
         sorted by the selection metric, with the headline metrics, the searched parameters and the models as
         columns. MLflow keeps it as an experiment tag ``mlflow.sharedViewState.<key>``, which a link opens with
         ``viewStateShareKey=<key>`` (``ui_link``). Returns the key."""
-        import json
-
         headline = [f"best_{metric}"] + [f"best_{m}" for m in self.headline_metrics if m != metric] + ["best_epoch"]
         state = {"searchFilter": f"tags.`{PARENT_TAG}` = '{self.parent}'", "orderByKey": f"metrics.`best_{metric}`",
                  "orderByAsc": mode == "min",
