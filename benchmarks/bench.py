@@ -1,6 +1,6 @@
 """Benchmarks of the hot paths, printed as ratios measured side by side in one run.
 
-    python -m benchmarks.bench [--only step,mmd,loader,search,text] [--reps N] [--batch B] [--device cpu|cuda]
+    python -m benchmarks.bench [--only step,mmd,loader,search,text,trial] [--reps N] [--batch B] [--device cpu|cuda]
 
 1. Step time of ITRA-c against CE, ResNet-18 on 32x32 inputs, for each pairing; and the share of the
    ITRA-c step spent in the matching loss itself (beyond pushing S2 through the network).
@@ -8,6 +8,8 @@
 3. The on-device image loader against torchvision's DataLoader, in samples per second.
 4. Orchestration overhead per trial: near-empty trials through Tuner + OptunaSearch against a plain loop.
 5. Text fine-tuning throughput, ITRA-c against CE, on the pretrained MiniLM-L6 (same batch and length).
+6. Whole trials of the demo's configuration: ITRA-c at lambda 0 against CE (it trains as CE), and the engine
+   against a hand-written loop doing the same training and per-epoch evaluation.
 
 Variants are timed in interleaved rounds and the median round is reported, so machine noise hits all
 variants alike. Single times on a shared machine mean little; the ratios are the result.
@@ -35,8 +37,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved(fns: dict[str, Callable[[], object]], reps: int, device: torch.device) -> dict[str, float]:
-    """Median seconds per call of each function, timed in ``reps`` interleaved rounds after one warm-up."""
+def interleaved(fns: dict[str, Callable[[], object]], reps: int, device: torch.device,
+                rounds: dict[str, list[float]] | None = None) -> dict[str, float]:
+    """Median seconds per call of each function, timed in ``reps`` interleaved rounds after one warm-up;
+    ``rounds``, when given, receives every round's seconds of each function (for per-round ratios)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():
         fn()
@@ -47,7 +51,17 @@ def interleaved(fns: dict[str, Callable[[], object]], reps: int, device: torch.d
             fn()
             sync(device)
             times[k].append(time.perf_counter() - t0)
+    if rounds is not None:
+        rounds.update(times)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def ratio(rounds: dict[str, list[float]], key: str, base: str) -> str:
+    """``key`` against ``base``: the median of the per-round ratios, with their quartiles and extremes (each
+    round times every variant back to back, so a round's ratio is free of the machine's slow drifts)."""
+    r = sorted(a / b for a, b in zip(rounds[key], rounds[base]))
+    q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
+    return f"{q[1]:.3f}x (quartiles {q[0]:.3f}-{q[2]:.3f}, range {r[0]:.3f}-{r[-1]:.3f}, {len(r)} rounds)"
 
 
 def bench_step(device: torch.device, batch: int, reps: int) -> None:
@@ -60,7 +74,8 @@ def bench_step(device: torch.device, batch: int, reps: int) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(2 * batch, 3, 32, 32, device=device)
     y = torch.randint(0, 100, (2 * batch,), device=device)
-    itra_c = losses.build(LossConfig(name="itra_c", lam=0.6), 100, model.feature_dim)
+    itra_c = losses.build(LossConfig(name="itra_c", lam=0.6), 100, model.feature_dim)  # the default form, gated
+    itra_c_guarded = losses.build(LossConfig(name="itra_c", lam=0.6, form="guarded"), 100, model.feature_dim)
     itra_c_memory = losses.build(LossConfig(name="itra_c", lam=0.6), 100, model.feature_dim, memory=4 * batch)
     ce = losses.build(LossConfig(name="ce"), 100, model.feature_dim)
     x1, y1 = x[:batch], y[:batch]
@@ -92,22 +107,25 @@ def bench_step(device: torch.device, batch: int, reps: int) -> None:
         h = feats.clone().requires_grad_()
         mmd.class_conditional_mmd(h[:batch], y1, h[batch:], y[batch:], 100).backward()
 
+    rounds: dict[str, list[float]] = {}
     t = interleaved({
         "match_only": match_only,
         "ce": step(ce, alone),
         "ce_both": step(ce, both),
         "pair_no_match": step(ce, alone, match=False),
         "itra_c": step(itra_c, paired),
+        "itra_c_guarded": step(itra_c_guarded, paired),
         "itra_c_split": step(itra_c, split),
         "itra_c_detached": step(itra_c, detached),
         "itra_c_memory": step(itra_c_memory, alone),
-    }, reps, device)
+    }, reps, device, rounds)
     for k, v in t.items():
         print(f"  {k:<15} {v * 1e3:9.1f} ms/step")
     for pairing, key in (("independent", "itra_c"), ("detached", "itra_c_detached"), ("memory", "itra_c_memory"),
                          ("split", "itra_c_split")):
-        print(f"  itra_c ({pairing} S2) / ce = {t[key] / t['ce']:.2f}x")
-    print(f"  ce on both batches / ce = {t['ce_both'] / t['ce']:.2f}x")
+        print(f"  itra_c ({pairing} S2) / ce = {ratio(rounds, key, 'ce')}")
+    print(f"  ce on both batches / ce = {ratio(rounds, 'ce_both', 'ce')}")
+    print(f"  itra_c, gated form (the default) / guarded form = {ratio(rounds, 'itra_c', 'itra_c_guarded')}")
     share = (t["itra_c"] - t["pair_no_match"]) / t["itra_c"]
     print(f"  itra_c step beyond S2's forward/backward (difference of two steps) = {100 * share:.1f}%")
     print(f"  matching loss itself (forward + backward, timed alone) = {100 * t['match_only'] / t['itra_c']:.2f}% "
@@ -276,10 +294,82 @@ def bench_text(device: torch.device, reps: int, batch: int = 32, length: int = 6
     print(f"  throughput ce / itra_c = {t['itra_c'] / t['ce']:.2f}x (S2 doubles the examples through the encoder)")
 
 
+def hand_written_trial(cfg) -> list[tuple[float, float, float, float]]:
+    """What a user writes without the engine: the same model, batches, optimizer, schedule and seed, cross-entropy,
+    then validation and test accuracy and CE after every epoch."""
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.train.threads)
+    cpu = torch.device("cpu")
+    d = data.build(cfg.data, cpu, cfg.seed, paired=False, model_name=cfg.model.name)
+    model = models.build(cfg.model.name, d.num_classes, d.input_shape, normalization=d.normalization)
+    o = cfg.optim
+    opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                          weight_decay=o.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.train.epochs)
+    out = []
+    for _ in range(cfg.train.epochs):
+        model.train()
+        for step in d.train:
+            loss = F.cross_entropy(model(step.x), step.y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+        model.eval()
+        row = []
+        with torch.no_grad():
+            for split in (d.val, d.test):
+                n, correct, ce = 0, 0.0, 0.0
+                for x, y in split:
+                    logits = model(x)
+                    ce += F.cross_entropy(logits, y, reduction="sum").item()
+                    correct += (logits.argmax(1) == y).sum().item()
+                    n += len(y)
+                row += [correct / n, ce / n]
+        out.append(tuple(row))
+    return out
+
+
+def bench_trial(reps: int, epochs: int = 3) -> None:
+    """Whole trials of the demo space's base configuration (digits, the small CNN, one thread): ITRA-c at lambda 0
+    against CE, and the engine against a hand-written loop doing the same training and evaluation."""
+    from itra_tune import config, spaces
+
+    base = config.apply_overrides(spaces.load("demo").base, [f"train.epochs={epochs}", "train.threads=1",
+                                                             "optim.schedule=cosine", "optim.nesterov=false"])
+    cfg = config.from_dict(base, "bench")
+    print(f"\n[6] whole trials: {cfg.data.name}, {cfg.model.name}, {epochs} epochs of batch {cfg.data.batch_size}, "
+          f"1 thread, {reps} rounds")
+    as_cfg = lambda **o: config.override(cfg, o, "bench")  # noqa: E731
+    threads = torch.get_num_threads()
+    rounds: dict[str, list[float]] = {}
+    try:
+        t = interleaved({
+            "ce": lambda: engine.fit(as_cfg(**{"loss.name": "ce"})),
+            "itra_c_lam0": lambda: engine.fit(as_cfg(**{"loss.lam": 0.0})),
+            "itra_c": lambda: engine.fit(as_cfg(**{"loss.lam": 0.6})),
+            "hand_written_ce": lambda: hand_written_trial(as_cfg(**{"loss.name": "ce"})),
+        }, reps, torch.device("cpu"), rounds)
+    finally:
+        torch.set_num_threads(threads)
+    for k, v in t.items():
+        print(f"  {k:<16} {v:7.3f} s/trial")
+    print(f"  itra_c at lambda 0 / ce     = {ratio(rounds, 'itra_c_lam0', 'ce')}  (target <= 1.02x)")
+    print(f"  itra_c at lambda 0.6 / ce   = {ratio(rounds, 'itra_c', 'ce')}")
+    print(f"  engine ce / hand-written ce = {ratio(rounds, 'ce', 'hand_written_ce')}  (target <= 1.03x)")
+    try:
+        mine = engine.fit(as_cfg(**{"loss.name": "ce"})).history[-1]
+        theirs = hand_written_trial(as_cfg(**{"loss.name": "ce"}))[-1]
+    finally:
+        torch.set_num_threads(threads)
+    same = all(abs(mine[k] - v) < 1e-6 for k, v in zip(("val_acc", "val_ce", "test_acc", "test_ce"), theirs))
+    print(f"  the two train alike: last epoch's validation and test figures {'equal' if same else 'DIFFER'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="step,mmd,loader,search,text",
-                   help="comma-separated subset of step, mmd, loader, search, text")
+    p.add_argument("--only", default="step,mmd,loader,search,text,trial",
+                   help="comma-separated subset of step, mmd, loader, search, text, trial")
     p.add_argument("--reps", type=int, default=5, help="timed rounds per variant (median reported)")
     p.add_argument("--batch", type=int, default=128, help="m1 = m2 for the step benchmark")
     p.add_argument("--device", default="auto")
@@ -298,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_step(device, args.batch, args.reps)
     if "text" in parts:
         bench_text(device, args.reps)
+    if "trial" in parts:
+        bench_trial(max(args.reps, 5))
     return 0
 
 

@@ -3,9 +3,9 @@
     python -m benchmarks.chaos [--kills 20] [--seed 0] [--trials 6] [--epochs 8] [--out DIR]
 
 One seeded search (synthetic data, the engine's MLP, no early stopping, so that every trial must reach its last
-epoch) is started, its driver SIGKILLed (with its whole process group) at ``--kills`` random moments, each
-followed by ``--resume``, and the last resume runs to the end (if the search ends sooner, fewer kills are
-made). A second search with ``--max-failures 1`` has one trial's worker process killed mid-trial. What is
+epoch) is started, its driver SIGKILLed (with its whole process group) at ``--kills`` moments drawn from its
+progress, each followed by ``--resume``, and the last resume runs to the end (if the search ends sooner, fewer
+kills are made). A second search with ``--max-failures 1`` has one trial's worker process killed mid-trial. What is
 checked, from the search's own files and its MLflow record: every resume started and ran; every trial
 finished; each trial's MLflow history holds every epoch exactly once; no trial was lost (a trial row and a
 finished MLflow run per sampled trial). Prints one line:
@@ -55,12 +55,20 @@ def progress(trial_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
 
 
-def kill_cycle(cmd: list[str], exp: Path, kills: int, rng: random.Random, log: Path) -> tuple[int, int, int]:
+def reported(exp: Path) -> int:
+    """Epoch results the search's trials have written so far (a resumed epoch counts again)."""
+    return sum(len(progress(d)) for d in exp.glob("trial_*"))
+
+
+def kill_cycle(cmd: list[str], exp: Path, kills: int, total: int, rng: random.Random,
+               log: Path) -> tuple[int, int, int]:
     """Start, SIGKILL at a random moment, resume, until ``kills`` kills are made, then resume to the end.
 
-    The moment is drawn from when the search has saved its first state (``exp``'s ``experiment_state-*.json``):
-    a search killed before it has any state has nothing to resume, and how long a busy machine takes to get
-    there must not decide what is tested.
+    The moment is drawn in the search's own progress, not in seconds: a number of epoch results still to come
+    (an equal share of what is left for each kill still to make), then up to a second more, so that kills land
+    inside epochs as well as between them. A search killed before it has saved its first state
+    (``experiment_state-*.json``) has nothing to resume, and neither a busy machine nor a fast one may decide
+    whether a kill lands before the search ends.
 
     Returns:
         The kills made, the resumes that ran (until the next kill, or to the end with exit 0), and the exit code
@@ -70,10 +78,13 @@ def kill_cycle(cmd: list[str], exp: Path, kills: int, rng: random.Random, log: P
     while True:
         proc = start(cmd + (["--resume"] if made else []), log)
         while not list(exp.glob("experiment_state-*.json")) and proc.poll() is None:
-            time.sleep(0.2)
-        deadline = time.time() + (rng.uniform(2.0, 12.0) if made < kills else 3600.0)
-        while time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
+            time.sleep(0.1)
+        done = reported(exp)
+        share = max(1, (total - done - 1) // (kills - made + 1))
+        target = done + rng.randint(1, share) if made < kills else float("inf")
+        while reported(exp) < target and proc.poll() is None:
+            time.sleep(0.1)
+        time.sleep(rng.uniform(0.0, 1.0))
         if proc.poll() is not None:  # it ran to its end (or failed) before a kill
             resumed += made > 0 and proc.returncode == 0
             return made, resumed, proc.returncode
@@ -81,7 +92,7 @@ def kill_cycle(cmd: list[str], exp: Path, kills: int, rng: random.Random, log: P
         proc.wait()
         resumed += made > 0  # alive at the kill: it had resumed
         made += 1
-        print(f"  kill {made}/{kills}", flush=True)
+        print(f"  kill {made}/{kills} after {reported(exp)} epoch results", flush=True)
 
 
 def mlflow_epochs(uri: str, experiment: str) -> dict[str, list[int]]:
@@ -138,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     t0 = time.perf_counter()
     cmd = command(sp, folder, "killed")
-    made, resumed, final = kill_cycle(cmd, folder / "st" / "killed", args.kills, rng, log)
+    made, resumed, final = kill_cycle(cmd, folder / "st" / "killed", args.kills, args.trials * args.epochs, rng,
+                                      log)
     finished, wrong, lost = check(folder, "killed", args.trials, args.epochs)
     print(f"{resumed}/{made} kills resumed, {finished}/{args.trials} trials finished, {wrong} duplicated or "
           f"missing epochs, {lost} lost trials (final run exit {final}; "

@@ -30,6 +30,7 @@ _LAZY = {
     "ConfigError": ("itra_tune.config", "ConfigError"),
     # ITRA in your own training (README, "Your own training")
     "ITRALoss": ("itra_tune.losses", "ITRALoss"),
+    "CollapseError": ("itra_tune.losses", "CollapseError"),  # ITRALoss(..., on_collapse="raise")
     "SecondBatch": ("itra_tune.dropin", "SecondBatch"),
     "split_model": ("itra_tune.dropin", "split_model"),
     "ITRATrainer": ("itra_tune.trainer", "ITRATrainer"),  # loads transformers

@@ -7,10 +7,12 @@ problem and the fix, with no traceback, and it is detected before anything is wr
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from itra_tune.config import ConfigError
 
@@ -45,6 +47,15 @@ def run(prog: str, main: Callable[[Sequence[str] | None], int], argv: Sequence[s
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code``: the exit handlers run and the streams are flushed, then the interpreter's
+    teardown is skipped (after a search, seconds of collecting objects that the process is about to drop)."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def command(tool: str = "python") -> str:

@@ -48,9 +48,10 @@ BANDWIDTHS = ("median", "mean", "fixed", "multiscale")  # kernel bandwidth schem
 # the gradient of the matching loss (itra_tune.losses.ITRA; its value is the paper's in every form). paper: the
 # bandwidth detached (Sec. 4.1), so shrinking every feature lowers the loss, which collapses models whose features
 # no normalization holds (docs/results/collapse.md); scale_invariant: the features' common scale taken out of the
-# gradient, as if the bandwidth were carried in the graph; guarded (the default): scale_invariant while CE is at
-# chance, the paper's once the classifier has learned (CE below half of ln K), blended in between
-FORMS = ("guarded", "scale_invariant", "paper")
+# gradient, as if the bandwidth were carried in the graph; guarded: scale_invariant while CE is at chance, the
+# paper's once the classifier has learned (CE below half of ln K), blended in between; gated (the default):
+# guarded, with lambda scaled from 0 at chance to its full value once learned, by the same measure of CE
+FORMS = ("gated", "guarded", "scale_invariant", "paper")
 # what may select an epoch or a trial (itra_tune.selection): validation figures, never the test split's
 SELECT_METRICS = {"val_ce": "min", "val_acc": "max"}
 UNRANKED = ("failed", "collapsed")  # trial statuses that never rank: an error, or a matching loss's collapse
@@ -109,7 +110,7 @@ class LossConfig:
     lam: float = 0.6  # lambda: weight of the matching loss (Eq. 4, 6) or of the center loss
     bandwidth: str = "median"  # kernel bandwidth scheme of the MMD
     sigma: float | None = None  # bandwidth for 'fixed', base scale for 'multiscale', in squared feature units
-    form: str = "guarded"  # guarded | scale_invariant | paper (the paper's exact form): see FORMS
+    form: str = "gated"  # gated | guarded | scale_invariant | paper (the paper's exact form): see FORMS
     # 0: the bandwidth of each batch (the paper's). m in (0, 1]: median and mean (and multiscale's base) follow
     # the batches through an exponential moving average, sigma <- m sigma + (1 - m) sigma_batch; 1 keeps the first
     # batch's. Breaks the feedback of a bandwidth that shrinks with collapsing features (not the paper's).

@@ -33,7 +33,7 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-class Collapsed(Diverged):
+class Collapsed(Diverged, losses.CollapseError):
     """The matching loss collapsed the features (``losses.CollapseWatch``): the trial ends like a diverged one."""
 
 
@@ -220,31 +220,50 @@ def train_epoch(model: models.Classifier, loss_fn: nn.Module, optimizer: torch.o
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Any, device: torch.device, amp: bool = False) -> tuple[float, float]:
-    """Accuracy and mean cross-entropy over all examples of ``batches``."""
+def evaluate(model: nn.Module, batches: Any, device: torch.device, amp: bool = False,
+             keep: Tensor | None = None) -> Any:
+    """Accuracy and mean cross-entropy over all examples of ``batches``; with ``keep`` (rows of the examples, in
+    the order ``batches`` yields them), also the features of those rows, in ``keep``'s order, from the same
+    forward pass (what ``compactness`` measures, without a pass of its own)."""
     model.eval()
     correct = torch.zeros((), device=device)
     ce = torch.zeros((), device=device, dtype=torch.float64)
     n = 0
+    kept: list[Tensor] = []
+    if keep is not None:
+        slot = torch.full((int(keep.max()) + 1,), -1, dtype=torch.long, device=keep.device)
+        slot[keep] = torch.arange(keep.numel(), device=keep.device)  # a row's place in keep, or -1
     for x, y in batches:
         with autocast(device, amp):
-            logits = model(x).float()
+            if keep is None:
+                logits = model(x).float()
+            else:
+                h = model.features(x)
+                logits = model.head(h).float()
+                places = slot[n:n + y.shape[0]]
+                kept.append((places[places >= 0], h[: places.numel()][places >= 0].float()))
         ce += F.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
         n += y.shape[0]
-    return (correct / max(n, 1)).item(), (ce / max(n, 1)).item()
+    acc, mean_ce = (correct / max(n, 1)).item(), (ce / max(n, 1)).item()
+    if keep is None:
+        return acc, mean_ce
+    features = torch.empty(keep.numel(), model.feature_dim, device=device)
+    for places, h in kept:
+        features[places] = h
+    return acc, mean_ce, features
 
 
 @torch.no_grad()
-def compactness(model: models.Classifier, x: Tensor, y: Tensor) -> float:
+def compactness(model: models.Classifier, x: Tensor | None, y: Tensor, features: Tensor | None = None) -> float:
     """The paper's Figure 1 (left): feature distance between same-class samples of two different batches.
 
     ``x`` is split into two batches; the mean distance over same-class cross-batch pairs is divided by the
     mean distance over all cross-batch pairs, so the figure does not move with the scale of the features.
-    Lower is more compact.
+    Lower is more compact. ``features``: those of ``x``, when they are computed already (``x`` unused).
     """
     model.eval()
-    h = torch.cat([model.features(chunk).float() for chunk in x.split(256)])  # (2n, D)
+    h = features if features is not None else torch.cat([model.features(chunk).float() for chunk in x.split(256)])
     n = h.shape[0] // 2
     d = torch.cdist(h[:n], h[n:2 * n])  # (n, n)
     same = y[:n, None] == y[None, n:2 * n]
@@ -302,7 +321,8 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
         data.load_state_dict(resume["data"])
         torch.set_rng_state(resume["rng"])
         history, start = list(resume["history"]), int(resume["epoch"])
-    x_c, y_c = data.sample("test", 2 * config.train.compactness_samples)
+    rows_c = data.sample_index("test", 2 * config.train.compactness_samples)  # compactness: these test rows
+    y_c = data.sample("test", 2 * config.train.compactness_samples)[1]
     last = selection.stop_epoch(config.select, config.train.epochs, validated=data.val is not None)
 
     for epoch in range(start, last):
@@ -319,8 +339,8 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
             schedule.step()
         if data.val is not None:  # without a validation split nothing is selected: no val_* metrics at all
             row["val_acc"], row["val_ce"] = evaluate(model, data.val, device, amp)
-        row["test_acc"], row["test_ce"] = evaluate(model, data.test, device, amp)
-        row["compactness"] = compactness(model, x_c, y_c)
+        row["test_acc"], row["test_ce"], h_c = evaluate(model, data.test, device, amp, keep=rows_c)
+        row["compactness"] = compactness(model, None, y_c, features=h_c)
         row.update(epoch=epoch + 1, lr=lr, epoch_time=time.perf_counter() - t0)
         history.append(row)
         if report is not None:
@@ -335,7 +355,7 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
 def build_training(config: Config, data_cfg: DataConfig, device: torch.device,
                    channels_last: bool = False) -> tuple[Any, models.Classifier, nn.Module, nn.Module, Any]:
     """The data, model, loss, forward (data-parallel when a process group is set up) and optimizer of a run."""
-    paired = losses.needs_second_batch(config.loss.name)
+    paired = losses.matches(config.loss)
     data = data_mod.build(data_cfg, device, config.seed, paired=paired, model_name=config.model.name)
     model = models.build(config.model.name, data.num_classes, data.input_shape, config.model.pretrained,
                          data.normalization).to(device)

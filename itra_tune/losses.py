@@ -10,7 +10,9 @@ their labels (``y`` itself unless given: they differ only when S2 also enters th
 from __future__ import annotations
 
 import math
+import sys
 import warnings
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -116,17 +118,24 @@ class FeatureMemory(nn.Module):
         self.filled, self.pos = int(state["filled"]), int(state["pos"])
 
 
-class CollapseWatch:
-    """Notices a feature collapse as it happens: the spread of S1's features (root-mean-square distance between
-    them) falls below ``fraction`` of its peak while the moving average of CE stays above ``chance`` times ln K.
+class CollapseError(RuntimeError):
+    """The matching loss collapsed the features (``ITRALoss(..., on_collapse="raise")``, or the engine's trial)."""
 
-    Both are kept as tensors on the features' device; the host reads them every ``every`` steps only.
+
+class CollapseWatch:
+    """Notices a feature collapse as it happens, in scale or in direction, while the moving average of CE stays
+    above ``chance`` times ln K: in scale when the spread of S1's features (root-mean-square distance between
+    them) falls below ``fraction`` of its peak; in direction when their spread relative to their size (the
+    root-mean-square norm) does, every example moving to one point however large the features stay; and when
+    nine in ten features are dead (0 on every example of the batch, as a ReLU's die).
+
+    Each is kept as a tensor on the features' device; the host reads them every ``every`` steps only.
     """
 
     def __init__(self, num_classes: int, fraction: float = 0.05, chance: float = 0.9, every: int = 20) -> None:
         self.ln_k = math.log(max(num_classes, 2))
         self.fraction, self.at_chance, self.every = fraction, chance, every
-        self.peak: Tensor | None = None  # the largest spread seen
+        self.peak: Tensor | None = None  # the largest spread, norm and spread relative to the norm seen (3,)
         self.ce_avg: Tensor | None = None  # CE, exponential moving average over steps (0.9)
         self.steps = 0
         self.reason: str | None = None  # set once a collapse is seen
@@ -136,6 +145,7 @@ class CollapseWatch:
         ce = ce.detach().float()
         self.ce_avg = ce if self.ce_avg is None else 0.9 * self.ce_avg.to(ce.device) + 0.1 * ce
 
+    DEAD = 0.9  # this fraction of the features 0 on every example of a batch, at chance: collapsed
     LEARNED, CHANCE = 0.5, 0.9  # average CE, as a fraction of ln K: learned at or below, at chance at or above
 
     def chance(self, ce: Tensor) -> Tensor:
@@ -146,26 +156,45 @@ class CollapseWatch:
     def update(self, h1: Tensor) -> str | None:
         """Count one training step; returns the reason the first time a collapse is seen, else None."""
         with torch.no_grad():
-            spread = mmd.mean_sq_dist(h1.detach().float()).sqrt()
-            self.peak = spread if self.peak is None else torch.maximum(self.peak.to(spread.device), spread)
+            z = h1.detach().float()
+            spread = mmd.mean_sq_dist(z).sqrt()
+            size = z.pow(2).sum(1).mean().sqrt()  # the rows' root-mean-square norm
+            rel = spread / size.clamp_min(1e-12)
+            now = torch.stack([spread, size, rel])
+            self.peak = now if self.peak is None else torch.maximum(self.peak.to(now.device), now)
         self.steps += 1
         if self.reason is not None or self.steps % self.every:
             return None
-        now, peak, ce_avg = torch.stack([spread, self.peak, self.ce_avg.to(spread.device)]).tolist()  # one sync
-        if now < self.fraction * peak and ce_avg > self.at_chance * self.ln_k:
-            self.reason = (f"collapsed: feature spread {now:.3g} is {100 * now / peak:.1f}% of its peak {peak:.3g} "
-                           f"while CE {ce_avg:.3f} stays at chance (ln K = {self.ln_k:.3f}) after {self.steps} steps")
-            return self.reason
-        return None
+        dead = (z.abs().amax(0) == 0).float().mean().reshape(1)  # features 0 on every example (a dead ReLU)
+        spread, size, rel, peak, peak_size, peak_rel, ce_avg, dead = torch.cat(  # one sync
+            [now, self.peak, self.ce_avg.to(now.device).reshape(1), dead]).tolist()
+        small, alike, died = spread < self.fraction * peak, rel < self.fraction * peak_rel, dead >= self.DEAD
+        if ce_avg <= self.at_chance * self.ln_k or not (small or alike or died):
+            return None
+        if alike and size >= 0.25 * peak_size:  # as large as ever, and all alike
+            self.reason = (f"collapsed in direction: every example's features move to one point (their spread "
+                           f"{spread:.3g} is {100 * rel:.2g}% of their size {size:.3g}, {100 * rel / peak_rel:.1f}% "
+                           f"of its peak)")
+        elif small:
+            self.reason = f"collapsed: feature spread {spread:.3g} is {100 * spread / peak:.1f}% of its peak {peak:.3g}"
+        else:
+            self.reason = f"collapsed: {100 * dead:.0f}% of the features are dead (0 on every example of the batch)"
+        self.reason += f" while CE {ce_avg:.3f} stays at chance (ln K = {self.ln_k:.3f}) after {self.steps} steps"
+        return self.reason
 
     def state_dict(self) -> dict[str, float]:
         nan = float("nan")
-        return {"peak": nan if self.peak is None else float(self.peak),
+        peak = [nan] * 3 if self.peak is None else self.peak.tolist()
+        return {"peak": peak[0], "peak_size": peak[1], "peak_rel": peak[2],
                 "ce_avg": nan if self.ce_avg is None else float(self.ce_avg), "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
-        peak, ce_avg = state.get("peak", float("nan")), state.get("ce_avg", float("nan"))
-        self.peak = None if math.isnan(peak) else torch.tensor(peak)
+        nan = float("nan")
+        peak = [state.get(k, nan) for k in ("peak", "peak_size", "peak_rel")]
+        if not math.isnan(peak[0]) and math.isnan(peak[1]):  # saved before the direction watch: its size and
+            peak[1:] = [0.0, 0.0]  # relative spread take their peaks from the steps to come
+        ce_avg = state.get("ce_avg", nan)
+        self.peak = None if math.isnan(peak[0]) else torch.tensor(peak)
         self.ce_avg = None if math.isnan(ce_avg) else torch.tensor(ce_avg)
         self.steps = int(state.get("steps", 0))
 
@@ -177,10 +206,12 @@ class ITRA(nn.Module):
     detached, the paper's exact form, under which shrinking every feature together always lowers the loss: it
     collapses models whose features no normalization holds (docs/results/collapse.md). ``scale_invariant``: the
     features' common scale taken out of the gradient (``mmd.detach_scale``), so shrinking them gains nothing.
-    ``guarded`` (the default): scale-invariant while the classifier is at chance (average CE at 0.9 ln K or above)
-    and the paper's once it has learned (at half of ln K or below), blended in between, so the paper's pull on the
-    features' scale, which is where ITRA's lower test CE comes from, acts only once CE can hold against it. Every
-    form watches for a collapse while training (``collapse``: None, or the reason with its numbers).
+    ``guarded``: scale-invariant while the classifier is at chance (average CE at 0.9 ln K or above) and the
+    paper's once it has learned (at half of ln K or below), blended in between. ``gated`` (the default):
+    ``guarded``, with lambda itself scaled by the same measure of CE's progress, from 0 at chance to its full value
+    once learned: while CE cannot yet hold the features apart, nothing pulls them together (a LayerNorm'd
+    transformer or an AdamW-trained CNN otherwise collapses, every example to one point). Every form watches for
+    a collapse while training (``collapse``: None, or the reason with its numbers).
 
     With ``memory`` (rows), S2 is the loss's own memory of past S1 features (``data.pairing: memory``): call it
     without ``h2`` and ``y2``; each call matches S1 against the memory, then adds S1 to it.
@@ -194,7 +225,7 @@ class ITRA(nn.Module):
 
     def __init__(self, num_classes: int, lam: float, bandwidth: str = "median", sigma: float | None = None,
                  class_conditional: bool = False, memory: int | None = None, feature_dim: int | None = None,
-                 sigma_ema: float = 0.0, lam_warmup_steps: int = 0, form: str = "guarded") -> None:
+                 sigma_ema: float = 0.0, lam_warmup_steps: int = 0, form: str = "gated") -> None:
         super().__init__()
         check_lam(lam)
         check_bandwidth(bandwidth, sigma)
@@ -228,10 +259,15 @@ class ITRA(nn.Module):
     def forward(self, logits: Tensor, y: Tensor, h1: Tensor, h2: Tensor | None = None,
                 y2: Tensor | None = None, y1: Tensor | None = None) -> Parts:
         ce = F.cross_entropy(logits.float(), y)
+        if self.lam == 0 and h2 is None and self.memory is None:  # nothing to match: the engine draws no S2 at
+            self.steps += int(self.training)  # lambda 0 (``matches``); given an S2, the term is computed and logged
+            zero = ce.new_zeros(())
+            return Parts(ce, ce, zero, zero)
         y1 = y if y1 is None else y1
         if self.training:
             self.watch.observe_ce(ce)
-        weight = self.watch.chance(ce) if self.form == "guarded" else float(self.form == "scale_invariant")
+        chance = self.watch.chance(ce)
+        weight = chance if self.form in ("guarded", "gated") else float(self.form == "scale_invariant")
         if self.memory is not None:
             if h2 is not None:
                 raise ValueError("ITRA with a memory takes its S2 from the memory; pass no h2")
@@ -242,7 +278,7 @@ class ITRA(nn.Module):
             raise ValueError("ITRA needs the second mini-batch's features h2 and labels y2")
         else:
             match = self.match(h1, y1, h2, y2, weight)
-        lam = self.lam
+        lam = self.lam * (1.0 - chance) if self.form == "gated" else self.lam
         if self.training and self.lam_warmup_steps:
             lam *= min(1.0, (self.steps + 1) / self.lam_warmup_steps)
         if self.training:
@@ -299,11 +335,13 @@ class ITRALoss(ITRA):
       The first call matches nothing (its match is 0), and the memory fills over ``memory_batches`` calls.
       Move the loss to the model's device (``.to(device)``); its state (``state_dict``) holds the memory.
 
-    ``form``: ``guarded`` (the default) keeps the features' scale out of the matching gradient while CE is at
-    chance and is the paper's form once the classifier has learned; ``scale_invariant`` keeps it out always;
-    ``paper`` is the paper's exact form (bandwidth detached), which collapses models without normalization before
-    the features. If the features do collapse (their spread falls to 5% of its peak while CE stays at chance),
-    the loss warns once, naming the remedy, and ``collapse`` says why.
+    ``form``: ``gated`` (the default) holds the matching loss back while CE is at chance, letting it in as CE
+    learns, with the features' scale kept out of its gradient until then; ``guarded`` only keeps the scale out;
+    ``scale_invariant`` keeps it out always; ``paper`` is the paper's exact form (bandwidth detached), which
+    collapses models without normalization before the features. If the features do collapse while CE stays at
+    chance (their spread falls to 5% of its peak, or to 5% of its peak relative to their size: every example at
+    one point), ``collapse`` says why and the loss warns once, at the line of your code that called it, naming
+    the remedy; with ``on_collapse="raise"`` it raises ``CollapseError`` there instead.
 
     ``bandwidth``, ``sigma``, ``sigma_ema``, ``lam_warmup_steps`` and ``form`` are those of the configuration's
     ``loss`` section. Calls in ``eval()`` mode neither move a smoothed bandwidth nor count warm-up steps.
@@ -313,9 +351,13 @@ class ITRALoss(ITRA):
 
     def __init__(self, num_classes: int, lam: float, class_conditional: bool = True, bandwidth: str = "median",
                  sigma: float | None = None, pairing: str = "independent", memory_batches: int = 4,
-                 sigma_ema: float = 0.0, lam_warmup_steps: int = 0, form: str = "guarded") -> None:
+                 sigma_ema: float = 0.0, lam_warmup_steps: int = 0, form: str = "gated",
+                 on_collapse: str = "warn") -> None:
         super().__init__(num_classes, lam, bandwidth, sigma, class_conditional=class_conditional,
                          sigma_ema=sigma_ema, lam_warmup_steps=lam_warmup_steps, form=form)
+        if on_collapse not in ("warn", "raise"):
+            raise ConfigError(f"ITRALoss: on_collapse must be 'warn' or 'raise' but got {on_collapse!r}")
+        self.raise_on_collapse = on_collapse == "raise"
         if pairing not in self.PAIRINGS:
             raise ConfigError(f"ITRALoss: pairing must be one of {', '.join(self.PAIRINGS)} but got {pairing!r} "
                               f"(for split, pass the two halves of one batch as h1 and h2)")
@@ -332,10 +374,12 @@ class ITRALoss(ITRA):
         return super().forward(logits, y, h1, h2, y2, y1)
 
     def on_collapse(self, reason: str) -> None:
-        fix = ("use form='guarded' (the default) or 'scale_invariant', which do not collapse this way"
-               if self.form == "paper" else "lower lam or the learning rate")
-        warnings.warn(f"ITRALoss: the features {reason}; the model is learning nothing: {fix}", RuntimeWarning,
-                      stacklevel=3)
+        fix = ("use form='gated' (the default), which does not collapse this way" if self.form != "gated"
+               else "lower lam or the learning rate")
+        message = f"ITRALoss: the features {reason}; the model is learning nothing: {fix}"
+        if self.raise_on_collapse:
+            raise CollapseError(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=_callers_level())
 
     def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: object) -> None:
         # a memory saved by an earlier run: build it to the saved size before its buffers load
@@ -343,6 +387,19 @@ class ITRALoss(ITRA):
         if self.pairing == "memory" and self.memory is None and saved is not None:
             self.memory = FeatureMemory(saved.shape[0], saved.shape[1]).to(saved.device)
         super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+_PACKAGE = str(Path(__file__).parent) + "/"
+
+
+def _callers_level() -> int:
+    """The ``stacklevel`` of the first frame outside itra_tune and torch's module machinery: the user's line that
+    called the loss (``warnings.warn``'s ``skip_file_prefixes`` is Python 3.12's)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE)
+                                 or frame.f_code.co_filename.endswith("torch/nn/modules/module.py")):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 LOSSES: dict[str, type[nn.Module]] = {  # name -> class; each has from_config(cfg, num_classes, feature_dim)
@@ -358,6 +415,12 @@ def needs_second_batch(name: str) -> bool:
     """Whether the loss ``name`` matches S1 against a second mini-batch S2 (its class says so)."""
     check_name(name)
     return LOSSES[name].needs_second_batch
+
+
+def matches(cfg: LossConfig) -> bool:
+    """Whether a loss configuration matches S1 against an S2: a matching loss with lambda above 0. At lambda 0 a
+    matching loss is cross-entropy, and trains as ``ce`` does: no S2 is drawn, forwarded or matched."""
+    return needs_second_batch(cfg.name) and cfg.lam > 0
 
 
 def weighted(name: str) -> bool:

@@ -10,12 +10,12 @@ checkpoint names.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchvision import models as tvm
-from torchvision.models.vgg import make_layers
 
 from itra_tune import hf
 from itra_tune.config import ConfigError
@@ -66,11 +66,16 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
-def _cifar_resnet(factory: Callable[..., tvm.ResNet]) -> Callable[..., Classifier]:
+def _torchvision(name: str) -> Any:
+    """torchvision's model zoo, imported when a model of it is built (it takes a second and more to import)."""
+    return getattr(importlib.import_module("torchvision.models"), name)
+
+
+def _cifar_resnet(factory: str) -> Callable[..., Classifier]:
     # The CIFAR variant of He et al. 2016: a 3x3 stride-1 stem and no max-pool, so 32x32 (and 28x28)
     # inputs keep their resolution into the first stage.
     def build(num_classes: int, input_shape: InputShape, pretrained: bool = False) -> Classifier:
-        net = factory(num_classes=num_classes)
+        net = _torchvision(factory)(num_classes=num_classes)
         net.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
         dim = net.fc.in_features
@@ -80,9 +85,9 @@ def _cifar_resnet(factory: Callable[..., tvm.ResNet]) -> Callable[..., Classifie
     return build
 
 
-def _imagenet_resnet(factory: Callable[..., tvm.ResNet], weights: str) -> Callable[..., Classifier]:
+def _imagenet_resnet(factory: str, weights: str) -> Callable[..., Classifier]:
     def build(num_classes: int, input_shape: InputShape, pretrained: bool = False) -> Classifier:
-        net = factory(weights=weights if pretrained else None)
+        net = _torchvision(factory)(weights=weights if pretrained else None)
         if input_shape[0] != 3:
             net.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)
         dim = net.fc.in_features
@@ -95,7 +100,7 @@ def _imagenet_resnet(factory: Callable[..., tvm.ResNet], weights: str) -> Callab
 def vgg13(num_classes: int, input_shape: InputShape, pretrained: bool = False) -> Classifier:
     """VGG-13 with batch norm, CIFAR head (Simonyan & Zisserman 2015): 512-d pooled features."""
     cfg = [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
-    layers = make_layers(cfg, batch_norm=True)
+    layers = importlib.import_module("torchvision.models.vgg").make_layers(cfg, batch_norm=True)
     layers[0] = nn.Conv2d(input_shape[0], 64, kernel_size=3, padding=1)
     for m in layers:
         if isinstance(m, nn.MaxPool2d):
@@ -108,7 +113,7 @@ def mobilenet_v2(num_classes: int, input_shape: InputShape, pretrained: bool = F
     """MobileNetV2 (Sandler et al. 2018), CIFAR variant: stride-1 stem and second stage."""
     setting = [[1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2],  # t, c, n, s
                [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
-    net = tvm.mobilenet_v2(num_classes=num_classes, inverted_residual_setting=setting)
+    net = _torchvision("mobilenet_v2")(num_classes=num_classes, inverted_residual_setting=setting)
     stem = net.features[0][0]
     net.features[0][0] = nn.Conv2d(input_shape[0], stem.out_channels, 3, stride=1, padding=1, bias=False)
     dim = net.last_channel
@@ -191,12 +196,12 @@ def _hugging_face(checkpoint: str) -> Callable[..., Classifier]:
 
 
 MODELS: dict[str, Callable[..., Classifier]] = {
-    "resnet18": _cifar_resnet(tvm.resnet18),
-    "resnet101": _cifar_resnet(tvm.resnet101),
+    "resnet18": _cifar_resnet("resnet18"),
+    "resnet101": _cifar_resnet("resnet101"),
     "vgg13": vgg13,
     "mobilenet_v2": mobilenet_v2,
-    "resnet18_imagenet": _imagenet_resnet(tvm.resnet18, "IMAGENET1K_V1"),
-    "resnet50_imagenet": _imagenet_resnet(tvm.resnet50, "IMAGENET1K_V2"),
+    "resnet18_imagenet": _imagenet_resnet("resnet18", "IMAGENET1K_V1"),
+    "resnet50_imagenet": _imagenet_resnet("resnet50", "IMAGENET1K_V2"),
     "small_cnn": small_cnn,
     "mlp": mlp,
     **{name: _hugging_face(name) for name in hf.CHECKPOINTS},

@@ -142,11 +142,28 @@ def optuna_figures(rows: Rows, params: list[Any], metric: str, mode: str) -> dic
     return figs
 
 
-def tsne(features: Any, labels: Any, title: str) -> Any:
-    """A t-SNE map of features coloured by class (the paper's Figure 3)."""
-    from sklearn.manifold import TSNE
+def warm() -> None:
+    """Import what the pictures of a search use (scikit-learn, Optuna's plots and importances: seconds), ahead
+    of time, for a caller that has a moment to spare before the search's record."""
+    import optuna.importance  # noqa: F401 - fANOVA, and scikit-learn's forests with it
+    import optuna.visualization.matplotlib  # noqa: F401
+    import sklearn.manifold  # noqa: F401
 
-    xy = TSNE(n_components=2, init="pca", perplexity=30, random_state=0).fit_transform(features)
+
+def tsne_map(features: Any) -> Any:
+    """The 2-d t-SNE embedding of features (N, D) -> (N, 2), on one thread: on a busy machine every core's thread
+    waits for the slowest (40 s against 1 s measured). Pure computation: it may run beside the figures."""
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return TSNE(n_components=2, init="pca", perplexity=30, random_state=0).fit_transform(features)
+
+
+def tsne(features: Any, labels: Any, title: str, xy: Any = None) -> Any:
+    """A t-SNE map of features coloured by class (the paper's Figure 3); ``xy``: ``tsne_map(features)``, when
+    computed already."""
+    xy = tsne_map(features) if xy is None else xy
     fig, ax = plt.subplots(figsize=(6, 5.5))
     points = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=6)
     ax.legend(*points.legend_elements(), title="class", fontsize=7, loc="best", markerscale=0.8)

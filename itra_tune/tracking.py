@@ -105,6 +105,16 @@ def client(uri: str) -> Any:
     return c
 
 
+def warm(uri: str) -> None:
+    """Import MLflow and create the store of ``uri`` (seconds for a new SQLite file), and the map of installed
+    packages MLflow builds when it first logs a model: ahead of time, for a caller with a moment to spare."""
+    client(uri)
+    import mlflow.pyfunc  # noqa: F401
+    from mlflow.utils import requirements_utils
+
+    requirements_utils._init_modules_to_packages_map()  # a second and more, once per process
+
+
 def experiment_id(c: Any, name: str) -> str:
     """The experiment ``name``, made if new, tagged so the UI opens it on runs and models."""
     exp = c.get_experiment_by_name(name)

@@ -35,8 +35,8 @@ class ITRATrainer(Trainer):
     (S2 forwarded with gradients, the paper's) and ``detached`` (without); ``memory`` matches each batch against
     the features of the last ``memory_batches`` batches and draws no S2. Evaluation loss is the plain CE.
 
-    ``form`` is ``ITRALoss``'s: ``guarded`` (the default), ``scale_invariant``, or ``paper``, the paper's exact
-    form, which can collapse an encoder's features (the loss warns when it sees that happen).
+    ``form`` is ``ITRALoss``'s: ``gated`` (the default), ``guarded``, ``scale_invariant``, or ``paper``, the
+    paper's exact form, which can collapse an encoder's features (the loss warns when it sees that happen).
 
     ``lam``, ``pairing``, ``bandwidth`` and ``form`` can be searched with ``trainer.hyperparameter_search``: put
     them in the ``hp_space`` beside TrainingArguments' fields. Works with single-label classification models
@@ -48,7 +48,7 @@ class ITRATrainer(Trainer):
     def __init__(self, *args: Any, lam: float = 0.1, pairing: str = "independent", class_conditional: bool = True,
                  bandwidth: str = "median", sigma: float | None = None, memory_batches: int = 4,
                  second_batch_size: int | None = None, head: nn.Module | None = None,
-                 form: str = "guarded", **kwargs: Any) -> None:
+                 form: str = "gated", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lam, self.pairing, self.bandwidth, self.form = lam, pairing, bandwidth, form
         self.class_conditional, self.sigma, self.memory_batches = class_conditional, sigma, memory_batches

@@ -62,7 +62,8 @@ def test_a_checkpoint_resumed_under_mutated_values_trains_on_with_them(tiny_conf
     # population based training hands a trial another's checkpoint with mutated lambda, rate and weight decay
     from itra_tune import config
 
-    cfg = tiny_config(**{"train.epochs": 4, "loss.lam": 0.5, "optim.lr": 0.05, "optim.schedule": schedule})
+    cfg = tiny_config(**{"train.epochs": 4, "loss.lam": 0.5, "optim.lr": 0.05, "optim.schedule": schedule,
+                         "loss.form": "guarded"})  # lambda as set at every step (the default gates it by CE)
     saved = {}
 
     def keep_first(metrics, state):
@@ -79,6 +80,36 @@ def test_a_checkpoint_resumed_under_mutated_values_trains_on_with_them(tiny_conf
         assert new["lr"] == pytest.approx(old["lr"] * 0.01 / 0.05)
     unchanged = engine.fit(cfg, resume=copy()).history[1:]
     assert [r["train_loss"] for r in unchanged] == [r["train_loss"] for r in plain[1:]]
+
+
+@pytest.mark.parametrize("pairing", ["independent", "detached", "split", "memory"])
+def test_lambda_zero_trains_as_cross_entropy_and_draws_no_second_batch(tiny_config, pairing, monkeypatch):
+    # a search's lambda = 0 trials: the same figures as loss.name=ce, without drawing or matching an S2
+    from itra_tune import losses
+
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "epoch_time"} for r in rows]  # noqa: E731
+    ce = engine.fit(tiny_config(**{"loss.name": "ce", "data.pairing": pairing, "model.name": "small_cnn"})).history
+    matched = []
+    monkeypatch.setattr(losses.ITRA, "match", lambda self, *a, **k: matched.append(1))
+    zero = engine.fit(tiny_config(**{"loss.lam": 0.0, "data.pairing": pairing, "model.name": "small_cnn"}))
+    assert strip(zero.history) == strip(ce) and not matched
+    assert all(r["match_loss"] == 0 for r in zero.history)
+
+
+def test_a_lambda_zero_checkpoint_resumes_with_lambda_above_zero(tiny_config):
+    # population based training can mutate lambda from 0: the S2 stream starts from its restored generator
+    from itra_tune import config
+
+    cfg = tiny_config(**{"train.epochs": 3, "loss.lam": 0.0})
+    saved = {}
+
+    def keep_first(metrics, state):
+        if metrics["epoch"] == 1:
+            saved.update(torch.utils._pytree.tree_map(lambda t: t.clone() if torch.is_tensor(t) else t, state))
+
+    engine.fit(cfg, report=keep_first)
+    rows = engine.fit(config.override(cfg, {"loss.lam": 0.5}), resume=saved).history[1:]
+    assert len(rows) == 2 and all(r["match_loss"] > 0 for r in rows)
 
 
 def test_divergence_raises(tiny_config):
@@ -124,3 +155,18 @@ def test_compactness_is_lower_for_tighter_classes():
 def test_unknown_device_is_bad_input(tiny_config):
     with pytest.raises(ConfigError, match="unknown device"):
         engine.fit(tiny_config(device="tpu"))
+
+
+def test_compactness_from_the_test_pass_equals_its_own_pass(tiny_config):
+    # the engine takes the compactness sample's features from the test evaluation's forward pass
+    from itra_tune import data as data_mod
+
+    cfg = tiny_config(**{"model.name": "small_cnn", "train.epochs": 1})
+    model = engine.fit(cfg).model
+    d = data_mod.build(cfg.data, torch.device("cpu"), cfg.seed, paired=False)
+    x, y = d.sample("test", 2 * cfg.train.compactness_samples)
+    acc, ce, h = engine.evaluate(model, d.test, torch.device("cpu"),
+                                 keep=d.sample_index("test", 2 * cfg.train.compactness_samples))
+    assert (acc, ce) == engine.evaluate(model, d.test, torch.device("cpu"))
+    torch.testing.assert_close(h, model.eval().features(x))
+    assert engine.compactness(model, None, y, features=h) == pytest.approx(engine.compactness(model, x, y))

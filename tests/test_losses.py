@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import linecache
+import math
+import re
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from itra_tune import losses, models
+import itra_tune
+from itra_tune import engine, losses, mmd, models
 from itra_tune.config import ConfigError, LossConfig
 
 
@@ -38,7 +45,7 @@ def test_lambda_zero_equals_cross_entropy_in_value_and_gradient(name):
 @pytest.mark.parametrize("name", ["itra", "itra_c"])
 def test_second_batch_never_enters_cross_entropy(name):
     model, x1, y1, x2, y2 = _model_and_batches(1)
-    loss = losses.build(LossConfig(name=name, lam=0.7), 4, model.feature_dim)
+    loss = losses.build(LossConfig(name=name, lam=0.7, form="guarded"), 4, model.feature_dim)  # lambda ungated
     h = model.features(torch.cat([x1, x2]))
     parts = loss(model.head(h[:16]), y1, h[:16], h[16:], y2)
     assert parts.ce.item() == pytest.approx(F.cross_entropy(model(x1), y1).item(), rel=1e-6)
@@ -117,14 +124,14 @@ def test_lambda_warms_up_linearly_over_its_steps_and_resumes_its_count():
     g = torch.Generator().manual_seed(6)
     h1, h2 = torch.randn(8, 3, generator=g), torch.randn(8, 3, generator=g)
     y = torch.arange(8) % 2
-    loss = losses.ITRA(2, lam=0.8, lam_warmup_steps=4)
+    loss = losses.ITRA(2, lam=0.8, lam_warmup_steps=4, form="guarded")  # at chance: the default gates lambda
     weights = []
     for _ in range(6):
         parts = loss(torch.zeros(8, 2), y, h1, h2, y)
         weights.append(((parts.total - parts.ce) / parts.match).item())
     assert weights == pytest.approx([0.2, 0.4, 0.6, 0.8, 0.8, 0.8])
-    resumed = losses.ITRA(2, lam=0.8, lam_warmup_steps=4)
-    resumed.load_state_dict(losses.ITRA(2, lam=0.8, lam_warmup_steps=4).state_dict() | {"_extra_state": {"steps": 2}})
+    resumed = losses.ITRA(2, lam=0.8, lam_warmup_steps=4, form="guarded")
+    resumed.load_state_dict(resumed.state_dict() | {"_extra_state": {"steps": 2}})
     parts = resumed(torch.zeros(8, 2), y, h1, h2, y)
     assert ((parts.total - parts.ce) / parts.match).item() == pytest.approx(0.6)
 
@@ -155,7 +162,7 @@ def test_the_engine_ends_a_collapsing_trial_and_the_default_form_does_not_collap
 
     cfg = tiny_config(**{"loss.form": form, "loss.lam": 2.0})  # the engine's mlp: no normalization
     if form == "paper":
-        with pytest.raises(engine.Collapsed, match=r"collapsed: feature spread .* stays at chance .*form paper"):
+        with pytest.raises(engine.Collapsed, match=r"collapsed: .* stays at chance .*form paper"):
             engine.fit(cfg)
     else:
         assert engine.fit(cfg).history[-1]["val_acc"] > 0.6  # measured 0.92; chance is 0.1
@@ -176,7 +183,72 @@ def test_the_watch_resumes_from_the_losss_state():
 def test_an_unknown_form_is_one_line_naming_the_choices():
     from itra_tune import config
 
-    with pytest.raises(ConfigError, match="unknown form 'exact'; choose one of guarded, scale_invariant, paper"):
+    with pytest.raises(ConfigError, match="unknown form 'exact'; choose one of gated, guarded, scale_invariant, paper"):
         losses.ITRA(3, lam=0.5, form="exact")
     with pytest.raises(ConfigError, match=r"loss.form unknown form 'exact'"):
         config.from_dict({"loss": {"form": "exact"}}, "my.yaml")
+
+
+def test_the_gated_form_holds_lambda_back_at_chance_and_lets_it_in_as_cross_entropy_learns():
+    g = torch.Generator().manual_seed(14)
+    h1, h2 = torch.randn(16, 6, generator=g), torch.randn(16, 6, generator=g)
+    y = torch.arange(16) % 4
+    ln_k = math.log(4)
+
+    def weight(ce_target):  # logits whose CE is ce_target: a uniform mix of chance and a sure answer
+        p = math.exp(-ce_target)  # the probability of the right class
+        rest = (1 - p) / 3
+        logits = torch.log(torch.full((16, 4), rest)).scatter(1, y[:, None], math.log(p))
+        parts = losses.ITRA(4, lam=0.8, class_conditional=True)(logits, y, h1, h2, y)  # the default form
+        assert parts.ce.item() == pytest.approx(ce_target, rel=1e-4) and parts.match > 0
+        return ((parts.total - parts.ce) / parts.match).item()
+
+    assert weight(ln_k) == 0.0  # at chance: cross-entropy alone
+    assert weight(0.7 * ln_k) == pytest.approx(0.8 * 0.5, rel=1e-3)  # half-way between 0.9 and 0.5 ln K
+    assert weight(0.3 * ln_k) == pytest.approx(0.8)  # learned: the paper's lambda
+
+
+def _aligning_run(form, on_collapse="warn", steps=400):
+    """A LayerNorm'd encoder of random inputs whose features grow as they align (as a ViT's did under AdamW); its
+    classifier stays at chance. Returns the loss, once it has seen a collapse or after ``steps`` steps."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16, elementwise_affine=False))
+    loss = itra_tune.ITRALoss(4, lam=1.0, class_conditional=False, form=form, on_collapse=on_collapse)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.05)
+    y = torch.arange(64) % 4
+    for step in range(steps):
+        h = net(torch.randn(64, 8)) * (1 + step / 10)  # every example's features as large as ever, and growing
+        parts = loss(torch.zeros(32, 4), y[:32], h[:32], h[32:], y[32:])  # the caller's line
+        optimizer.zero_grad()
+        parts.total.backward()
+        optimizer.step()
+        if loss.collapse:
+            break
+    return loss, net
+
+
+def _spread_to_size(net):
+    h = net(torch.randn(64, 8)).detach()
+    return (mmd.mean_sq_dist(h).sqrt() / h.pow(2).sum(1).mean().sqrt()).item()
+
+
+def test_the_watch_sees_features_that_stay_large_but_move_to_one_point_and_warns_at_the_callers_line():
+    with pytest.warns(RuntimeWarning, match="collapsed in direction: every example's features move to one point") \
+            as seen:
+        loss, net = _aligning_run("paper")
+    assert seen[0].filename == __file__  # the warning points at the user's call, not into the library
+    assert linecache.getline(__file__, seen[0].lineno).strip().endswith("# the caller's line")
+    spread = float(re.search(r"their spread (\S+) is", loss.collapse)[1])
+    assert spread > 0.2 * loss.watch.peak[0]  # far from 5% of its peak: a watch of the spread alone misses this
+    assert _spread_to_size(net) < 0.1
+    with pytest.raises(itra_tune.CollapseError, match="collapsed in direction"):
+        _aligning_run("paper", on_collapse="raise")
+    assert issubclass(engine.Collapsed, itra_tune.CollapseError)  # a trial's collapse is caught the same way
+
+
+def test_the_default_form_does_not_pull_features_together_while_the_classifier_is_at_chance():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no collapse warning
+        loss, net = _aligning_run("gated", steps=300)
+    assert loss.collapse is None
+    assert _spread_to_size(net) > 1.0  # as at the start (1.3): the features did not move together

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -49,9 +46,9 @@ def loss_and_grads(model, loss_fn, steps, net=None):
     return parts, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def _worker(r: int, port: int, pairing: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=r, world_size=2)
+def _worker(r: int, pairing: str, out: str) -> None:
+    # a file store: no port to race other tests for
+    torch.distributed.init_process_group("gloo", init_method=f"file://{out}/store", rank=r, world_size=2)
     torch.set_num_threads(1)
     model, loss_fn = setup(pairing)
     net = parallel.wrap(model, torch.device("cpu"), sync_batchnorm=False)
@@ -59,20 +56,15 @@ def _worker(r: int, port: int, pairing: str, out: str) -> None:
     parts, grads = loss_and_grads(model, loss_fn, steps, net)
     torch.save({"total": parts.total.detach(), "ce": parts.ce.detach(), "match": parts.match.detach(),
                 "grads": grads}, f"{out}/rank{r}.pt")
+    torch.distributed.barrier()  # neither rank tears gloo down while the other still talks to it
     torch.distributed.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("pairing", ["independent", "detached", "memory"])
 def test_two_workers_of_m_match_one_worker_of_2m(tmp_path, pairing):
     model, loss_fn = setup(pairing)
     one, grads = loss_and_grads(model, loss_fn, [step_for(pairing, batch(seed)) for seed in range(3)])
-    mp.spawn(_worker, args=(free_port(), pairing, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(pairing, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert one.match > 0
     for rank in ranks:  # the matching loss is the global batches' on every worker

@@ -285,9 +285,9 @@ def _start_and_wait(cmd: list[str], exp: Path, epochs_done: int = 3) -> subproce
     pytest.fail("the search made no progress before the deadline")
 
 
-def _long_space(space_file):
+def _long_space(space_file, subset=1280):
     return space_file(budget={"num_samples": 4, "max_concurrent": 2},
-                      base={"data": {"name": "synthetic", "batch_size": 32, "subset": 1280}, "model": {"name": "mlp"},
+                      base={"data": {"name": "synthetic", "batch_size": 32, "subset": subset}, "model": {"name": "mlp"},
                             "loss": {"name": "itra_c"}, "train": {"epochs": 6, "compactness_samples": 64}})
 
 
@@ -359,7 +359,8 @@ def test_a_resume_whose_snapshot_names_a_pruned_checkpoint_continues_from_the_ne
 @pytest.mark.slow
 def test_ctrl_c_reports_the_interrupted_search_and_resume_finishes_it(space_file, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cmd = [sys.executable, "-m", "itra_tune.search", "--space", str(_long_space(space_file)),
+    # epochs of 160 steps: the trials are still training when the interrupt lands (at 40 a pair could finish first)
+    cmd = [sys.executable, "-m", "itra_tune.search", "--space", str(_long_space(space_file, subset=5120)),
            "--storage-path", str(tmp_path / "st"), "--name", "intr", "--tracking-uri", uri]
     proc = _start_and_wait(cmd, tmp_path / "st" / "intr", epochs_done=1)
     proc.send_signal(signal.SIGINT)

@@ -36,8 +36,9 @@ class Data:
 
     ``train`` yields one ``Step`` per optimizer step; ``val`` and ``test`` yield unaugmented (x, y) batches
     in order (``val`` is None when ``data.val_fraction`` is 0); ``sample(split, n)`` gives a fixed random
-    subset of ``val`` or ``test``, for metrics such as compactness. ``state_dict`` holds the generators and
-    the S2 stream, so a resumed run draws the same batches.
+    subset of ``val`` or ``test``, for metrics such as compactness, and ``sample_index(split, n)`` the rows it
+    takes, in the order ``val`` and ``test`` yield them. ``state_dict`` holds the generators and the S2 stream,
+    so a resumed run draws the same batches.
     """
 
     num_classes: int
@@ -49,6 +50,7 @@ class Data:
     sample: Callable[[str, int], Batch]
     generators: dict[str, torch.Generator]
     num_train: int
+    sample_index: Callable[[str, int], Tensor]
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {k: g.get_state() for k, g in self.generators.items()}
@@ -59,7 +61,9 @@ class Data:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, g in self.generators.items():
             g.set_state(state[k])
-        if hasattr(self.train.second, "load_state_dict"):
+        # a run that drew no S2 (lambda 0) has no stream to restore: resumed with lambda above 0 (population based
+        # training mutates it), the stream starts from its restored generator
+        if hasattr(self.train.second, "load_state_dict") and "second" in state:
             self.train.second.load_state_dict(state["second"])
 
 
@@ -118,13 +122,19 @@ def build(cfg: DataConfig, device: torch.device, seed: int, paired: bool = True,
     test = test.to(device)
     gens = {name: train.generator(seed * 1000 + i) for i, name in enumerate(("s1", "s2"))}
 
+    def held(split: str) -> Any:
+        return {"val": val or test, "test": test}[split]
+
     def sample(split: str, n: int) -> Batch:
-        return {"val": val or test, "test": test}[split].sample(n, seed)
+        return held(split).sample(n, seed)
+
+    def sample_index(split: str, n: int) -> Tensor:
+        return held(split).sample_index(n, seed)
 
     num_classes = src.num_classes or max(train_full.num_classes, test.num_classes)
     return Data(num_classes, tuple(train.input_shape), train.normalization, build_pairs(cfg, train, gens, paired),
                 val.batches(cfg.eval_batch_size) if val is not None else None, test.batches(cfg.eval_batch_size),
-                sample, gens, len(train))
+                sample, gens, len(train), sample_index)
 
 
 __all__ = [

@@ -82,8 +82,11 @@ class Held:
 
     def sample(self, n: int, seed: int) -> Batch:
         """A fixed random subset of ``n`` examples, unaugmented (for metrics such as compactness)."""
-        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].to(self.device)
-        return self.batch(idx)
+        return self.batch(self.sample_index(n, seed))
+
+    def sample_index(self, n: int, seed: int) -> Tensor:
+        """The rows ``sample(n, seed)`` takes, in its order."""
+        return torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].to(self.device)
 
 
 class Batches:

@@ -212,13 +212,15 @@ def _sklearn(cfg: DataConfig, root: Path) -> None:
 def _digits(cfg: DataConfig, root: Path, model_name: str | None = None) -> tuple[Images, Images]:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images); a fixed 20% is the test split.
 
-    The raw values are integers 0-16; a pixel here is the raw value / 16, in [0, 1].
+    The raw values are integers 0-16; a pixel here is the raw value / 16, in [0, 1]. The file is read as
+    ``sklearn.datasets.load_digits`` reads it, without importing scikit-learn (a second, in every trial).
     """
-    from sklearn.datasets import load_digits
+    import importlib.util
 
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8) in [0, 1]
-    y = torch.tensor(d.target, dtype=torch.int64)
+    package = Path(importlib.util.find_spec("sklearn").submodule_search_locations[0])
+    raw = np.loadtxt(package / "datasets" / "data" / "digits.csv.gz", delimiter=",")  # 64 pixels, then the label
+    x = torch.tensor(raw[:, :-1], dtype=torch.float32).view(-1, 1, 8, 8) / 16.0  # (N, 1, 8, 8) in [0, 1]
+    y = torch.tensor(raw[:, -1].astype(np.int64))
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(1797))
     test, train = perm[: len(y) // 5], perm[len(y) // 5:]
     full = Images(x, y, (0.3,), (0.4,))

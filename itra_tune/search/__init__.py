@@ -11,10 +11,12 @@ This package is the only part of itra_tune that imports Ray.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,12 @@ def run(space: str | Path = "demo", **options: Any) -> list[dict[str, Any]]:
         ConfigError: bad input, before Ray starts or anything is written (MissingExtra, a ConfigError, without
             ``itra_tune[search]``).
     """
+    return _run(space, options)
+
+
+def _run(space: str | Path, options: dict[str, Any], ending: bool = False) -> list[dict[str, Any]]:
+    """``run``; ``ending``: the process ends with the search (the command line), so a local Ray is shut down
+    while the record is written rather than at exit."""
     unknown = sorted(set(options) - {f.name for f in fields(Options)})
     if unknown:
         raise TypeError(f"search.run() got an unexpected option {unknown[0]!r}")
@@ -139,7 +147,7 @@ def run(space: str | Path = "demo", **options: Any) -> list[dict[str, Any]]:
 
             sp, objective, parent = load_settings(storage / n)
             plan[i], saved[n] = (sp, plan[i][1]), (objective, parent)
-    return _run_plan(plan, names, saved, storage, uri, opts, resume_command(space, stem, opts), warm)
+    return _run_plan(plan, names, saved, storage, uri, opts, resume_command(space, stem, opts), warm, ending)
 
 
 def equal_compute(plan: list[tuple[spaces.Space, str | None]]) -> list[tuple[spaces.Space, str | None]]:
@@ -183,23 +191,41 @@ def check_warm_start(plan: list[tuple[spaces.Space, str | None]], storage: Path,
 
 
 def _run_plan(plan: list[tuple[spaces.Space, str | None]], names: list[str], saved: dict[str, tuple[str, str]],
-              storage: Path, uri: str, opts: Options, resume_cmd: str, warm: list[Any]) -> list[dict[str, Any]]:
-    import ray
+              storage: Path, uri: str, opts: Options, resume_cmd: str, warm: list[Any],
+              ending: bool = False) -> list[dict[str, Any]]:
+    # MLflow's import, a new store's creation and what the record imports (seconds) overlap Ray's import and
+    # start; whatever needs one of them waits for it
+    with concurrent.futures.ThreadPoolExecutor(1) as background:
+        background.submit(_warm, uri)
+        import ray
 
-    from itra_tune.search import progress, tuner
+        from itra_tune.search import progress, tuner
 
-    with contextlib.nullcontext() if opts.verbose else progress.quiet_libraries():
-        tuner.init_ray(opts.address)
-        return _run_searches(plan, names, saved, storage, uri, opts, resume_cmd, warm, ray.cluster_resources())
+        with contextlib.nullcontext() if opts.verbose else progress.quiet_libraries():
+            started = tuner.init_ray(opts.address)
+            # a process that ends with the search shuts its local Ray down while the record is written
+            after_tune = (lambda: background.submit(ray.shutdown)) if ending and started else None
+            return _run_searches(plan, names, saved, storage, uri, opts, resume_cmd, warm, ray.cluster_resources(),
+                                 after_tune)
+
+
+def _warm(uri: str) -> None:
+    from itra_tune import plots
+
+    with contextlib.suppress(Exception):  # the tracker's own call says what is wrong
+        tracking.warm(uri)
+    with contextlib.suppress(Exception):
+        plots.warm()
 
 
 def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str], saved: dict[str, tuple[str, str]],
                   storage: Path, uri: str, opts: Options, resume_cmd: str, warm: list[Any],
-                  available: dict[str, float]) -> list[dict[str, Any]]:
+                  available: dict[str, float], after_tune: Callable[[], Any] | None = None) -> list[dict[str, Any]]:
+    """Each experiment of ``plan`` in turn; ``after_tune``: called when the last one's trials are done."""
     from itra_tune.search import progress, record, results, study, trainable, tuner
 
     summaries = []
-    for (sp, _method), name, previous in zip(plan, names, warm):
+    for i, ((sp, _method), name, previous) in enumerate(zip(plan, names, warm)):
         user_fn = trainable.resolve_trainable(opts.trainable or sp.trainable) if sp.trainable else None
         sp = tuner.fit_resources(sp, available)
         if user_fn is None:
@@ -226,6 +252,8 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
                                     objective=objective, seed=opts.seed, max_failures=opts.max_failures,
                                     resume=opts.resume, user_fn=user_fn, study=stored, previous=previous,
                                     progress=view)
+        if after_tune is not None and i == len(plan) - 1:
+            after_tune()
         summary = results.summarize(grid, sp, epochs, storage / name, time.perf_counter() - t0, objective)
         if stored is not None:
             stored.record_all(grid)

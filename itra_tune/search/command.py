@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from itra_tune import cli, spaces
 from itra_tune.config import ConfigError
-from itra_tune.search import DEFAULT_STORAGE, OBJECTIVES, run
+from itra_tune.search import DEFAULT_STORAGE, OBJECTIVES, _run
 
 PROG = "python -m itra_tune.search"
 
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if k != "all" and not k.isdigit():
         raise ConfigError(f"--log-models takes a count or all, not {k!r}")
     args["log_models"] = None if k == "all" else int(k)
-    summaries = run(space, **args)
+    summaries = _run(space, args, ending=True)
     last = summaries[-1]
     if last["interrupted"]:
         done = f"after {last['trials']} of {last['num_samples']} trials" if last.get("best") else \
@@ -73,4 +73,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(PROG, main))
+    cli.exit_now(cli.run(PROG, main))

@@ -3,6 +3,7 @@ pictures and the best configuration. It gathers what to record from Tune's resul
 
 from __future__ import annotations
 
+import concurrent.futures
 import sys
 import tempfile
 from pathlib import Path
@@ -33,6 +34,13 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
         What happened, for the summary; a tracking server that is still away is reported, not raised.
     """
     out: dict[str, Any] = {"uri": uri, "experiment": space.name, "parent_run_id": parent}
+    with concurrent.futures.ThreadPoolExecutor(1) as background:
+        return _record(results, summary, space, cfg, uri, parent, path, register, log_models, epochs, out, background)
+
+
+def _record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: config_mod.Config | None, uri: str,
+            parent: str, path: Path, register: bool, log_models: int | None, epochs: int, out: dict[str, Any],
+            background: concurrent.futures.Executor) -> dict[str, Any]:
     try:
         rows = {r["trial"]: r for r in trial_rows(results, space, epochs or cfg.train.epochs)}
         if cfg is None:
@@ -49,14 +57,21 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
         data = None if cfg is None else \
             data_mod.build(cfg.data, torch.device("cpu"), cfg.seed, paired=False, model_name=cfg.model.name)
         best_name = summary["best"]["trial"] if summary.get("best") else None
-        histories, best_run, best_model = {}, None, None
-        for res in started(results):
-            name = Path(res.path).name
+        trials = {Path(r.path).name: r for r in started(results)}
+        best_model = _checkpoint_model(trials[best_name], rows[best_name], data) \
+            if data is not None and best_name in trials else None
+        if best_model is not None:  # its t-SNE map is computed while the trials are recorded
+            x_best, y_best = data.sample("test", 1000)
+            with torch.no_grad():
+                h_best = best_model.eval().features(x_best).numpy()
+            tsne_xy = background.submit(plots.tsne_map, h_best)
+        histories, best_run = {}, None
+        for name, res in trials.items():
             row = rows[name]
             histories[name] = _history(res, space.metric)
-            model = None
+            model = best_model if name == best_name else None
             with tempfile.TemporaryDirectory() as tmp:
-                if data is not None and (name in with_model or name == best_name):
+                if data is not None and name in with_model and model is None:
                     model = _checkpoint_model(res, row, data)
                 files = _model_files(model, trial_config(res.config), data, row, Path(tmp)) \
                     if model is not None and name in with_model else None
@@ -67,18 +82,15 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
             if data is None and name in with_model:
                 _log_checkpoint_files(tracker, run_id, res, row)
             if name == best_name:
-                best_run, best_model = run_id, model
+                best_run = run_id
         out["orphaned_runs_dropped"] = tracker.drop_orphans({Path(r.path).name.removeprefix("trial_")
                                                              for r in results})
         out["models_logged"] = len(tracker.model_ids)
         files = [f for f in (path / "trials.csv", path / "best_config.yaml") if f.exists()]
         figures = _figures(list(rows.values()), histories, space, engine=cfg is not None)
         if best_model is not None:
-            x, y = data.sample("test", 1000)
-            with torch.no_grad():
-                h = best_model.eval().features(x).numpy()
             figures["plots/tsne_best_test_features.png"] = plots.tsne(
-                h, y.numpy(), f"t-SNE of test features, best trial ({cfg.loss.name})")
+                h_best, y_best.numpy(), f"t-SNE of test features, best trial ({cfg.loss.name})", tsne_xy.result())
         try:
             tracker.finish(best_run, files, figures, summary["interrupted"], summary.get("best"))
         finally:

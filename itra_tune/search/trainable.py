@@ -67,9 +67,14 @@ def train_trial(tune_config: dict[str, Any], metric: str = "val_acc", mode: str 
     if cfg.train.workers_per_trial > 1:
         train_workers(cfg, metric, mode, worker_resources or {"CPU": 1.0}, storage)
         return
-    ckpt = tune.get_checkpoint()
-    resume = _load(ckpt)
-    engine.fit(cfg, report=_reporter(cfg, metric, mode, tune.report, tune.Checkpoint), resume=resume)
+    resume = _load(tune.get_checkpoint())
+    on_epoch = _reporter(cfg, metric, mode, tune.report, tune.Checkpoint)
+    if resume is not None and int(resume["epoch"]) >= cfg.train.epochs:
+        # population based training can hand a lagging trial a finished trial's last checkpoint: nothing is left
+        # to train, so the trial reports that epoch and ends where its checkpoint did (not one epoch short)
+        on_epoch(resume["history"][-1], resume)
+        return
+    engine.fit(cfg, report=on_epoch, resume=resume)
 
 
 def _load(ckpt: Any) -> dict[str, Any] | None:

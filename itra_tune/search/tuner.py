@@ -52,18 +52,19 @@ def set_ray_env() -> None:
 # --- the cluster ------------------------------------------------------------------------------------
 
 
-def init_ray(address: str | None) -> None:
-    """Join the cluster at ``address``, or start a local one; ConfigError when the address does not answer."""
+def init_ray(address: str | None) -> bool:
+    """Join the cluster at ``address``, or start a local one; ConfigError when the address does not answer.
+    Returns whether it started a local cluster (not when Ray was initialized already, or joined)."""
     import ray
 
     set_ray_env()
     if ray.is_initialized():
-        return
+        return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if not address:
         private_token()
         ray.init(**kwargs)
-        return
+        return True
     _probe(address)
     try:
         ray.init(address=address, **kwargs)
@@ -71,6 +72,7 @@ def init_ray(address: str | None) -> None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"--address {address}: cannot join the Ray cluster ({first}); "
                           f"start one with `ray start --head` or drop --address") from None
+    return False
 
 
 def private_token() -> Path:
