@@ -28,7 +28,7 @@ test: $(DEV)
 
 test-all: $(DEV)
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 bench: $(DEV)
 	$(PY) -m benchmarks.bench
