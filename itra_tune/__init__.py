@@ -6,7 +6,8 @@
     cfg = itra_tune.best_config("cifar100")   # the winner of the newest search, from MLflow
 
     loss_fn = itra_tune.ITRALoss(num_classes=10, lam=0.5)   # ITRA in your own loop, with
-    net = itra_tune.split_model(model)                       # SecondBatch; or itra_tune.ITRATrainer
+    net = itra_tune.split_model(model)                       # SecondBatch; or itra_tune.ITRATrainer (Hugging
+                                                             # Face), itra_tune.ITRACallback (Lightning)
 
 Attributes load on first use, so ``import itra_tune`` stays cheap. The core install trains; the search and
 the text models come with extras (``pip install "itra_tune[search]"``, ``[text]``, ``[all]``: ``itra_tune.extras``).
@@ -33,7 +34,10 @@ _LAZY = {
     "CollapseError": ("itra_tune.losses", "CollapseError"),  # ITRALoss(..., on_collapse="raise")
     "SecondBatch": ("itra_tune.dropin", "SecondBatch"),
     "split_model": ("itra_tune.dropin", "split_model"),
+    "pad_collate": ("itra_tune.dropin", "pad_collate"),  # token dicts of different lengths, padded per batch
+    "join_batches": ("itra_tune.dropin", "join_batches"),  # S1 and S2 as one padded batch
     "ITRATrainer": ("itra_tune.trainer", "ITRATrainer"),  # loads transformers
+    "ITRACallback": ("itra_tune.lightning", "ITRACallback"),  # loads lightning
 }
 
 

@@ -7,6 +7,8 @@ a top-level ``seed`` and ``device``. Unknown keys and wrong types are errors nam
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import re
 import sys
 import types
 import typing
@@ -38,6 +40,46 @@ _check_package()
 
 class ConfigError(ValueError):
     """Bad input from the user: the message is one line naming the problem and the fix."""
+
+
+_REF = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+PREFIXES = ("timm", "hf")  # ``timm:NAME`` and ``hf:NAME`` are registry names, not factories
+
+
+def is_callable_ref(name: str) -> bool:
+    """Whether ``name`` reads as ``package.module:callable`` (a user's model or dataset factory)."""
+    return _REF.fullmatch(name) is not None and name.partition(":")[0] not in PREFIXES
+
+
+def import_callable(ref: str, key: str) -> Any:
+    """The callable that ``package.module:callable`` names, imported; a one-line ConfigError naming ``key`` (the
+    configuration key) when the module cannot be imported or holds no such callable."""
+    module_name, _, attr = ref.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):  # the module itself, not one it imports
+            raise ConfigError(f"{key} {ref!r}: no module named {module_name!r}; run from the folder that holds "
+                              f"it, or add that folder to PYTHONPATH") from None
+        raise ConfigError(f"{key} {ref!r}: importing {module_name} failed: {e}") from None
+    except Exception as e:  # the user's module raised while importing
+        raise ConfigError(f"{key} {ref!r}: importing {module_name} failed: {type(e).__name__}: {e}") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"{key} {ref!r}: module {module_name!r} has no {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"{key} {ref!r}: {attr} is a {type(obj).__name__}, not a callable")
+    return obj
+
+
+def code_root(ref: str) -> str:
+    """The folder on ``sys.path`` that ``package.module:callable`` was imported from (import it first): what other
+    processes (Ray's trial workers) need on their path to import it too."""
+    module_name = ref.partition(":")[0]
+    path = Path(sys.modules[module_name].__file__ or "").resolve()
+    depth = module_name.count(".") + (path.name == "__init__.py")
+    return str(path.parents[depth])
 
 
 # The vocabularies of the configuration. Each is owned here; the modules that act on a name import it.
@@ -96,6 +138,10 @@ class DataConfig:
     max_length: int = 128  # text: tokens per example after truncation (batches are padded to their longest)
     tokenizer: str | None = None  # text: tokenizer name or folder; None uses the model's own
     cache_dir: str | None = None  # text: token cache; None: $ITRA_TUNE_CACHE or ~/.cache/itra_tune/tokens
+    # your own text (data.name csv or hf_disk): the CSV file or folder, or the save_to_disk folder, and its columns
+    path: str | None = None
+    text_column: str = "text"  # one or several, comma-separated (joined by a space)
+    label_column: str = "label"
 
 
 @dataclass(frozen=True)
@@ -394,7 +440,7 @@ def _deep_copy(raw: Any) -> Any:
 __all__ = [
     "BANDWIDTHS", "PAIRINGS", "SELECT_METRICS", "Config", "ConfigError", "DataConfig", "LossConfig", "ModelConfig",
     "OptimConfig", "SelectConfig", "TrainConfig", "apply_overrides", "check_bandwidth", "check_lam", "code_version",
-    "from_dict", "load", "override", "read_yaml", "replace", "validate",
+    "code_root", "from_dict", "import_callable", "is_callable_ref", "load", "override", "read_yaml", "replace", "validate",
 ]
 
 

@@ -55,7 +55,7 @@ def check(cfg: Config) -> None:
     models.check_name(cfg.model.name)
     losses.check_name(cfg.loss.name)
     resolve_device(cfg.device)
-    if data_modality != models.modality(cfg.model.name):
+    if models.modality(cfg.model.name) not in (data_modality, "any"):
         wants = "a text model (e.g. model.name=minilm)" if data_modality == "text" else \
             "an image model (e.g. model.name=resnet18)"
         raise ConfigError(f"data.name {cfg.data.name!r} needs {wants}, not model.name {cfg.model.name!r}")

@@ -4,7 +4,8 @@ The core install (``pip install itra_tune``: PyTorch, torchvision, NumPy, PyYAML
 ``SecondBatch``, ``split_model``, the engine, ``itra_tune.train`` and ``load_exported``. ``itra_tune[search]``
 adds the search and its record (Ray Tune, Optuna, MLflow, matplotlib, scikit-learn, which also holds the
 ``digits`` dataset); ``itra_tune[text]`` the text models and ``ITRATrainer`` (transformers, accelerate);
-``itra_tune[all]`` both. Using a part whose extra is missing raises ``MissingExtra``: one line naming the
+``itra_tune[all]`` both; ``[timm]`` the ``timm:NAME`` models, ``[lightning]`` ``ITRACallback``, ``[datasets]``
+Hugging Face datasets saved to disk as search data. Using a part whose extra is missing raises ``MissingExtra``: one line naming the
 ``pip install`` that adds it (exit 2 on the command line, as any bad input).
 """
 
@@ -15,7 +16,8 @@ import importlib.util
 from itra_tune.config import ConfigError
 
 EXTRA = {"ray": "search", "optuna": "search", "mlflow": "search", "matplotlib": "search", "sklearn": "search",
-         "transformers": "text", "accelerate": "text"}
+         "transformers": "text", "accelerate": "text", "timm": "timm", "lightning": "lightning",
+         "datasets": "datasets"}
 DISTRIBUTION = {"ray": "ray[tune]", "sklearn": "scikit-learn"}  # where the import name is not the package's
 SEARCH = tuple(m for m, extra in EXTRA.items() if extra == "search")
 

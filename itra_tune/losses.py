@@ -237,6 +237,7 @@ class ITRA(nn.Module):
         # a smoothed bandwidth only replaces a batch statistic: 'fixed' and a given multiscale base stay as set
         self.sigma_ema = sigma_ema if bandwidth != "fixed" and sigma is None else 0.0
         self.lam_warmup_steps, self.steps = lam_warmup_steps, 0
+        self.last: dict[str, Tensor] = {}  # the last training step's CE, matching loss and lambda, for a logger
         self.register_buffer("sigma_avg", torch.full((), float("nan")))  # NaN until the first batch
         self.num_classes, self.lam, self.form = num_classes, lam, form
         self.bandwidth, self.sigma, self.class_conditional = bandwidth, sigma, class_conditional
@@ -264,8 +265,7 @@ class ITRA(nn.Module):
             zero = ce.new_zeros(())
             return Parts(ce, ce, zero, zero)
         y1 = y if y1 is None else y1
-        if self.training:
-            self.watch.observe_ce(ce)
+        warm = self._observe(ce) if self.training else 1.0
         chance = self.watch.chance(ce)
         weight = chance if self.form in ("guarded", "gated") else float(self.form == "scale_invariant")
         if self.memory is not None:
@@ -278,14 +278,29 @@ class ITRA(nn.Module):
             raise ValueError("ITRA needs the second mini-batch's features h2 and labels y2")
         else:
             match = self.match(h1, y1, h2, y2, weight)
-        lam = self.lam * (1.0 - chance) if self.form == "gated" else self.lam
-        if self.training and self.lam_warmup_steps:
-            lam *= min(1.0, (self.steps + 1) / self.lam_warmup_steps)
+        lam = (self.lam * (1.0 - chance) if self.form == "gated" else self.lam) * warm
         if self.training:
-            self.steps += 1
-            if self.lam > 0 and self.watch.update(h1) is not None:
-                self.on_collapse(self.watch.reason)
+            self._count(ce, match, lam, h1)
         return Parts(ce + lam * match, ce, match, ce.new_zeros(()))
+
+    # The step's bookkeeping (counters, the watch's host reads every few steps) runs outside torch.compile's
+    # graphs: a Python counter traced in would recompile the step every step. The loss's arithmetic, the matching
+    # loss included, compiles as one graph between the two.
+
+    @torch.compiler.disable
+    def _observe(self, ce: Tensor) -> float | Tensor:
+        """Move the watch's average CE; lambda's warm-up factor for this step (1.0 without warm-up)."""
+        self.watch.observe_ce(ce)
+        if not self.lam_warmup_steps:
+            return 1.0
+        return torch.tensor(min(1.0, (self.steps + 1) / self.lam_warmup_steps), device=ce.device)
+
+    @torch.compiler.disable
+    def _count(self, ce: Tensor, match: Tensor, lam: float | Tensor, h1: Tensor) -> None:
+        self.steps += 1
+        self.last = {"ce": ce.detach(), "match": match.detach(), "lam": torch.as_tensor(lam).detach()}
+        if self.lam > 0 and self.watch.update(h1) is not None:
+            self.on_collapse(self.watch.reason)
 
     def on_collapse(self, reason: str) -> None:
         """Called once, when the watch first sees a collapse (the engine reads ``collapse`` after the epoch)."""
@@ -389,15 +404,15 @@ class ITRALoss(ITRA):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
 
-_PACKAGE = str(Path(__file__).parent) + "/"
+_SKIPPED = (str(Path(__file__).parent) + "/", str(Path(torch.__file__).parent) + "/")  # itra_tune's and torch's
 
 
 def _callers_level() -> int:
-    """The ``stacklevel`` of the first frame outside itra_tune and torch's module machinery: the user's line that
-    called the loss (``warnings.warn``'s ``skip_file_prefixes`` is Python 3.12's)."""
+    """The ``stacklevel`` of the first frame outside itra_tune and torch (a module's ``__call__``, compile's
+    wrappers): the user's line that called the loss (``warnings.warn``'s ``skip_file_prefixes`` is Python
+    3.12's)."""
     frame, level = sys._getframe(1), 1
-    while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE)
-                                 or frame.f_code.co_filename.endswith("torch/nn/modules/module.py")):
+    while frame is not None and frame.f_code.co_filename.startswith(_SKIPPED):
         frame, level = frame.f_back, level + 1
     return level
 

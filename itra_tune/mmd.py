@@ -132,6 +132,11 @@ def mmd(h1: Tensor, h2: Tensor, bandwidth: str = "median", sigma: float | Tensor
     return _safe_sqrt(k11.mean() + k22.mean() - 2.0 * k12.mean())
 
 
+def _class_counts(y: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """Examples per class, (K,): ``bincount``'s figures with a shape fixed by K, so ``torch.compile`` traces it."""
+    return torch.zeros(num_classes, dtype=dtype, device=y.device).index_add_(0, y, torch.ones_like(y, dtype=dtype))
+
+
 def class_conditional_mmd(
     h1: Tensor,
     y1: Tensor,
@@ -157,8 +162,8 @@ def class_conditional_mmd(
         A scalar tensor; 0 when no class is present in both batches.
     """
     k11, k12, k22 = pooled_kernel_blocks(h1, h2, bandwidth, sigma)  # (m1, m1), (m1, m2), (m2, m2)
-    n1 = torch.bincount(y1, minlength=num_classes).to(k11.dtype)  # (K,)
-    n2 = torch.bincount(y2, minlength=num_classes).to(k11.dtype)
+    n1 = _class_counts(y1, num_classes, k11.dtype)  # (K,)
+    n2 = _class_counts(y2, num_classes, k11.dtype)
     present = (n1 > 0) & (n2 > 0)
     # With a_i = 1/n1[y_i] on S1 and -1/n2[y_i] on S2, the class-c MMD^2 is the quadratic form
     # sum_{i,j in c} a_i a_j K_ij over the pooled batch: the three blocks of Eq. (3) with their 1/n^2 and

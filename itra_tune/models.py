@@ -3,9 +3,11 @@
     model.features(x) -> (B, D)   # penultimate-layer features, the input of the matching loss
     model.head(h)     -> (B, K)   # logits
 
-Only this module knows where a torchvision or Hugging Face model keeps its classifier. Text models take
-(B, L) token ids padded with ``hf.PAD`` and build their own attention mask; ``itra_tune.hf`` resolves their
-checkpoint names.
+Only this module knows where a torchvision, timm or Hugging Face model keeps its classifier (``find_head``,
+``split_model``). Names: the registered models, ``timm:NAME`` (any timm architecture, random weights unless
+``model.pretrained``), ``package.module:callable`` (a factory of your own, called with the number of classes and
+the input shape), and Hugging Face checkpoints. Text models take (B, L) token ids padded with ``hf.PAD`` and
+build their own attention mask; ``itra_tune.hf`` resolves their checkpoint names.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from itra_tune import hf
-from itra_tune.config import ConfigError
+from itra_tune import extras, hf
+from itra_tune.config import ConfigError, import_callable, is_callable_ref
 
 InputShape = tuple[int, ...]  # (C, H, W) of one example
 
@@ -48,11 +50,12 @@ class Classifier(nn.Module):
     """``preprocess`` (x -> the network's input), a feature extractor ``body`` ((B, D)) and a linear ``fc`` head
     (D -> K). ``forward`` returns logits."""
 
-    def __init__(self, body: nn.Module, feature_dim: int, num_classes: int) -> None:
+    def __init__(self, body: nn.Module, feature_dim: int, num_classes: int, fc: bool = True) -> None:
         super().__init__()
         self.preprocess: nn.Module = nn.Identity()
         self.body = body
-        self.fc = nn.Linear(feature_dim, num_classes)
+        if fc:  # subclasses whose head lives in the body (timm's, a factory's model) override ``head``
+            self.fc = nn.Linear(feature_dim, num_classes)
         self.feature_dim = feature_dim
         self.num_classes = num_classes
 
@@ -195,6 +198,193 @@ def _hugging_face(checkpoint: str) -> Callable[..., Classifier]:
     return build
 
 
+# --- models of your own: split at the head --------------------------------------------------------------
+
+HEAD_NAMES = ("classifier", "fc", "head", "heads", "score")  # torchvision, timm, Hugging Face classifiers
+
+
+def find_head(model: nn.Module) -> nn.Module:
+    """The layer that maps a model's penultimate features to its outputs: timm's ``get_classifier()``, else the last
+    ``nn.Linear`` of the first of ``classifier``, ``fc``, ``head``, ``heads``, ``score`` the model has, else the
+    model's last ``nn.Linear``.
+
+    Raises:
+        ValueError: the model has no linear layer, or is a timm model without a classifier (``num_classes=0``);
+            pass ``head=`` to ``split_model``.
+    """
+    get = getattr(model, "get_classifier", None)
+    if callable(get) and callable(getattr(model, "forward_head", None)):  # timm
+        classifier = get()
+        if isinstance(classifier, nn.Linear):
+            return classifier
+        if not any(True for _ in classifier.parameters()):
+            raise ValueError(f"split_model: this timm {type(model).__name__} has no classifier (created with "
+                             f"num_classes=0), so its output is already the pooled features and there are no "
+                             f"logits to train; create it with num_classes=<your classes>")
+        return classifier
+    for name in HEAD_NAMES:
+        part = getattr(model, name, None)
+        if isinstance(part, nn.Module):
+            linear = _last_linear(part)
+            if linear is not None:
+                return linear
+    linear = _last_linear(model)
+    if linear is None:
+        raise ValueError(f"split_model: found no linear layer in {type(model).__name__}; pass head=<the module "
+                         f"that maps the features to the outputs>")
+    return linear
+
+
+def _last_linear(module: nn.Module) -> nn.Module | None:
+    found = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    return found[-1] if found else None
+
+
+class WithFeatures(nn.Module):
+    """``model`` that also returns the features its head reads: ``net(*args) -> (model(*args), features)``.
+
+    The features are the head's input, caught by a forward hook, flattened to (B, D): the penultimate layer the
+    paper matches. The model itself is unchanged (``net.model``; its state is ``net``'s, under ``model.``): save,
+    export and serve it as before. Call ``remove()`` to take the hook off.
+    """
+
+    def __init__(self, model: nn.Module, head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.model = model
+        object.__setattr__(self, "head", find_head(model) if head is None else head)  # a part of model: not
+        self._caught: Tensor | None = None  # registered twice, so its weights are saved once
+        self._hook = self.head.register_forward_pre_hook(self._catch)
+
+    def _catch(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self._caught = args[0]
+
+    def forward(self, *args: Any, **kwargs: Any) -> tuple[Any, Tensor]:
+        self._caught = None
+        out = self.model(*args, **kwargs)
+        h, self._caught = self._caught, None
+        if h is None:
+            raise RuntimeError(f"split_model: the head {type(self.head).__name__} did not run in the forward pass; "
+                               f"pass head=<the module that maps the features to the outputs>")
+        return out, h.flatten(1) if h.dim() > 2 else h
+
+    def remove(self) -> None:
+        self._hook.remove()
+
+
+def split_model(model: nn.Module, head: nn.Module | None = None) -> WithFeatures:
+    """Your classifier, returning its penultimate features beside its outputs, without rewriting it.
+
+    Works with torchvision and timm classifiers (the features are timm's ``forward_head(pre_logits=True)``),
+    Hugging Face ``...ForSequenceClassification`` models (the features are what their classifier reads: BERT's
+    pooled output after dropout, DistilBERT's first token after its pre-classifier) and any model whose last
+    linear layer is its head; ``head=`` names another layer.
+
+        net = split_model(torchvision.models.resnet18(num_classes=10))
+        logits, h = net(x)                           # h: (B, 512)
+    """
+    return WithFeatures(model, head)
+
+
+class Wrapped(Classifier):
+    """A model of a user's factory (``model.name: package.module:callable``): the features are its head's input
+    (``split_model``), the head its own layer."""
+
+    def __init__(self, model: nn.Module, num_classes: int, input_shape: InputShape) -> None:
+        net = WithFeatures(model)
+        dim = getattr(net.head, "in_features", None)
+        if dim is None:  # a head of the user's own making: one forward pass tells the width
+            dim = _probe_width(net, input_shape)
+        super().__init__(net, int(dim), num_classes, fc=False)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.body(self.preprocess(x))[1]
+
+    def head(self, h: Tensor) -> Tensor:
+        return self.body.head(h)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body.model(self.preprocess(x))
+
+
+def _probe_width(net: WithFeatures, input_shape: InputShape) -> int:
+    dtype = torch.long if len(input_shape) == 1 else torch.float32
+    was = net.training
+    net.eval()
+    with torch.no_grad():
+        _, h = net(torch.zeros(2, *input_shape, dtype=dtype))
+    net.train(was)
+    return int(h.shape[1])
+
+
+def _factory(ref: str) -> Callable[..., Classifier]:
+    def build(num_classes: int, input_shape: InputShape, pretrained: bool = False) -> Classifier:
+        model = import_callable(ref, "model.name")(num_classes, tuple(input_shape))
+        if isinstance(model, Classifier):
+            return model
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model.name {ref!r} returned a {type(model).__name__}, not a torch nn.Module; a "
+                              f"model factory is called as factory(num_classes, input_shape) and returns the model")
+        try:
+            return Wrapped(model, num_classes, input_shape)
+        except ValueError as e:
+            raise ConfigError(f"model.name {ref!r}: {e}") from None
+
+    return build
+
+
+class TimmClassifier(Classifier):
+    """A timm model: features from its ``forward_head(forward_features(x), pre_logits=True)``, logits from its own
+    ``get_classifier()``."""
+
+    def __init__(self, net: nn.Module, num_classes: int) -> None:
+        classifier = net.get_classifier()
+        dim = classifier.in_features if isinstance(classifier, nn.Linear) else \
+            getattr(net, "head_hidden_size", None) or net.num_features
+        super().__init__(net, int(dim), num_classes, fc=False)
+
+    def features(self, x: Tensor) -> Tensor:
+        net = self.body
+        return net.forward_head(net.forward_features(self.preprocess(x)), pre_logits=True).flatten(1)
+
+    def head(self, h: Tensor) -> Tensor:
+        return self.body.get_classifier()(h)
+
+
+def timm_name(name: str) -> str | None:
+    """The timm architecture that ``timm:NAME`` (or a hub name ``timm/NAME``) names; None for other names."""
+    for prefix in ("timm:", "timm/"):
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return None
+
+
+def _timm() -> Any:
+    extras.check("timm", what="a timm model (model.name timm:NAME)")
+    return importlib.import_module("timm")
+
+
+def _check_timm(name: str) -> None:
+    arch = timm_name(name)
+    if not arch or not _timm().is_model(arch):
+        raise ConfigError(f"unknown timm model {arch!r} (model.name {name!r}); list them with "
+                          f"python -c \"import timm; print(timm.list_models('*vit*'))\"")
+
+
+def _timm_model(name: str) -> Callable[..., Classifier]:
+    def build(num_classes: int, input_shape: InputShape, pretrained: bool = False) -> Classifier:
+        timm, arch = _timm(), timm_name(name)
+        kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": int(input_shape[0])}
+        try:  # transformers (ViT, Swin, ...) are built for the data's image size; convolutional nets take any
+            net = timm.create_model(arch, pretrained=pretrained, img_size=tuple(input_shape[1:]), **kwargs)
+        except TypeError as e:
+            if "img_size" not in str(e):
+                raise
+            net = timm.create_model(arch, pretrained=pretrained, **kwargs)
+        return TimmClassifier(net, num_classes)
+
+    return build
+
+
 MODELS: dict[str, Callable[..., Classifier]] = {
     "resnet18": _cifar_resnet("resnet18"),
     "resnet101": _cifar_resnet("resnet101"),
@@ -209,38 +399,61 @@ MODELS: dict[str, Callable[..., Classifier]] = {
 
 
 def modality(name: str) -> str:
-    """``text`` for a model that reads token ids (a Hugging Face checkpoint, alias or folder), else ``image``."""
-    return "text" if name not in MODELS or name in hf.CHECKPOINTS else "image"
+    """``text`` for a model that reads token ids (a Hugging Face checkpoint, alias or folder), ``image`` for the
+    registered image models and timm's, ``any`` for a factory of the user's (it reads what the data holds)."""
+    if is_callable_ref(name):
+        return "any"
+    if timm_name(name) is not None or name in MODELS and name not in hf.CHECKPOINTS:
+        return "image"
+    return "text"
 
 
 def check_available(name: str) -> None:
-    """Raise ModelMissing now, rather than in every trial, when a checkpoint's files cannot be had."""
+    """Raise now, rather than in every trial, when a model cannot be built here: ModelMissing for a checkpoint's
+    files, MissingExtra without timm, ConfigError for a factory that does not import."""
     check_name(name)
-    if modality(name) == "text":
+    if timm_name(name) is not None:
+        _check_timm(name)
+    elif is_callable_ref(name):
+        import_callable(name, "model.name")
+    elif modality(name) == "text":
         hf.check(name)
 
 
 def check_name(name: str) -> None:
-    if name not in MODELS and not hf.is_checkpoint_name(name):
-        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}, a Hugging Face "
-                          "checkpoint as hf:NAME or org/NAME, or a local checkpoint folder (model.name)")
+    if name in MODELS or timm_name(name) is not None or is_callable_ref(name) or hf.is_checkpoint_name(name):
+        return
+    raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}, timm:NAME (a timm "
+                      "model), package.module:callable (a factory of yours, called with the number of classes and "
+                      "the input shape), a Hugging Face checkpoint as hf:NAME or org/NAME, or a local checkpoint "
+                      "folder (model.name)")
+
+
+def builder(name: str) -> Callable[..., Classifier]:
+    """What builds model ``name``: ``builder(name)(num_classes, input_shape, pretrained)``."""
+    check_name(name)
+    if name in MODELS:
+        return MODELS[name]
+    if timm_name(name) is not None:
+        return _timm_model(name)
+    if is_callable_ref(name):
+        return _factory(name)
+    return _hugging_face(name)
 
 
 def build(name: str, num_classes: int, input_shape: InputShape, pretrained: bool = False,
           normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> Classifier:
-    """Build a registered model with ``features``/``head`` for inputs of ``input_shape``.
+    """Build a model with ``features``/``head`` for inputs of ``input_shape``.
 
     Args:
-        name: a registered model, or a Hugging Face checkpoint.
+        name: a registered model, ``timm:NAME``, ``package.module:callable`` or a Hugging Face checkpoint.
         num_classes, input_shape: K, and (C, H, W) for images or (L,) for token ids.
-        pretrained: torchvision's ImageNet weights, or the checkpoint's own.
+        pretrained: torchvision's or timm's ImageNet weights, or the checkpoint's own.
         normalization: per-channel (mean, std) an image model applies to its [0, 1] pixels; None leaves the
             identity in place, to be filled by ``load_state_dict`` (the statistics are saved with the weights).
     """
-    check_name(name)
-    builder = MODELS.get(name) or _hugging_face(name)
-    model = builder(num_classes, tuple(input_shape), pretrained)
-    if modality(name) == "image":
+    model = builder(name)(num_classes, tuple(input_shape), pretrained)
+    if len(input_shape) == 3 and modality(name) != "text":  # images, into any model that reads them
         mean, std = normalization if normalization is not None else (None, None)
         model.preprocess = Normalize(int(input_shape[0]), mean, std)
     return model

@@ -7,7 +7,9 @@ the device; the training batches come as ``Step``s pairing S1 with ITRA's second
 
 - ``images``: sets held whole on the device (digits, synthetic, fmnist, kmnist, cifar10/100, stl10);
 - ``folders``: ImageNet-layout folders through torch's DataLoader;
-- ``text``: Zhang et al. CSV files, tokenized once and cached.
+- ``text``: Zhang et al. CSV files, tokenized once and cached;
+- ``own``: your own data: text from a CSV file (``csv``) or a saved Hugging Face dataset (``hf_disk``), images
+  from a factory of yours (``data.name: package.module:callable``).
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from itra_tune.config import ConfigError, DataConfig
-from itra_tune.data import folders, images, text
+from itra_tune.config import ConfigError, DataConfig, is_callable_ref
+from itra_tune.data import folders, images, own, text
 from itra_tune.data.base import Batch, Batches, DatasetMissing, Source, Stream
 from itra_tune.data.images import Images, random_crop, synthetic_mixture
 from itra_tune.data.pairs import Pairs, Step, build_pairs, memory_rows
 
-SOURCES: dict[str, Source] = {**images.SOURCES, **folders.SOURCES, **text.SOURCES}
+SOURCES: dict[str, Source] = {**images.SOURCES, **folders.SOURCES, **text.SOURCES, **own.SOURCES}
 
 
 @dataclass
@@ -69,9 +71,12 @@ class Data:
 
 def source(name: str) -> Source:
     """The registry entry of dataset ``name``; an unknown name lists the known ones."""
-    if name not in SOURCES:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(SOURCES))} (data.name)")
-    return SOURCES[name]
+    if name in SOURCES:
+        return SOURCES[name]
+    if is_callable_ref(name):
+        return own.image_factory(name)
+    raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(SOURCES))}, or "
+                      f"package.module:callable for images of your own (data.name)")
 
 
 def modality(name: str) -> str:

@@ -120,6 +120,7 @@ def _run(space: str | Path, options: dict[str, Any], ending: bool = False) -> li
     uri = tracking.resolve_uri(opts.tracking_uri)
     tracking.check_reachable(uri)
     plan = [(method_space(prepared, m), m) for m in opts.methods] or [(prepared, None)]
+    code_folders(plan)  # every factory a trial may draw imports, before anything is written
     if opts.equal_compute and not opts.resume:
         plan = equal_compute(plan)
     for sp, _ in plan:
@@ -202,11 +203,26 @@ def _run_plan(plan: list[tuple[spaces.Space, str | None]], names: list[str], sav
         from itra_tune.search import progress, tuner
 
         with contextlib.nullcontext() if opts.verbose else progress.quiet_libraries():
-            started = tuner.init_ray(opts.address)
+            started = tuner.init_ray(opts.address, code_folders(plan))
             # a process that ends with the search shuts its local Ray down while the record is written
             after_tune = (lambda: background.submit(ray.shutdown)) if ending and started else None
             return _run_searches(plan, names, saved, storage, uri, opts, resume_cmd, warm, ray.cluster_resources(),
                                  after_tune)
+
+
+def code_folders(plan: list[tuple[spaces.Space, str | None]]) -> tuple[str, ...]:
+    """The folders of the user's model and dataset factories the plan's spaces name, imported (a ConfigError names
+    one that does not import)."""
+    refs: set[tuple[str, str]] = set()  # (key, package.module:callable)
+    for sp, _ in plan:
+        if sp.trainable is None:
+            base = config_mod.dotted(sp.base)
+            refs |= {(k, base.get(k)) for k in ("model.name", "data.name")}
+            refs |= {(p.key, c) for p in sp.params if p.key in ("model.name", "data.name") for c in p.choices}
+    refs = {(k, r) for k, r in refs if isinstance(r, str) and config_mod.is_callable_ref(r)}
+    for key, ref in refs:  # a searched choice is checked here, not in every trial that draws it
+        config_mod.import_callable(ref, key)
+    return tuple(dict.fromkeys(config_mod.code_root(r) for _, r in sorted(refs)))
 
 
 def _warm(uri: str) -> None:
@@ -291,8 +307,9 @@ def prepare(space: str | Path, opts: Options) -> tuple[spaces.Space, config_mod.
     if (cfg.select.metric, cfg.select.mode, cfg.select.epoch) != (sp.metric, sp.mode, None):
         raise ConfigError(f"--set select.*: a search selects by its space's rule ({sp.metric}, {sp.mode}) and writes "
                           f"the selected epoch itself; change metric and mode in {sp.path}")
-    if cfg.data.root is not None:  # trials run in their own folders: make a relative data root absolute
-        cfg = config_mod.override(cfg, {"data.root": str(Path(cfg.data.root).expanduser().resolve())})
+    for key in ("data.root", "data.path"):  # trials run in their own folders: make relative paths absolute
+        if cfg.flat()[key] is not None:
+            cfg = config_mod.override(cfg, {key: str(Path(cfg.flat()[key]).expanduser().resolve())})
     sp = replace(sp, base=cfg.to_dict())
     engine.check(cfg)
     engine.check_available(cfg)

@@ -52,8 +52,9 @@ def set_ray_env() -> None:
 # --- the cluster ------------------------------------------------------------------------------------
 
 
-def init_ray(address: str | None) -> bool:
+def init_ray(address: str | None, code: tuple[str, ...] = ()) -> bool:
     """Join the cluster at ``address``, or start a local one; ConfigError when the address does not answer.
+    ``code``: folders the trial workers need on their path (those of a user's model or dataset factory).
     Returns whether it started a local cluster (not when Ray was initialized already, or joined)."""
     import ray
 
@@ -61,6 +62,9 @@ def init_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if code:  # the workers import the factory by name, as the engine does in the driver
+        path = os.pathsep.join(dict.fromkeys([*code, *filter(None, [os.environ.get("PYTHONPATH")])]))
+        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}
     if not address:
         private_token()
         ray.init(**kwargs)
