@@ -440,7 +440,8 @@ def _deep_copy(raw: Any) -> Any:
 __all__ = [
     "BANDWIDTHS", "PAIRINGS", "SELECT_METRICS", "Config", "ConfigError", "DataConfig", "LossConfig", "ModelConfig",
     "OptimConfig", "SelectConfig", "TrainConfig", "apply_overrides", "check_bandwidth", "check_lam", "code_version",
-    "code_root", "from_dict", "import_callable", "is_callable_ref", "load", "override", "read_yaml", "replace", "validate",
+    "code_root", "from_dict", "import_callable", "is_callable_ref", "load", "override", "read_yaml", "replace",
+    "validate",
 ]
 
 

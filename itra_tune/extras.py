@@ -5,8 +5,8 @@ The core install (``pip install itra_tune``: PyTorch, torchvision, NumPy, PyYAML
 adds the search and its record (Ray Tune, Optuna, MLflow, matplotlib, scikit-learn, which also holds the
 ``digits`` dataset); ``itra_tune[text]`` the text models and ``ITRATrainer`` (transformers, accelerate);
 ``itra_tune[all]`` both; ``[timm]`` the ``timm:NAME`` models, ``[lightning]`` ``ITRACallback``, ``[datasets]``
-Hugging Face datasets saved to disk as search data. Using a part whose extra is missing raises ``MissingExtra``: one line naming the
-``pip install`` that adds it (exit 2 on the command line, as any bad input).
+Hugging Face datasets saved to disk as search data. Using a part whose extra is missing raises ``MissingExtra``:
+one line naming the ``pip install`` that adds it (exit 2 on the command line, as any bad input).
 """
 
 from __future__ import annotations

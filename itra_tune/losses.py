@@ -97,10 +97,15 @@ class FeatureMemory(nn.Module):
         self.register_buffer("y", torch.zeros(rows, dtype=torch.long))
         self.rows, self.filled, self.pos = rows, 0, 0  # Python ints: reading them costs no host sync
 
-    def contents(self) -> tuple[Tensor, Tensor]:
-        """The features (n, D) and labels (n,) held, n <= rows (fewer only until the buffer first fills)."""
-        return self.h[: self.filled], self.y[: self.filled]
+    # Both run outside torch.compile's graphs: their Python positions would recompile a graph on every value.
 
+    @torch.compiler.disable
+    def contents(self) -> tuple[Tensor, Tensor]:
+        """A copy of the features (n, D) and labels (n,) held, n <= rows (fewer only until the buffer first fills):
+        ``push`` writes in place."""
+        return self.h[: self.filled].clone(), self.y[: self.filled].clone()
+
+    @torch.compiler.disable
     def push(self, h: Tensor, y: Tensor) -> None:
         """Keep a batch (B, D), B <= rows, in place of the oldest rows."""
         b = h.shape[0]
@@ -271,7 +276,7 @@ class ITRA(nn.Module):
         if self.memory is not None:
             if h2 is not None:
                 raise ValueError("ITRA with a memory takes its S2 from the memory; pass no h2")
-            h2, y2 = (t.clone() for t in self.memory.contents())  # a snapshot: push() below writes in place
+            h2, y2 = self.memory.contents()  # a snapshot: push() below writes in place
             match = self.match(h1, y1, h2, y2, weight) if h2.shape[0] else ce.new_zeros(())
             self.memory.push(h1, y1)
         elif h2 is None or y2 is None:

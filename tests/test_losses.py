@@ -252,3 +252,28 @@ def test_the_default_form_does_not_pull_features_together_while_the_classifier_i
         loss, net = _aligning_run("gated", steps=300)
     assert loss.collapse is None
     assert _spread_to_size(net) > 1.0  # as at the start (1.3): the features did not move together
+
+
+@pytest.mark.parametrize("pairing,settled", [("independent", 1), pytest.param("memory", 6, marks=pytest.mark.slow)])
+def test_a_compiled_training_step_with_the_loss_inside_stops_recompiling_and_breaks_only_at_the_bookkeeping(
+        pairing, settled):
+    # benchmarks/compile.py measures the same with inductor; Dynamo's graphs and guards are the backend's input
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.utils import counters
+
+    from benchmarks.compile import batches, make, train
+
+    torch._dynamo.reset()
+    counters.clear()
+    step, opt = make(pairing)
+    counter = CompileCounter()
+    compiled = torch.compile(step, backend=counter)
+    data = batches(45)  # past the watch's host reads at steps 20 and 40
+    train(compiled, opt, data[:settled])
+    graphs = counter.frame_count
+    train(compiled, opt, data[settled:])
+    assert counter.frame_count == graphs  # no recompile after the first step (the memory's: once it is full)
+    broken_in = {re.search(r"<function ([\w.]+) at", k).group(1) for k in counters["graph_break"]}
+    assert broken_in <= {"ITRA._observe", "ITRA._count", "FeatureMemory.contents", "FeatureMemory.push"}, \
+        counters["graph_break"]  # no break in the matching loss (bincount's was one)

@@ -7,21 +7,19 @@ import csv
 import json
 import os
 import random
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+from readme import block as readme_block
 
 import itra_tune
 from itra_tune import config, engine, models
 from itra_tune.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
 
 FACTORY = '''
 import torch
@@ -57,11 +55,6 @@ def factory(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "userfactories"
     sys.modules.pop("userfactories", None)
-
-
-def readme_block(heading: str, lang: str = "python", index: int = 0) -> str:
-    section = README.read_text().split(f"### {heading}\n", 1)[1].split("\n### ", 1)[0]
-    return re.findall(rf"```{lang}\n(.*?)```", section, re.S)[index]
 
 
 # --- timm ---------------------------------------------------------------------------------------------

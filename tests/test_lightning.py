@@ -1,0 +1,105 @@
+"""ITRACallback: the README's Lightning block as written, a collapse stopping training, and 2-process DDP on the
+CPU (gloo): a different S2 on every rank, and a run resumed from a checkpoint drawing what an uninterrupted one
+does."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from readme import block as readme_block
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import itra_tune
+from itra_tune.data.images import synthetic_mixture
+
+pytest.importorskip("lightning")
+import lightning as L  # noqa: E402
+
+SCRIPT = Path(__file__).parent / "scripts" / "lightning_ddp.py"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def mixture(n: int) -> TensorDataset:
+    x, y = synthetic_mixture(n)
+    return TensorDataset(x.flatten(1), y)
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def run_block(lam: float, epochs: int, tmp_path: Path, monkeypatch, **loss_kwargs) -> dict:
+    code = readme_block("Lightning")
+    if loss_kwargs:
+        code = code.replace("itra_tune.ITRALoss(num_classes, lam=lam)",
+                            f"itra_tune.ITRALoss(num_classes, lam=lam, **{loss_kwargs!r})")
+    code = code.replace("L.Trainer(max_epochs=epochs, callbacks=[itra])",
+                        "L.Trainer(max_epochs=epochs, callbacks=[itra], enable_progress_bar=False, "
+                        "enable_model_summary=False, logger=L.pytorch.loggers.CSVLogger('logs'))")
+    monkeypatch.chdir(tmp_path)
+    scope = {"model": mlp(), "train_set": mixture(1024), "num_classes": 10, "lam": lam, "epochs": epochs}
+    torch.manual_seed(1)
+    exec(code, scope)
+    return scope
+
+
+def test_the_readme_lightning_block_trains_and_logs_the_losss_parts(tmp_path, monkeypatch):
+    scope = run_block(0.5, 2, tmp_path, monkeypatch)
+    trainer, itra = scope["trainer"], scope["itra"]
+    assert trainer.global_step == 2 * 16 and itra.collapse is None
+    logged = trainer.logged_metrics
+    assert {"itra/ce", "itra/match", "itra/lam"} <= set(logged) and float(logged["itra/match"]) > 0
+    x, y = scope["train_set"].tensors
+    with torch.no_grad():
+        acc = (scope["model"](x).argmax(1) == y).float().mean().item()
+    assert acc > 0.6  # measured 0.95 on the training mixture; chance 0.1
+    assert itra.state_dict()["second"] == {"seed": 1, "epoch": 1, "taken": 16}  # 16 batches of 64 a pass
+
+
+def test_a_collapse_stops_the_trainer_with_its_reason(tmp_path, monkeypatch):
+    # the paper's form collapses this MLP without normalization (tests/test_dropin.py); the callback stops it
+    with pytest.warns(RuntimeWarning, match="features collapsed"):
+        scope = run_block(2.0, 8, tmp_path, monkeypatch, form="paper")
+    trainer, itra = scope["trainer"], scope["itra"]
+    assert itra.collapse is not None and "collapsed" in itra.collapse and "training stopped" in itra.collapse
+    assert trainer.global_step < 8 * 16 and trainer.global_step % 20 == 0  # stopped at the watch's step
+
+
+def test_the_callback_raises_on_a_collapse_when_asked(tmp_path, monkeypatch):
+    code = readme_block("Lightning").replace("seed=1)", "seed=1, on_collapse='raise')")
+    code = code.replace("itra_tune.ITRALoss(num_classes, lam=lam)", "itra_tune.ITRALoss(num_classes, lam=lam, "
+                        "form='paper')").replace("callbacks=[itra])", "callbacks=[itra], logger=False, "
+                                                 "enable_progress_bar=False)")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(itra_tune.CollapseError, match="collapsed"), pytest.warns(RuntimeWarning):
+        exec(code, {"model": mlp(), "train_set": mixture(1024), "num_classes": 10, "lam": 2.0, "epochs": 8})
+
+
+def ddp(out: Path, *args: str) -> list[dict]:
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, str(SCRIPT), str(out), *args], capture_output=True, text=True,
+                         timeout=600, env=env, cwd=out)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.slow
+def test_under_ddp_every_rank_draws_its_own_s2_and_a_resumed_run_continues_it(tmp_path):
+    first = ddp(tmp_path / "first", "--devices", "2", "--max-steps", "4", "--save", str(tmp_path / "c.ckpt"))
+    resumed = ddp(tmp_path / "resumed", "--devices", "2", "--max-steps", "8", "--ckpt-path", str(tmp_path / "c.ckpt"))
+    straight = ddp(tmp_path / "straight", "--devices", "2", "--max-steps", "8")
+    assert first[0]["s2"] != first[1]["s2"]  # measured: no S2 batch alike on the two ranks
+    for rank in (0, 1):
+        assert first[rank]["s2"] + resumed[rank]["s2"] == straight[rank]["s2"]  # the same S2, step for step
+        assert resumed[rank]["loss_steps"] == resumed[rank]["watch_steps"] == 8  # the loss's state resumed
+        assert resumed[rank]["logged"] == ["itra/ce", "itra/lam", "itra/match"]
+    assert L.__version__  # the lightning extra is what ran
