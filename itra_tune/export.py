@@ -53,8 +53,8 @@ def save(model: models.Classifier, cfg: Config, out: str | Path, example: Tensor
     try:
         checkpoint.save({"model": model.state_dict()}, tmp / WEIGHTS)
         (tmp / CONFIG).write_text(yaml.safe_dump(cfg.written(), sort_keys=False))
-        program = _program(model, example, tmp / STANDALONE, models.modality(cfg.model.name)) if standalone \
-            else "not written: not asked for"
+        modality = "text" if example.dtype == torch.long else "image"  # a factory's model reads either
+        program = _program(model, example, tmp / STANDALONE, modality) if standalone else "not written: not asked for"
         meta = {"num_classes": model.num_classes, "input_shape": list(example.shape[1:]),
                 "input_dtype": str(example.dtype).removeprefix("torch."),
                 "input": "token ids (B, L), padded with -1" if example.dtype == torch.long else
