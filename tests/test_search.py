@@ -158,6 +158,7 @@ def test_a_data_parallel_trial_resumes_from_its_workers_checkpoint(space_file, t
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_population_based_training_exploits_and_mutates_lambda_mid_trial(ray_local, space_file, tmp_path):
     from itra_tune import search
 
@@ -165,7 +166,10 @@ def test_population_based_training_exploits_and_mutates_lambda_mid_trial(ray_loc
         "loss.lam": {"type": "float", "low": 0.05, "high": 2.0, "log": True},
         "optim.lr": {"type": "float", "low": 0.01, "high": 0.2, "log": True},
         "data.batch_size": {"type": "categorical", "choices": [32, 64]}},
-        budget={"num_samples": 4, "max_concurrent": 4}, scheduler={"name": "pbt", "perturbation_interval": 1},
+        # synchronous: each interval ranks the whole population, so a busy machine cannot leave one trial
+        # finished before the others report (and nobody exploited)
+        budget={"num_samples": 4, "max_concurrent": 4},
+        scheduler={"name": "pbt", "perturbation_interval": 2, "synch": True},
         base={"data": {"name": "synthetic", "batch_size": 32, "subset": 640}, "model": {"name": "mlp"},
               "loss": {"name": "itra_c", "lam": 0.5}, "optim": {"lr": 0.05},
               "train": {"epochs": 4, "compactness_samples": 64}})

@@ -230,7 +230,7 @@ def build_scheduler(space: spaces.Space, epochs: int) -> Any:
         return PopulationBasedTraining(perturbation_interval=opts.get("perturbation_interval", 1),
                                        quantile_fraction=opts.get("quantile_fraction", 0.25),
                                        hyperparam_mutations=mutable, custom_explore_fn=KeepInRange(space.params),
-                                       log_config=True, **common)
+                                       synch=bool(opts.get("synch", False)), log_config=True, **common)
     if name == "median":
         return MedianStoppingRule(grace_period=opts.get("grace_period", 1),
                                   min_samples_required=opts.get("min_samples_required", 2), **common)
