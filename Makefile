@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SEARCH := $(VENV)/.installed-search
 DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test test-all bench lint clean
+.PHONY: demo test test-all test-slow bench lint clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -29,6 +29,11 @@ test: $(DEV)
 test-all: $(DEV)
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q --durations=25
+
+# what `make test` leaves out or skips without the data: the slow tests and those reading $ITRA_TUNE_DATA (CI runs
+# `make test` in a fresh clone without data, then this where the data is: together, `make test-all`)
+test-slow: $(DEV)
+	$(PY) -m pytest -q --durations=25 -m "slow or real_data"
 
 bench: $(DEV)
 	$(PY) -m benchmarks.bench

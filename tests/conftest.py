@@ -15,6 +15,14 @@ if "ITRA_TUNE_DATA" not in os.environ and _BESIDE.is_dir():
     os.environ["ITRA_TUNE_DATA"] = str(_BESIDE)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test that reads the real data carries the ``real_data`` marker: CI runs those again where the data is
+    (``make test-slow``), after the default suite ran in a fresh clone without it."""
+    for item in items:
+        if "real_data" in getattr(item, "fixturenames", ()):
+            item.add_marker("real_data")
+
+
 @pytest.fixture
 def real_data():
     """The folder of real datasets (``$ITRA_TUNE_DATA``); ``real_data("fashion_mnist")`` skips when absent."""
