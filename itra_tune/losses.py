@@ -97,15 +97,11 @@ class FeatureMemory(nn.Module):
         self.register_buffer("y", torch.zeros(rows, dtype=torch.long))
         self.rows, self.filled, self.pos = rows, 0, 0  # Python ints: reading them costs no host sync
 
-    # Both run outside torch.compile's graphs: their Python positions would recompile a graph on every value.
-
-    @torch.compiler.disable
     def contents(self) -> tuple[Tensor, Tensor]:
         """A copy of the features (n, D) and labels (n,) held, n <= rows (fewer only until the buffer first fills):
         ``push`` writes in place."""
         return self.h[: self.filled].clone(), self.y[: self.filled].clone()
 
-    @torch.compiler.disable
     def push(self, h: Tensor, y: Tensor) -> None:
         """Keep a batch (B, D), B <= rows, in place of the oldest rows."""
         b = h.shape[0]
@@ -115,6 +111,9 @@ class FeatureMemory(nn.Module):
         self.h[idx] = h.detach().float()
         self.y[idx] = y
         self.pos, self.filled = (self.pos + b) % self.rows, min(self.filled + b, self.rows)
+
+    # under torch.compile both run outside its graphs: their Python positions would recompile a graph on every value
+    contents_outside, push_outside = torch.compiler.disable(contents), torch.compiler.disable(push)
 
     def get_extra_state(self) -> dict[str, int]:
         return {"filled": self.filled, "pos": self.pos}
@@ -270,42 +269,47 @@ class ITRA(nn.Module):
             zero = ce.new_zeros(())
             return Parts(ce, ce, zero, zero)
         y1 = y if y1 is None else y1
-        warm = self._observe(ce) if self.training else 1.0
+        compiling = torch.compiler.is_compiling()
+        warm = 1.0 if not self.training else self._observe_outside(ce, True) if compiling else self._observe(ce)
         chance = self.watch.chance(ce)
         weight = chance if self.form in ("guarded", "gated") else float(self.form == "scale_invariant")
         if self.memory is not None:
             if h2 is not None:
                 raise ValueError("ITRA with a memory takes its S2 from the memory; pass no h2")
-            h2, y2 = self.memory.contents()  # a snapshot: push() below writes in place
+            memory = self.memory
+            h2, y2 = memory.contents_outside() if compiling else memory.contents()  # a copy: push() writes in place
             match = self.match(h1, y1, h2, y2, weight) if h2.shape[0] else ce.new_zeros(())
-            self.memory.push(h1, y1)
+            (memory.push_outside if compiling else memory.push)(h1, y1)
         elif h2 is None or y2 is None:
             raise ValueError("ITRA needs the second mini-batch's features h2 and labels y2")
         else:
             match = self.match(h1, y1, h2, y2, weight)
         lam = (self.lam * (1.0 - chance) if self.form == "gated" else self.lam) * warm
         if self.training:
-            self._count(ce, match, lam, h1)
+            (self._count_outside if compiling else self._count)(ce, match, lam, h1)
         return Parts(ce + lam * match, ce, match, ce.new_zeros(()))
 
     # The step's bookkeeping (counters, the watch's host reads every few steps) runs outside torch.compile's
     # graphs: a Python counter traced in would recompile the step every step. The loss's arithmetic, the matching
-    # loss included, compiles as one graph between the two.
+    # loss included, compiles as one graph between the two. Eager calls skip the disabling wrapper (its cost is a
+    # tenth of a small model's step).
 
-    @torch.compiler.disable
-    def _observe(self, ce: Tensor) -> float | Tensor:
-        """Move the watch's average CE; lambda's warm-up factor for this step (1.0 without warm-up)."""
+    def _observe(self, ce: Tensor, compiled: bool = False) -> float | Tensor:
+        """Move the watch's average CE; lambda's warm-up factor for this step (1.0 without warm-up; a tensor under
+        torch.compile, which would recompile on every float)."""
         self.watch.observe_ce(ce)
         if not self.lam_warmup_steps:
             return 1.0
-        return torch.tensor(min(1.0, (self.steps + 1) / self.lam_warmup_steps), device=ce.device)
+        warm = min(1.0, (self.steps + 1) / self.lam_warmup_steps)
+        return torch.tensor(warm, device=ce.device) if compiled else warm
 
-    @torch.compiler.disable
     def _count(self, ce: Tensor, match: Tensor, lam: float | Tensor, h1: Tensor) -> None:
         self.steps += 1
         self.last = {"ce": ce.detach(), "match": match.detach(), "lam": torch.as_tensor(lam).detach()}
         if self.lam > 0 and self.watch.update(h1) is not None:
             self.on_collapse(self.watch.reason)
+
+    _observe_outside, _count_outside = torch.compiler.disable(_observe), torch.compiler.disable(_count)
 
     def on_collapse(self, reason: str) -> None:
         """Called once, when the watch first sees a collapse (the engine reads ``collapse`` after the epoch)."""
