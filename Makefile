@@ -1,6 +1,8 @@
 # Set-up happens on first use: the virtual environment is created and the package installed with what the
 # target needs: `make demo` the search extra, the test targets every extra and the test tools.
 VENV ?= .venv
+# more pytest options for the test targets, e.g. PYTEST_ARGS="-x", or CI's --junitxml report
+PYTEST_ARGS ?=
 PY := $(VENV)/bin/python
 SEARCH := $(VENV)/.installed-search
 DEV := $(VENV)/.installed-dev
@@ -24,16 +26,16 @@ demo: $(SEARCH)
 
 test: $(DEV)
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q --durations=10 -m "not slow" $(PYTEST_ARGS)
 
 test-all: $(DEV)
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 # what `make test` leaves out or skips without the data: the slow tests and those reading $ITRA_TUNE_DATA (CI runs
 # `make test` in a fresh clone without data, then this where the data is: together, `make test-all`)
 test-slow: $(DEV)
-	$(PY) -m pytest -q --durations=25 -m "slow or real_data"
+	$(PY) -m pytest -q --durations=25 -m "slow or real_data" $(PYTEST_ARGS)
 
 bench: $(DEV)
 	$(PY) -m benchmarks.bench

@@ -8,8 +8,10 @@ parent's (of the best trial). The best trials' checkpoints are MLflow LoggedMode
 linked to their run and epoch: a pyfunc loaded from ``itra_tune/serving.py`` that rebuilds the network and
 loads its weights with ``weights_only`` (no pickled object is loaded).
 
-Every live write goes through ``Tracker._safe``: a tracking outage never stops training, and the end of the
-search back-fills from the search's own results whatever did not arrive.
+Every live write goes through ``Tracker._safe``: a tracking outage never stops training nor slows it (a write
+to a server that does not answer its /health within a second is skipped, not left to MLflow's own retries, which
+take minutes per call), and the end of the search back-fills from the search's own results whatever did not
+arrive.
 """
 
 from __future__ import annotations
@@ -64,19 +66,24 @@ def resolve_uri(uri: str | None = None) -> str:
     return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Raise ConfigError, in one line, when a tracking server does not answer its /health endpoint."""
+def problem(uri: str, timeout: float = 5.0) -> str | None:
+    """What keeps the tracking server at ``uri`` from answering its /health endpoint; None when it answers (or
+    when ``uri`` is no server)."""
     if not uri.startswith(("http://", "https://")):
-        return
+        return None
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
-            if r.status == 200:
-                return
-            problem = f"HTTP {r.status}"
+            return None if r.status == 200 else f"HTTP {r.status}"
     except (urllib.error.URLError, OSError) as e:
-        problem = str(getattr(e, "reason", e))
-    raise ConfigError(f"--tracking-uri {uri}: the MLflow server does not answer ({problem}); start it with "
-                      f"`mlflow server --host 127.0.0.1`, or omit --tracking-uri for ./mlflow.db")
+        return str(getattr(e, "reason", e))
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Raise ConfigError, in one line, when a tracking server does not answer its /health endpoint."""
+    away = problem(uri, timeout)
+    if away is not None:
+        raise ConfigError(f"--tracking-uri {uri}: the MLflow server does not answer ({away}); start it with "
+                          f"`mlflow server --host 127.0.0.1`, or omit --tracking-uri for ./mlflow.db")
 
 
 @contextlib.contextmanager
@@ -158,6 +165,27 @@ def _terminate(c: Any, run_id: str, status: str) -> None:
         c.set_terminated(run_id, status)
 
 
+LIVE_PROBE_S = 1.0  # how long a live write waits for the server's /health before leaving itself to the back-fill
+# A live write that fails (the server went away in the middle of it) is tried once more, not MLflow's 7 times with
+# backoff (minutes, while every trial waits); MLflow reads these at each request.
+LIVE_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+@contextlib.contextmanager
+def _live_retries() -> Iterator[None]:
+    """MLflow's request retries cut to ``LIVE_RETRIES`` for the block: a search's driver makes its live writes
+    from Tune's loop, one at a time, and the record at its end keeps MLflow's own patient retries."""
+    before = {k: os.environ.get(k) for k in LIVE_RETRIES}
+    os.environ.update({k: v for k, v in LIVE_RETRIES.items() if before[k] is None})  # a user's own settings win
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+
+
 class Tracker:
     """The MLflow side of one search: its parent run and one child run per trial.
 
@@ -199,8 +227,12 @@ class Tracker:
     # --- live, during the search: never raise --------------------------------------------------------
 
     def _safe(self, fn: Callable[[], Any]) -> Any:
+        if problem(self.uri, LIVE_PROBE_S) is not None:  # away: the back-fill writes it, training goes on
+            self.failures += 1
+            return None
         try:
-            return fn()
+            with _live_retries():
+                return fn()
         except Exception:  # noqa: BLE001 - an outage must not stop training; finish() back-fills
             self.failures += 1
             return None

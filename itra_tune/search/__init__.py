@@ -236,11 +236,13 @@ def _warm(uri: str) -> None:
 
 def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str], saved: dict[str, tuple[str, str]],
                   storage: Path, uri: str, opts: Options, resume_cmd: str, warm: list[Any],
-                  available: dict[str, float], after_tune: Callable[[], Any] | None = None) -> list[dict[str, Any]]:
-    """Each experiment of ``plan`` in turn; ``after_tune``: called when the last one's trials are done."""
+                  available: dict[str, float],
+                  after_tune: Callable[[], concurrent.futures.Future] | None = None) -> list[dict[str, Any]]:
+    """Each experiment of ``plan`` in turn; ``after_tune``: called when the last one's trials are done, returns
+    a future this waits for before its Tune objects are dropped."""
     from itra_tune.search import progress, record, results, study, trainable, tuner
 
-    summaries = []
+    summaries, shutting_down = [], None
     for i, ((sp, _method), name, previous) in enumerate(zip(plan, names, warm)):
         user_fn = trainable.resolve_trainable(opts.trainable or sp.trainable) if sp.trainable else None
         sp = tuner.fit_resources(sp, available)
@@ -269,7 +271,7 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
                                     resume=opts.resume, user_fn=user_fn, study=stored, previous=previous,
                                     progress=view)
         if after_tune is not None and i == len(plan) - 1:
-            after_tune()
+            shutting_down = after_tune()
         summary = results.summarize(grid, sp, epochs, storage / name, time.perf_counter() - t0, objective)
         if stored is not None:
             stored.record_all(grid)
@@ -291,6 +293,8 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
     if len(summaries) > 1 and not summaries[-1]["interrupted"]:
         record.compare_compactness(summaries)
         results.print_comparison(summaries)
+    if shutting_down is not None:  # Tune's objects die with this frame: never while Ray is half shut down
+        shutting_down.result()
     return summaries
 
 

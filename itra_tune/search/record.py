@@ -34,6 +34,10 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
         What happened, for the summary; a tracking server that is still away is reported, not raised.
     """
     out: dict[str, Any] = {"uri": uri, "experiment": space.name, "parent_run_id": parent}
+    away = tracking.problem(uri)
+    if away is not None:  # said at once, not after minutes of MLflow's retries
+        out["error"] = f"the MLflow server does not answer ({away})"
+        return out
     with concurrent.futures.ThreadPoolExecutor(1) as background:
         return _record(results, summary, space, cfg, uri, parent, path, register, log_models, epochs, out, background)
 

@@ -284,6 +284,8 @@ class TrackingCallback(tune.Callback):
     @property
     def tracker(self) -> tracking.Tracker | None:
         if self._tracker is None:
+            if tracking.problem(self.uri, tracking.LIVE_PROBE_S) is not None:
+                return None  # away: MLflow's own retries would hold up the trials for minutes
             try:
                 self._tracker = tracking.Tracker(self.uri, self.experiment, self.parent_run_id,
                                                  epoch_metrics=None if self.user else tracking.EPOCH_METRICS)
