@@ -13,6 +13,8 @@ as a fresh interpreter, in alternating rounds; medians over the rounds:
 - ``search-1``: the same with one trial (a search's fixed cost beyond its training);
 - ``optuna``: a bare Optuna study calling ``engine.fit`` one trial after another in one process;
 - ``tune``: bare Ray Tune, ``OptunaSearch`` and the engine as a function trainable, Tune's defaults;
+- ``raytune``, ``raytune-1``: the same with the settings the search gives Tune (actors reused, one CPU a trial,
+  dashboard and driver logs off): what Ray itself costs these trials, the floor under ``search`` and ``search-1``;
 - ``baseline``, ``baseline-1``: ``search`` and ``search-1`` with itra_tune imported from ``--baseline PATH``, a
   checkout of another revision (``git worktree add /tmp/before REV``), in the same alternating rounds.
 
@@ -33,7 +35,7 @@ import time
 from pathlib import Path
 
 T0_ENV = "ITRA_BENCH_T0"  # the parent's clock just before it started the child
-CONTENDERS = ("search", "search-1", "optuna", "tune")
+CONTENDERS = ("search", "search-1", "optuna", "tune", "raytune", "raytune-1")
 
 
 # --- the children ---------------------------------------------------------------------------------------------
@@ -164,9 +166,11 @@ def tune_trial(config: dict) -> None:
     engine.fit(cfg, report=lambda metrics, state: tune.report(metrics))
 
 
-def child_tune(out: Path, space: str, n: int, epochs: int) -> int:
+def child_tune(out: Path, space: str, n: int, epochs: int, floor: bool = False) -> int:
+    """Bare Ray Tune on the trials; ``floor``: with the search's own Tune settings (``raytune``)."""
     clock = Clock(out)
     import optuna
+    import ray
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -178,9 +182,14 @@ def child_tune(out: Path, space: str, n: int, epochs: int) -> int:
     base = config.apply_overrides(sp.base, [f"train.epochs={epochs}", "train.threads=1"])
     searcher = OptunaSearch(space=tuner.DefineByRun(sp.params), metric=sp.metric, mode=sp.mode,
                             sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=min(5, max(1, n // 2))))
-    tune.Tuner(tune_trial, param_space={"base": base},
+    trainable, settings = tune_trial, {}
+    if floor:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        trainable = tune.with_resources(tune_trial, {"cpu": sp.cpus_per_trial})
+        settings = {"reuse_actors": True}
+    tune.Tuner(trainable, param_space={"base": base},
                tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, sp.max_concurrent),
-                                           num_samples=n),
+                                           num_samples=n, **settings),
                run_config=tune.RunConfig(storage_path=str(Path.cwd() / "tune"), verbose=0)).fit()
     clock.mark("main_end")
     clock.write()
@@ -196,7 +205,8 @@ def run_child(contender: str, trials: int, epochs: int, space: str, baseline: Pa
         n = 1 if contender.endswith("-1") else trials
         kind = contender.partition("-")[0]
         tree = baseline if kind == "baseline" else Path(__file__).resolve().parents[1]
-        args = [sys.executable, str(Path(__file__).resolve()), "--child", "search" if kind == "baseline" else kind,
+        child = {"baseline": "search"}.get(kind, kind)
+        args = [sys.executable, str(Path(__file__).resolve()), "--child", child,
                 "--clock", str(out), "--trials", str(n), "--epochs", str(epochs), "--space", space]
         env = {**os.environ, "PYTHONPATH": str(tree)}
         env[T0_ENV] = repr(time.time())
@@ -270,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=",".join(CONTENDERS), help=f"contenders, of {', '.join(CONTENDERS)}")
     p.add_argument("--out", type=Path, help="also write the tables (markdown) to this file")
     p.add_argument("--baseline", type=Path, help="a checkout of another revision, run as the baseline contenders")
-    p.add_argument("--child", choices=("search", "optuna", "tune"), help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=("search", "optuna", "tune", "raytune"), help=argparse.SUPPRESS)
     p.add_argument("--clock", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child == "search":
@@ -278,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
                                          "--set", f"train.epochs={args.epochs}"])
     if args.child == "optuna":
         return child_optuna(args.clock, args.space, args.trials, args.epochs)
-    if args.child == "tune":
-        return child_tune(args.clock, args.space, args.trials, args.epochs)
+    if args.child in ("tune", "raytune"):
+        return child_tune(args.clock, args.space, args.trials, args.epochs, floor=args.child == "raytune")
 
     contenders = [c for c in args.only.split(",") if c] + (["baseline", "baseline-1"] if args.baseline else [])
     runs: dict[str, list[dict]] = {c: [] for c in contenders}
@@ -290,13 +300,19 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = [f"{args.trials} trials of {args.epochs} epoch(s) on the {args.space} space, {args.rounds} alternating "
              f"rounds, {os.cpu_count()} CPUs; medians (min-max)", "",
-             "| contender | wall s | vs optuna |", "|---|---|---|"]
+             "| contender | wall s | vs optuna | vs raytune (Ray's floor) |", "|---|---|---|---|"]
     walls = {c: statistics.median(x["wall"] for x in runs[c]) for c in contenders}
     for c in contenders:
         w = [x["wall"] for x in runs[c]]
         ratio = f"{walls[c] / walls['optuna']:.2f}x" if "optuna" in walls and not c.endswith("-1") else "-"
+        floor = "raytune-1" if c.endswith("-1") else "raytune"
+        over = f"{walls[c] / walls[floor]:.2f}x" if floor in walls else "-"
         n = 1 if c.endswith("-1") else args.trials
-        lines.append(f"| {c} ({n} trials) | {walls[c]:.2f} ({min(w):.2f}-{max(w):.2f}) | {ratio} |")
+        lines.append(f"| {c} ({n} trials) | {walls[c]:.2f} ({min(w):.2f}-{max(w):.2f}) | {ratio} | {over} |")
+    for c, floor in (("search", "raytune"), ("search-1", "raytune-1")):
+        if c in walls and floor in walls:
+            lines.append(f"\n`{c}` beyond Ray's floor (`{floor}`, the same trials under bare Tune): "
+                         f"{walls[c] - walls[floor]:.2f} s")
     for c in ("search", "search-1", "baseline", "baseline-1"):
         if c not in runs:
             continue

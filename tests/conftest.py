@@ -17,10 +17,15 @@ if "ITRA_TUNE_DATA" not in os.environ and _BESIDE.is_dir():
 
 def pytest_collection_modifyitems(config, items):
     """Every test that reads the real data carries the ``real_data`` marker: CI runs those again where the data is
-    (``make test-slow``), after the default suite ran in a fresh clone without it."""
+    (``make test-slow``), after the default suite ran in a fresh clone without it. Tests that start a Ray head run
+    one after another under pytest-xdist."""
     for item in items:
         if "real_data" in getattr(item, "fixturenames", ()):
             item.add_marker("real_data")
+        if "cluster_env" in getattr(item, "fixturenames", ()):
+            # a `ray start --head` takes ports of fixed defaults (its client server's): one such test at a time,
+            # whatever else runs beside it (pytest -n 2 --dist loadgroup)
+            item.add_marker(pytest.mark.xdist_group("ray_head"))
 
 
 @pytest.fixture
