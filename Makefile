@@ -33,9 +33,11 @@ test-all: $(DEV)
 	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 # what `make test` leaves out or skips without the data: the slow tests and those reading $ITRA_TUNE_DATA (CI runs
-# `make test` in a fresh clone without data, then this where the data is: together, `make test-all`)
+# `make test` in a fresh clone without data, then this where the data is: together, `make test-all`), two at a
+# time: most of a slow test's time is a subprocess starting, Ray starting, or a one-thread run
+# (tests that start a Ray head carry the xdist group ray_head, and run one after another)
 test-slow: $(DEV)
-	$(PY) -m pytest -q --durations=25 -m "slow or real_data" $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=25 -n 2 --dist loadgroup -m "slow or real_data" $(PYTEST_ARGS)
 
 bench: $(DEV)
 	$(PY) -m benchmarks.bench
