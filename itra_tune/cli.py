@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from itra_tune.config import ConfigError
+from itra_tune.config import ConfigError, did_you_mean
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -24,6 +24,18 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def choice(what: str, values: Sequence[str]) -> Callable[[str], str]:
+    """An argparse ``type`` taking one of ``values``; a typo gets the closest one named (``--scheduler ashaa``)."""
+
+    def parse(text: str) -> str:
+        if text in values:
+            return text
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}{did_you_mean(text, values)}; choose from "
+                                         f"{', '.join(values)}")
+
+    return parse
 
 
 def run(prog: str, main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:

@@ -7,11 +7,13 @@ a top-level ``seed`` and ``device``. Unknown keys and wrong types are errors nam
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import re
 import sys
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -378,6 +380,12 @@ def validate(cfg: Config, source: str = "config") -> None:
         raise ConfigError(f"{source}: {e}") from None
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the choice closest to a mistyped ``word``, or nothing when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 # --- building dataclasses from plain data, with errors that name the key -------------------------
 
 
@@ -387,7 +395,8 @@ def _build(cls: type, raw: dict[str, Any], source: str, prefix: str) -> Any:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(
-            f"{source}: unknown key '{prefix}{unknown[0]}'; valid keys here: {', '.join(sorted(known))}"
+            f"{source}: unknown key '{prefix}{unknown[0]}'{did_you_mean(unknown[0], known)}; valid keys here: "
+            f"{', '.join(sorted(known))}"
         )
     kwargs = {}
     for name, value in raw.items():

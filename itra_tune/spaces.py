@@ -111,7 +111,8 @@ def resolve(name_or_path: str | Path) -> Path:
     for d in search_dirs():
         if (d / f"{name_or_path}.yaml").is_file():
             return d / f"{name_or_path}.yaml"
-    raise ConfigError(f"unknown space {str(name_or_path)!r}; choose one of {', '.join(names())} or pass a YAML path")
+    raise ConfigError(f"unknown space {str(name_or_path)!r}{config_mod.did_you_mean(str(name_or_path), names())}; "
+                      f"choose one of {', '.join(names())} or pass a YAML path")
 
 
 def load(name_or_path: str | Path, user: bool = False) -> Space:
@@ -152,7 +153,9 @@ def load(name_or_path: str | Path, user: bool = False) -> Space:
                           f"base.train.epochs")
     sched = raw.get("scheduler") or {"name": "asha"}
     if not isinstance(sched, dict) or sched.get("name", "asha") not in SCHEDULERS:
-        raise ConfigError(f"{src}: scheduler.name must be one of {', '.join(SCHEDULERS)}")
+        given = str(sched.get("name")) if isinstance(sched, dict) else ""
+        raise ConfigError(f"{src}: scheduler.name must be one of {', '.join(SCHEDULERS)}"
+                          f"{config_mod.did_you_mean(given, SCHEDULERS)}")
     fraction = sched.get("grace_fraction")
     if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
                                  or not 0 < fraction <= 1):

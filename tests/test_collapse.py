@@ -1,7 +1,8 @@
 """The README's loop on timm's ViT-tiny under AdamW: the previous default collapsed it, the default does not.
 
-The protocol of docs/results/collapse.md (one epoch of 6,000 Fashion-MNIST images, batch 64, AdamW 1e-3, one
-thread, seed 0), by the study's own code.
+The study's own code on less data: 50 steps (3,200 Fashion-MNIST images, batch 64, AdamW 1e-3, one thread, seed
+0), 1,000 test images. The study's whole protocol (6,000 images; docs/results/collapse.md) is a benchmark run:
+``python -m benchmarks.collapse --models vit_p7 --optim adamw --lams 0,1 --remedies 'paper,guarded,gated (default)'``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from benchmarks import collapse  # noqa: E402
 
 @pytest.mark.slow
 def test_the_default_keeps_a_vit_under_adamw_learning_where_the_guarded_form_collapses_it(real_data):
-    data = collapse.fashion_mnist(real_data("fashion_mnist") / "fashion_mnist")
+    data = collapse.fashion_mnist(real_data("fashion_mnist") / "fashion_mnist", n_train=3200, n_test=1000)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the study's figures are one thread's
     try:
@@ -23,9 +24,9 @@ def test_the_default_keeps_a_vit_under_adamw_learning_where_the_guarded_form_col
                 for form, lam in (("paper", 0.0), ("guarded", 1.0), ("gated (default)", 1.0))}
     finally:
         torch.set_num_threads(threads)
-    base = runs["paper"]["acc"]  # lambda 0: cross-entropy; measured 42.8%
-    assert base > 0.35
-    assert runs["gated (default)"]["acc"] >= 0.85 * base and runs["gated (default)"]["watch"] is None  # 0.91x
+    base = runs["paper"]["acc"]  # lambda 0: cross-entropy; measured 37.1% (42.8% on the study's 6,000)
+    assert base > 0.3
+    assert runs["gated (default)"]["acc"] >= 0.85 * base and runs["gated (default)"]["watch"] is None  # 0.96x
     guarded = runs["guarded"]
-    assert guarded["acc"] < 0.5 * base  # measured 0.44x
+    assert guarded["acc"] < 0.5 * base  # measured 0.30x (0.44x on 6,000), at chance
     assert guarded["watch"].startswith("collapsed in direction")  # LayerNorm holds their size: all at one point

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from itra_tune import cli
-from itra_tune.search.command import main
+from itra_tune import cli, spaces
+from itra_tune.search.command import main, parser
 
 PROG = "python -m itra_tune.search"
 
@@ -237,7 +237,10 @@ def test_pareto_objective_and_method_comparison(ray_local, space_file, tmp_path,
     (["--space", "demo", "--resume"], "--resume needs --name"),
     (["--space", "demo", "--set", "data.name=cifar10", "--set", "data.root=/nonexistent"],
      "dataset 'cifar10' not found"),
-    (["--space", "demo", "--scheduler", "bohb"], "invalid choice"),
+    (["--space", "demo", "--scheduler", "bohb"], "'bohb' is not a scheduler; choose from asha, median"),
+    (["--space", "demo", "--scheduler", "ashaa"], "'ashaa' is not a scheduler (did you mean 'asha'?)"),
+    (["--space", "cifar1000"], "unknown space 'cifar1000' (did you mean 'cifar100'?)"),
+    (["--space", "demo", "--set", "loss.lamda=0.1"], "unknown key 'loss.lamda' (did you mean 'lam'?)"),
     (["--space", "demo", "--warm-start", "nosuch"], "--warm-start: no search 'nosuch'"),
     (["--space", "demo", "--warm-start", "a", "--name", "b", "--resume"], "--warm-start starts a new search"),
     (["--space", "demo", "--equal-compute"], "--equal-compute shares one budget among the searches of --methods"),
@@ -258,6 +261,17 @@ def test_bad_input_names_its_cause_once(tmp_path, capsys, space_file):
     assert _search(["--space", space, "--storage-path", tmp_path / "st"]) == 2
     err = capsys.readouterr().err
     assert err.count(str(space)) == 1 and "search.loss.lam: value -1.0 is invalid here: loss.lam cannot" in err
+
+
+def test_help_shows_examples_every_space_and_help_on_every_option(capsys):
+    assert _search(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "--set loss.lam=0.1 --set optim.lr=0.05" in out and "--name mine --resume" in out
+    assert "python -m itra_tune.train --space demo --best" in out
+    listed = " ".join(out.split("spaces: ", 1)[1].split())
+    assert all(name in listed for name in spaces.names())
+    options = [a for a in parser()._actions if a.option_strings and a.dest != "help"]
+    assert [a.dest for a in options if not a.help] == []
 
 
 def test_existing_experiment_needs_resume(tmp_path, capsys):

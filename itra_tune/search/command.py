@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from itra_tune import cli, spaces
@@ -12,20 +14,43 @@ from itra_tune.search import DEFAULT_STORAGE, OBJECTIVES, _run
 PROG = "python -m itra_tune.search"
 
 
+EXAMPLES = f"""\
+examples:
+  {PROG}                          the demo space: 8 trials on the bundled digits
+  {PROG} --space cifar100 --num-samples 32
+  {PROG} --space demo --smoke     a handful of short trials, to try a space
+  {PROG} --set loss.lam=0.1 --set optim.lr=0.05   (--set repeats)
+  {PROG} --name mine --resume     continue the search "mine" after Ctrl-C or a crash
+  python -m itra_tune.train --space demo --best   train the newest search's winner for production
+
+"""
+
+
+def _epilog() -> str:
+    listed = textwrap.fill(", ".join(spaces.names()) + " (or the path of a YAML file of your own)", width=100,
+                           initial_indent="spaces: ", subsequent_indent="  ")
+    return EXAMPLES + listed
+
+
 def parser() -> cli.Parser:
-    p = cli.Parser(prog=PROG, description="Search a space with Ray Tune, Optuna and MLflow.")
+    p = cli.Parser(prog=PROG, description="Search a space with Ray Tune, Optuna and MLflow.",
+                   epilog=_epilog(),
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", default="demo", help="a name from search_spaces/ or a YAML path (default demo)")
     p.add_argument("--num-samples", type=int, help="trials to run (default: the space's budget)")
     p.add_argument("--max-concurrent", type=int, help="trials in flight at once")
-    p.add_argument("--cpus-per-trial", type=float)
+    p.add_argument("--cpus-per-trial", type=float,
+                   help="CPUs each trial (or each of its data-parallel workers) holds (default: the space's)")
     p.add_argument("--gpus-per-trial", type=float, help="fractions let several small trials share a GPU")
     p.add_argument("--workers-per-trial", type=int,
                    help="data-parallel workers per trial (Ray Train); --cpus/--gpus-per-trial are each worker's")
-    p.add_argument("--scheduler", choices=spaces.SCHEDULERS, help="early stopping (default: the space's)")
+    p.add_argument("--scheduler", type=cli.choice("a scheduler", spaces.SCHEDULERS),
+                   metavar="{" + ",".join(spaces.SCHEDULERS) + "}", help="early stopping (default: the space's)")
     p.add_argument("--trainable", metavar="PACKAGE.MODULE:FUNCTION",
                    help="search your own training function fn(config, report) instead of the engine (default: the "
                         "space's own, else the engine)")
-    p.add_argument("--objective", choices=OBJECTIVES, default="single",
+    p.add_argument("--objective", type=cli.choice("an objective", OBJECTIVES), default="single",
+                   metavar="{" + ",".join(OBJECTIVES) + "}",
                    help="acc_ce: validation accuracy (max) and CE (min) together; reports the Pareto front")
     p.add_argument("--methods", help="losses to compare, one search each, e.g. ce,lsr,center,itra_c")
     p.add_argument("--equal-compute", action="store_true",
@@ -34,14 +59,16 @@ def parser() -> cli.Parser:
     p.add_argument("--address", help="join an existing Ray cluster (default: start a local one)")
     p.add_argument("--storage-path", help=f"where experiments live, shared on a cluster (default {DEFAULT_STORAGE})")
     p.add_argument("--name", help="experiment name (default <space>-<time>); with --resume, the one to continue")
-    p.add_argument("--resume", action="store_true", help="continue the experiment --name after a crash or kill")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the experiment --name after Ctrl-C, a crash or a kill, as it was started")
     p.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler")
     p.add_argument("--optuna-storage", metavar="URL",
                    help="database of the Optuna study, e.g. postgresql://host/db for a cluster (default: "
                         "optuna.db in the experiment's folder)")
     p.add_argument("--warm-start", metavar="NAME",
                    help="start from the earlier search NAME: its trials seed the sampler, its best runs first")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base configuration")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the base configuration, e.g. loss.lam=0.1; repeat it for more keys")
     p.add_argument("--smoke", action="store_true", help="a handful of short trials, to try a space")
     p.add_argument("--max-failures", type=int, default=0, help="retries of a failing trial from its checkpoint")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
