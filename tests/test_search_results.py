@@ -41,3 +41,13 @@ def test_rows_statuses_best_and_pareto(space_file, tmp_path):
     best = results.best_row(rows, space)
     assert best["trial"] == "trial_b"  # equal val_acc with a, lower val_ce; c failed and e collapsed: never best
     assert [r["trial"] for r in results.pareto_front(rows)] == ["trial_b"]
+
+
+def test_the_summary_lists_only_the_result_files_that_exist(space_file, tmp_path, capsys):
+    space = spaces.load(space_file())
+    summary = results.summarize([], space, 2, tmp_path, 1.0, "single")  # interrupted before any epoch
+    summary["interrupted"] = True
+    (tmp_path / "summary.json").write_text("{}")
+    results.print_summary(summary, space)
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("results: "))
+    assert line == f"results: {tmp_path} (summary.json, trials.csv)"  # no best_config.yaml: no trial had an epoch

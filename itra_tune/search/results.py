@@ -140,6 +140,9 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         w.writerows(rows)
 
 
+RESULT_FILES = ("summary.json", "trials.csv", "best_config.yaml")  # what a search writes beside Tune's state
+
+
 def print_summary(s: dict[str, Any], space: spaces.Space) -> None:
     print(f"\n== {s['space']}: {s['trials']} trials in {s['wall_time_s']:.0f}s: {s['completed']} completed, "
           f"{s['stopped early']} stopped early, {s['failed']} failed"
@@ -160,7 +163,8 @@ def print_summary(s: dict[str, Any], space: spaces.Space) -> None:
         print(f"best trial {b['trial']} ({params}) at epoch {b['best_epoch']}: {figures}")
     for r in s.get("pareto_front", []):
         print(f"  pareto: {r['trial']}  val_acc {100 * r['val_acc']:.2f}%  val_ce {r['val_ce']:.4f}")
-    print(f"results: {s['experiment_path']} (summary.json, trials.csv, best_config.yaml"
+    written = [f for f in RESULT_FILES if (Path(s["experiment_path"]) / f).is_file()]  # an interrupted search
+    print(f"results: {s['experiment_path']} ({', '.join(written)}"  # before any epoch has no best_config.yaml
           + ("; a failed trial's traceback in trial_<id>/error.txt" if s.get("failed") else "") + ")")
     t = s.get("tracking", {})
     if t.get("error"):
