@@ -42,6 +42,14 @@ def best_config(space: str, tracking_uri: str | None = None, search: str | None 
     return config_mod.load(path)
 
 
+def chosen_search(space: str, tracking_uri: str | None = None, search: str | None = None,
+                  smoke: bool = False) -> tuple[str, bool]:
+    """The name of the search ``best_config`` takes the winner of, and whether it was a ``--smoke`` one."""
+    extras.check("mlflow", what="itra_tune.best_config")
+    _, run = tracking.latest_search(space, tracking_uri, search, smoke)
+    return run.info.run_name, tracking.is_smoke(run)
+
+
 def load_best_model(space: str, tracking_uri: str | None = None, search: str | None = None,
                     smoke: bool = False) -> Any:
     """The best trial's checkpoint of its selected epoch as a torch module with ``features`` and ``head``, in eval

@@ -150,6 +150,8 @@ def parser() -> cli.Parser:
     p.add_argument("--best", action="store_true",
                    help="with --space: the best configuration of its newest search (not a --smoke one)")
     p.add_argument("--search", help="with --best: the search to take it from, by name (default the newest)")
+    p.add_argument("--smoke", action="store_true",
+                   help="with --best: the newest search may be a --smoke one (a handful of short trials)")
     p.add_argument("--tracking-uri", help="where that search tracked (default $MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--full-train", action="store_true", help="train on the validation split too")
     p.add_argument("--seeds", type=int, default=1, help="train with N seeds; report mean and std")
@@ -164,15 +166,20 @@ def config_from_args(args: Any) -> tuple[Config, str]:
     """The configuration the command line names, and a name for its run folder."""
     if args.best and not args.space:
         raise config_mod.ConfigError("--best needs --space, the space whose search to take the winner of")
-    if args.search and not args.best:
-        raise config_mod.ConfigError("--search names the search --best takes the winner of; add --best --space")
+    if (args.search or args.smoke) and not args.best:
+        flag = "--search" if args.search else "--smoke"
+        raise config_mod.ConfigError(f"{flag} says which search --best takes the winner of; add --best --space")
     if args.config:
         return config_mod.load(args.config, args.set), Path(args.config).stem
     if args.best:
-        from itra_tune.best import best_config
+        from itra_tune.best import best_config, chosen_search
 
         name = Path(args.space).stem
-        best = best_config(name, args.tracking_uri, search=args.search)
+        best = best_config(name, args.tracking_uri, search=args.search, smoke=args.smoke)
+        search, smoke = chosen_search(name, args.tracking_uri, search=args.search, smoke=args.smoke)
+        print(f"the best configuration of the search {search}"
+              + (": a --smoke search, whose trials were short; a full search's winner is the one to ship"
+                 if smoke else ""), flush=True)
         return config_mod.from_dict(config_mod.apply_overrides(best.to_dict(), args.set), f"best of {name}"), \
             f"{name}-best"
     space = spaces.load(args.space)

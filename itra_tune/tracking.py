@@ -460,17 +460,24 @@ def latest_search(space: str, uri: str | None = None, search: str | None = None,
     runs = [r for r in c.search_runs([exp.experiment_id], f"tags.`{BEST_TAG}` != ''",
                                      order_by=["attributes.start_time DESC"], max_results=1000)
             if r.data.tags.get(PARENT_TAG) is None]
+    listed = ", ".join(dict.fromkeys(r.info.run_name + (" (smoke)" if is_smoke(r) else "") for r in runs))
     if search is not None:
         named = [r for r in runs if r.info.run_name == search]
         if not named:
-            there = ", ".join(dict.fromkeys(r.info.run_name for r in runs)) or "none"
-            raise ConfigError(f"no finished search {search!r} of {space!r} at {uri}; its searches: {there}")
+            raise ConfigError(f"no finished search {search!r} of {space!r} at {uri}; its searches: "
+                              f"{listed or 'none'}")
         return c, named[0]
-    full = [r for r in runs if smoke or r.data.tags.get(SMOKE_TAG) != "true"]
+    full = [r for r in runs if smoke or not is_smoke(r)]
     if not full:
-        hint = "; its searches are all --smoke ones (pass smoke=True to take one)" if runs else ""
+        hint = f"; its searches are all --smoke ones ({listed}): smoke=True, or itra_tune.train --smoke, takes " \
+               f"the newest" if runs else ""
         raise ConfigError(f"experiment {space!r} at {uri} has no finished search with a best trial yet{hint}")
     return c, full[0]
+
+
+def is_smoke(run: Any) -> bool:
+    """Whether a search's parent run was a ``--smoke`` one: a handful of short trials, to try a space."""
+    return run.data.tags.get(SMOKE_TAG) == "true"
 
 
 def download(c: Any, run_id: str, artifact: str) -> Path:

@@ -57,3 +57,38 @@ def test_registering_a_model_prints_nothing_of_mlflows_own(tmp_path, capfd):
     capfd.readouterr()
     assert [tracking.register(uri, tracker.model_ids[run], "itra-r") for _ in range(2)] == ["itra-r/1", "itra-r/2"]
     assert "registered" not in capfd.readouterr().err.lower()  # the caller's summary line says it
+
+
+def _search(tmp_path, uri, space, name, lam, smoke):
+    """A finished search of ``space`` in MLflow whose one trial is the winner, without running one."""
+    cfg = config.override(config.Config(), {"model.name": "mlp", "loss.lam": lam})
+    tracker = tracking.Tracker(uri, space, run_name=name, tags={tracking.SMOKE_TAG: str(smoke).lower()})
+    tracker.trial_started("t1", "trial_t1", cfg.flat())
+    (tmp_path / "best_config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    files = _model_files(models.build("mlp", 10, (1, 8, 8)).eval(), cfg, torch.rand(2, 1, 8, 8), tmp_path / name)
+    row = {"val_acc": 0.5, "val_ce": 1.0, "test_acc": 0.5, "test_ce": 1.0, "best_epoch": 1}
+    tracker.finish(tracker.finish_trial("t1", "trial_t1", cfg.flat(), [], "completed", row, files),
+                   [tmp_path / "best_config.yaml"], {}, best=row)
+
+
+def test_the_command_line_takes_a_smoke_search_when_told_and_says_so(tmp_path, capsys):
+    from itra_tune import production
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _search(tmp_path, uri, "space-q", "quick-1", 0.7, smoke=True)
+
+    def best(*flags: str) -> float:
+        args = production.parser().parse_args(["--space", "space-q", "--best", "--tracking-uri", uri, *flags])
+        return production.config_from_args(args)[0].loss.lam
+
+    with pytest.raises(itra_tune.ConfigError, match=r"all --smoke ones \(quick-1 \(smoke\)\): smoke=True, or "
+                                                    r"itra_tune.train --smoke, takes the newest"):
+        best()
+    capsys.readouterr()
+    assert best("--smoke") == 0.7
+    assert "the best configuration of the search quick-1: a --smoke search" in capsys.readouterr().out
+    _search(tmp_path, uri, "space-q", "full-1", 0.2, smoke=False)
+    assert best() == 0.2 and capsys.readouterr().out.strip() == "the best configuration of the search full-1"
+    assert best("--search", "quick-1") == 0.7 and "a --smoke search" in capsys.readouterr().out
+    with pytest.raises(itra_tune.ConfigError, match=r"its searches: full-1, quick-1 \(smoke\)"):
+        best("--search", "nosuch")
