@@ -48,5 +48,6 @@ def test_production_gets_what_the_search_selected(ray_local, tmp_path):
     assert itra_tune.best_config("demo", tracking_uri=uri, smoke=True).train.epochs == 2
     assert itra_tune.best_config("demo", tracking_uri=uri, search="demo-smoke").train.epochs == 2
     assert itra_tune.best_config("demo", tracking_uri=uri, search="demo-full") == cfg
-    with pytest.raises(itra_tune.ConfigError, match="no finished search 'demo-nope'.*demo-smoke, demo-full"):
+    with pytest.raises(itra_tune.ConfigError, match=r"no finished search 'demo-nope'.*demo-smoke \(smoke\), "
+                                                    r"demo-full"):
         itra_tune.best_config("demo", tracking_uri=uri, search="demo-nope")
