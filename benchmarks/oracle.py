@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from itra_tune import engine, spaces
+from itra_tune.config import LossConfig
 
 OUT = Path("docs/results/search-quality/oracle.json")
 FULL_OUT = OUT.with_name("oracle-full.json")
@@ -89,6 +90,12 @@ TASKS = {
                                     "optim.name=adamw", "optim.lr=0.002", "optim.weight_decay=0.05",
                                     "train.epochs=20"),
                          {"loss.lam": LAMS, "data.batch_size": (64, 128, 256), "loss.bandwidth": BANDWIDTHS}),
+    # A kind none of the others is: the convolutional model under AdamW at a constant rate (the digits task trains
+    # it by SGD on a cosine schedule, the AdamW task trains an MLP), 10 epochs.
+    "digits_adamw": Task("demo", ("train.threads=1", "optim.name=adamw", "optim.lr=0.003", "optim.weight_decay=0.05",
+                                  "optim.schedule=none", "train.epochs=10"),
+                         {"loss.lam": LAMS, "data.batch_size": (32, 64, 128), "loss.bandwidth": BANDWIDTHS},
+                         max_concurrent=2, previous_asha=(2, 2)),
 }
 
 
@@ -133,7 +140,7 @@ def load(path: Path = OUT) -> dict[str, dict[str, Any]]:
 
 def save(runs: dict[str, dict[str, Any]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"seeds": list(SEEDS), "tasks": {n: {"space": t.space, "overrides": list(t.overrides),
+    body = {"seeds": list(SEEDS), "loss_form": LossConfig().form, "tasks": {n: {"space": t.space, "overrides": list(t.overrides),
                                                 "grid": {k: list(v) for k, v in t.grid.items()}}
                                             for n, t in TASKS.items()},
             "runs": sorted(runs.values(), key=lambda r: run_key(r["task"], r["params"], r["seed"]))}
