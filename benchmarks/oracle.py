@@ -140,9 +140,9 @@ def load(path: Path = OUT) -> dict[str, dict[str, Any]]:
 
 def save(runs: dict[str, dict[str, Any]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"seeds": list(SEEDS), "loss_form": LossConfig().form, "tasks": {n: {"space": t.space, "overrides": list(t.overrides),
-                                                "grid": {k: list(v) for k, v in t.grid.items()}}
-                                            for n, t in TASKS.items()},
+    tasks = {n: {"space": t.space, "overrides": list(t.overrides), "grid": {k: list(v) for k, v in t.grid.items()}}
+             for n, t in TASKS.items()}
+    body = {"seeds": list(SEEDS), "loss_form": LossConfig().form, "tasks": tasks,
             "runs": sorted(runs.values(), key=lambda r: run_key(r["task"], r["params"], r["seed"]))}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(body, separators=(",", ":")))

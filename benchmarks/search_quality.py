@@ -42,7 +42,8 @@ BUDGETS = (1, 2, 4, 8, 16, 32)  # compute, in full trainings (epochs / the task'
 SELECT = {"val_acc": "max", "val_ce": "min"}
 RULES = ("val_ce", "val_acc", "tie")  # how a trial's epoch and the search's pick are chosen (``selected_epoch``)
 DEFAULT_RULE = spaces.DEFAULT_METRIC  # whose seed spread is the noise the regrets are read against
-VAL_SIZE = {"fmnist_overfit": 6000, "fmnist_cosine": 6000, "digits": 270, "fmnist_adamw": 6000}  # validation examples
+VAL_SIZE = {"fmnist_overfit": 6000, "fmnist_cosine": 6000, "digits": 270, "fmnist_adamw": 6000,  # validation
+            "digits_adamw": 270}  # examples
 FIGURES = ("test_acc", "test_ce")
 WORST = {"test_acc": 0.1, "test_ce": math.log(10)}  # a failed run's figure: chance on the 10-class tasks
 
@@ -249,6 +250,13 @@ def simulate(grid: Grid, sampler: Sampler, scheduler: ASHA | None, metric: str, 
     """Run one search for ``budget`` epochs of compute; its pick among the trials that ended (grid point or None)
     and the seconds its epochs took. Trials still running when the budget is spent are cut, as a search out of
     time would cut them."""
+    ended, seconds = run_trials(grid, sampler, scheduler, metric, workers, budget, rng)
+    return choose(grid, ended, rule or metric), seconds
+
+
+def run_trials(grid: Grid, sampler: Sampler, scheduler: ASHA | None, metric: str, workers: int, budget: int,
+               rng: np.random.Generator) -> tuple[list[Trial], float]:
+    """``simulate``'s search: the trials that ended (not failed) and the seconds its epochs took."""
     running: list[Trial] = []
     ended_trials: list[Trial] = []
     spent, seconds = 0, 0.0
@@ -274,7 +282,60 @@ def simulate(grid: Grid, sampler: Sampler, scheduler: ASHA | None, metric: str, 
                     ended_trials.append(t)
                 if t.optuna_trial is not None:
                     sampler.tell(t, t.value(grid, metric) if not t.failed else math.nan)
-    return choose(grid, ended_trials, rule or metric), seconds
+    return ended_trials, seconds
+
+
+def confirm_trainings(share: float, budget: int) -> int:
+    """``search.confirming.trainings``: the confirmation's share of a budget of full trainings, rounded down, as
+    long as two are left to explore."""
+    t = math.floor(share * budget + 1e-9)
+    return t if budget - t >= 2 else 0
+
+
+def confirmed(grid: Grid, trials: list[Trial], rule: str, trainings: int, candidates: int,
+              rng: np.random.Generator) -> tuple[int | None, float]:
+    """The confirmation stage as ``search.confirming`` runs it after the exploration's ``trials``: the best
+    ``candidates`` distinct points among the completed trials (all ended ones when none completed), ``trainings``
+    full trainings of them in turn from the top, each on a seed it has not had, and the pick the candidate whose
+    validation figures, each seed at its selected epoch, are best on average (``rule``: the space's, or ``tie``
+    on the means). The oracle holds 3 seeds a point: trainings beyond a candidate's third seed are paid for and
+    not used. Returns the pick and the seconds of the confirmation's trainings."""
+    full = [t for t in trials if t.epoch >= grid.epochs] or trials
+    rows = []
+    for t in full:
+        c = grid.curves[t.point][t.seed]
+        e = selected_epoch(c, t.epoch, rule, VAL_SIZE[grid.name])
+        rows.append({"val_acc": c["val_acc"][e - 1], "val_ce": c["val_ce"][e - 1], "point": t.point, "seed": t.seed})
+    order = selection.ranked(rows, rule, SELECT[rule]) if rule in SELECT else \
+        sorted(rows, key=lambda r: r["val_ce"])  # tie: the CE order (the pick among the means breaks ties)
+    top: list[dict[str, Any]] = []
+    for r in order:
+        if r["point"] not in {c["point"] for c in top}:
+            top.append(r)
+    top = top[:min(candidates, trainings)]
+    if not top:
+        return choose(grid, trials, rule), 0.0
+    seeds = {c["point"]: [c["seed"]] for c in top}
+    seconds = 0.0
+    for i in range(trainings):
+        point = top[i % len(top)]["point"]
+        unused = [s for s in range(len(oracle.SEEDS)) if s not in seeds[point]]
+        s = int(rng.choice(unused)) if unused else None
+        cost_seed = s if s is not None else seeds[point][0]
+        seconds += sum(grid.seconds(point, cost_seed, e) for e in range(1, grid.epochs + 1))
+        if s is not None:
+            seeds[point].append(s)
+    means = []
+    for point, ss in seeds.items():
+        if any(grid.failed[point][s] for s in ss):
+            continue
+        picked = [(grid.curves[point][s], selected_epoch(grid.curves[point][s], grid.epochs, rule,
+                                                          VAL_SIZE[grid.name])) for s in ss]
+        means.append({f: float(np.mean([c[f][e - 1] for c, e in picked])) for f in SELECT} | {"point": point})
+    if not means:
+        return top[0]["point"], seconds
+    best = selection.best(means, rule, SELECT[rule]) if rule in SELECT else tie_best(means, VAL_SIZE[grid.name])
+    return best["point"], seconds
 
 
 def top_k(grid: Grid, metric: str, budget: int, rng: np.random.Generator) -> tuple[int | None, float]:
@@ -292,6 +353,10 @@ def top_k(grid: Grid, metric: str, budget: int, rng: np.random.Generator) -> tup
     seconds += sum(grid.seconds(p, s, e) for p, s in (screened[i] for i in finalists)
                    for e in range(2, grid.epochs + 1))
     return (max(done)[1] if done else None), seconds
+
+
+# the confirmation stages replayed after the shipped exploration: (share of the budget, candidates)
+CONFIRMATIONS = ((0.25, 2), (0.25, 3), (0.375, 2), (0.375, 3), (0.5, 2), (0.5, 4))
 
 
 @dataclass(frozen=True)
@@ -341,8 +406,31 @@ def strategies(task: oracle.Task, space: spaces.Space, epochs: int) -> list[Stra
                      search("tpe", metric, (late, late_rf), "tie")),
         ]
     shipped = f"tpe+asha (grace {late}, rf {late_rf})" if space.scheduler["name"] == "asha" else "tpe"
-    return [replace(s, default=True) if (s.name, s.metric, s.select) == (shipped, space.metric, space.metric) else s
-            for s in out]
+
+    def confirming(share: float, candidates: int, rule: str) -> Callable[..., Any]:
+        asha = (late, late_rf) if space.scheduler["name"] == "asha" else None
+
+        def run(grid: Grid, budget: int, workers: int, rng: np.random.Generator) -> tuple[int | None, float]:
+            b = budget // grid.epochs
+            t = confirm_trainings(share, b)
+            sched = ASHA(grid.epochs, *asha, SELECT[space.metric]) if asha else None
+            sampler = Sampler(grid, "tpe", space.metric, rng, space.num_samples)
+            trials, seconds = run_trials(grid, sampler, sched, space.metric, min(b - t, workers),
+                                         (b - t) * grid.epochs, rng)
+            if not t:
+                return choose(grid, trials, rule), seconds
+            pick, more = confirmed(grid, trials, rule, t, candidates, rng)
+            return pick, seconds + more
+        return run
+
+    for share, candidates in CONFIRMATIONS:
+        for rule in (space.metric, "tie"):
+            out.append(Strategy(f"{shipped} + confirm {share:g} of the budget, {candidates} best", space.metric, rule,
+                                confirming(share, candidates, rule)))
+    default = (space.confirm_share, space.confirm_candidates)
+    return [replace(s, default=True) if (s.name, s.metric, s.select) == (
+        f"{shipped} + confirm {default[0]:g} of the budget, {default[1]} best" if default[0] else shipped,
+        space.metric, space.metric) else s for s in out]
 
 
 class _Pause(Exception):
@@ -544,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.search_quality", description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default=",".join(oracle.TASKS))
     p.add_argument("--reps", type=int, default=20, help="repetitions of each replayed strategy")
+    p.add_argument("--only", default="", help="replay only the strategies whose label contains one of these "
+                                               "comma-separated words (default: all)")
     p.add_argument("--pbt-reps", type=int, default=5, help="repetitions of population based training (trained)")
     p.add_argument("--pbt-budgets", default="8", help="populations of PBT, in full trainings")
     p.add_argument("--oracle", type=Path, default=oracle.OUT)
@@ -586,7 +676,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   every point trained once ({len(grid.points)} trainings), pick {rule}: median regret "
                   f"{100 * r['test_acc']:.2f} points, {r['test_ce']:.4f} CE ({times['test_acc']:.1f}x and "
                   f"{times['test_ce']:.1f}x the seed noise)")
-        rows = [evaluate(grid, s, args.reps, task.max_concurrent) for s in strategies(task, space, grid.epochs)]
+        words = [w for w in args.only.split(",") if w]
+        rows = [evaluate(grid, s, args.reps, task.max_concurrent) for s in strategies(task, space, grid.epochs)
+                if not words or any(w in s.label for w in words)]
         if args.pbt_reps:
             rows += pbt_rows(name, grid, args.pbt_reps, [int(b) for b in args.pbt_budgets.split(",")],
                              args.out / f"pbt-{name}.json")

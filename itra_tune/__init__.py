@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "train": ("itra_tune.production", "train"),  # also itra_tune.train.over_seeds(config, n)
     "best_config": ("itra_tune.best", "best_config"),
+    "best_answer": ("itra_tune.best", "best_answer"),  # best_config with mean ± std over seeds, and the tied
     "load_best_model": ("itra_tune.best", "load_best_model"),
     "load_exported": ("itra_tune.export", "load"),
     "fit": ("itra_tune.engine", "fit"),

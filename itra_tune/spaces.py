@@ -76,8 +76,12 @@ class Space:
     params: tuple[Param, ...] = ()
     metric: str = "val_acc"
     mode: str = "max"
-    num_samples: int = 8
+    num_samples: int = 8  # trainings in all, the confirmation's included
     max_concurrent: int = 2
+    # the share of num_samples that re-trains the best candidates on fresh seeds after exploring (``confirming``),
+    # and how many candidates share it
+    confirm_share: float = 0.25
+    confirm_candidates: int = 2
     scheduler: dict[str, Any] = field(default_factory=lambda: {"name": "asha"})
     cpus_per_trial: float = 1.0  # with several workers per trial: each worker's
     gpus_per_trial: float = 0.0
@@ -147,7 +151,8 @@ def load(name_or_path: str | Path, user: bool = False) -> Space:
     cfg = None if user else config_mod.from_dict(base, src)  # the engine's must be valid on its own
     keys = cfg.flat() if cfg is not None else config_mod.dotted(base)
     params = tuple(_param(key, spec, src, cfg, keys) for key, spec in (raw.get("search") or {}).items())
-    budget = _section(raw, "budget", {"num_samples": int, "max_concurrent": int, "max_epochs": int}, src)
+    budget = _section(raw, "budget", {"num_samples": int, "max_concurrent": int, "max_epochs": int,
+                                      "confirm_share": float, "confirm_candidates": int}, src)
     if "max_epochs" in budget and not user:
         raise ConfigError(f"{src}: budget.max_epochs is for a space with a trainable; the engine's epochs are "
                           f"base.train.epochs")
@@ -209,6 +214,8 @@ BUDGET_RULES = {  # key: (the file's section, the command line's flag, lowest va
     "num_samples": ("budget", "--num-samples", 1, True),
     "max_epochs": ("budget", "budget.max_epochs", 1, True),
     "max_concurrent": ("budget", "--max-concurrent", 1, True),
+    "confirm_share": ("budget", "--confirm-share", 0, True),
+    "confirm_candidates": ("budget", "--confirm-candidates", 1, True),
     "cpus_per_trial": ("resources", "--cpus-per-trial", 0, False),
     "gpus_per_trial": ("resources", "--gpus-per-trial", 0, True),
     "workers_per_trial": ("resources", "--workers-per-trial", 1, True),
@@ -223,9 +230,12 @@ def check_budget(values: dict[str, float], source: str) -> None:
     """
     for key, value in values.items():
         section, flag, lowest, allowed = BUDGET_RULES[key]
-        if value > lowest or (allowed and value == lowest):
+        if key == "confirm_share" and value >= 1:
+            rule = "must be below 1 (a share of the trainings: exploring needs the rest)"
+        elif value > lowest or (allowed and value == lowest):
             continue
-        rule = f"must be at least {lowest}" if allowed else f"must be above {lowest}"
+        else:
+            rule = f"must be at least {lowest}" if allowed else f"must be above {lowest}"
         where = flag if source == "command line" else f"{source}: {section}.{key}"
         raise ConfigError(f"{where} {rule} but got {value}")
 

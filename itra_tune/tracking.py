@@ -41,6 +41,8 @@ BEST_MODEL_TAG = "itra_tune.best_model_id"
 STATUS_TAG = "itra_tune.status"
 SHARED_VIEW_TAG = "mlflow.sharedViewState."  # + key: a view of the runs table the MLflow UI opens from a link
 SMOKE_TAG = "itra_tune.smoke"  # on a search's parent run: "true" for a --smoke search, which best_config skips
+ANSWER_ARTIFACT = "answer.json"  # on a search's parent run: the answer, mean ± spread over seeds (search.confirming)
+CONFIRMS_TAG = "itra_tune.confirms"  # on a confirmation's trial run: the exploring trial it re-trains on a new seed
 EPOCH_TAG = "itra_tune.epoch"  # on a LoggedModel: the epoch of the checkpoint it holds
 EPOCH_METRICS = ("train_ce", "val_acc", "val_ce", "test_acc", "test_ce", "match_loss", "compactness", "lr", "lam")
 HEADLINE_METRICS = ("val_acc", "val_ce", "test_acc", "test_ce")  # logged as best_<name>: the selected epoch's
@@ -241,12 +243,13 @@ class Tracker:
         """Whether the trial has its run already."""
         return trial_id in self._children
 
-    def trial_started(self, trial_id: str, name: str, params: dict[str, Any]) -> None:
+    def trial_started(self, trial_id: str, name: str, params: dict[str, Any],
+                      tags: dict[str, str] | None = None) -> None:
         if trial_id in self._children:
             self._safe(lambda: self.c.update_run(self._children[trial_id], status="RUNNING"))
             return
         run = self._safe(lambda: self.c.create_run(
-            self.exp_id, run_name=name, tags={PARENT_TAG: self.parent, TRIAL_TAG: trial_id}))
+            self.exp_id, run_name=name, tags={PARENT_TAG: self.parent, TRIAL_TAG: trial_id, **(tags or {})}))
         if run is not None:
             self._children[trial_id] = run.info.run_id
             self._logged[trial_id] = set()
@@ -262,11 +265,13 @@ class Tracker:
     # --- at the end of the search: back-fill, statuses, models, pictures --------------------------------
 
     def finish_trial(self, trial_id: str, name: str, params: dict[str, Any], history: list[dict[str, Any]],
-                     status: str, selected: dict[str, Any] | None = None, model: ModelFiles | None = None) -> str:
+                     status: str, selected: dict[str, Any] | None = None, model: ModelFiles | None = None,
+                     tags: dict[str, str] | None = None) -> str:
         """Make the trial's run complete: missing epochs, its headline metrics (those of its ``selected`` epoch's
-        row), its final status and, when given, its best checkpoint as a LoggedModel. Returns its run id."""
+        row), its final status and, when given, its best checkpoint as a LoggedModel and its ``tags`` (those of
+        ``trial_started``). Returns its run id."""
         if trial_id not in self._children:  # its start never reached MLflow
-            self.trial_started(trial_id, name, params)
+            self.trial_started(trial_id, name, params, tags)
             if trial_id not in self._children:
                 raise ConnectionError(f"cannot create the MLflow run of {name}")
         for row in history:

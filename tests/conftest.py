@@ -92,9 +92,12 @@ def space_file(tmp_path):
                      "optim": {"lr": 0.05}, "train": {"epochs": 2, "compactness_samples": 64}},
             "search": {"loss.lam": {"type": "float", "low": 0.1, "high": 1.0},
                        "loss.bandwidth": {"type": "categorical", "choices": ["median", "multiscale"]}},
-            "budget": {"num_samples": 4, "max_concurrent": 2},
+            # no confirmation stage unless a test asks for one: its trials are counted apart (test_confirming.py)
+            "budget": {"num_samples": 4, "max_concurrent": 2, "confirm_share": 0},
             "scheduler": {"name": "none"},
         }
+        if "budget" in sections:
+            sections["budget"] = {"confirm_share": 0, **sections["budget"]}
         raw.update(sections)
         p = tmp_path / f"{name}.yaml"
         p.write_text(yaml.safe_dump(raw))

@@ -92,3 +92,13 @@ def test_the_command_line_takes_a_smoke_search_when_told_and_says_so(tmp_path, c
     assert best("--search", "quick-1") == 0.7 and "a --smoke search" in capsys.readouterr().out
     with pytest.raises(itra_tune.ConfigError, match=r"its searches: full-1, quick-1 \(smoke\)"):
         best("--search", "nosuch")
+
+
+def test_the_answer_of_a_search_that_kept_none_is_its_best_trial_on_one_seed(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _search(tmp_path, uri, "space-old", "older", 0.3, smoke=False)  # recorded as searches were before answers
+    answer = itra_tune.best_answer("space-old", tracking_uri=uri)
+    assert answer.search == "older" and answer.trial == "trial_t1" and answer.seeds == 1 and not answer.confirmed
+    assert answer.mean == {"val_acc": 0.5, "val_ce": 1.0, "test_acc": 0.5, "test_ce": 1.0}
+    assert set(answer.std.values()) == {None} and answer.tied == () and answer.config.loss.lam == 0.3
+    assert str(answer) == "older: trial_t1, val_acc 0.5, val_ce 1, test_acc 0.5, test_ce 1 over 1 seed"

@@ -48,8 +48,10 @@ class Options:
     Budget and resources left None take the space's own.
     """
 
-    num_samples: int | None = None  # trials in all
+    num_samples: int | None = None  # trials in all, the confirmation's included
     max_concurrent: int | None = None  # trials in flight at once
+    confirm_share: float | None = None  # the share of num_samples re-training the best candidates on fresh seeds
+    confirm_candidates: int | None = None  # how many candidates the confirmation re-trains
     cpus_per_trial: float | None = None
     gpus_per_trial: float | None = None  # fractions let several small trials share a GPU
     workers_per_trial: int | None = None  # data-parallel workers per trial; cpus and gpus are then each worker's
@@ -240,7 +242,7 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
                   after_tune: Callable[[], concurrent.futures.Future] | None = None) -> list[dict[str, Any]]:
     """Each experiment of ``plan`` in turn; ``after_tune``: called when the last one's trials are done, returns
     a future this waits for before its Tune objects are dropped."""
-    from itra_tune.search import progress, record, results, study, trainable, tuner
+    from itra_tune.search import confirming, progress, record, results, study, trainable, tuner
 
     summaries, shutting_down = [], None
     for i, ((sp, _method), name, previous) in enumerate(zip(plan, names, warm)):
@@ -261,30 +263,42 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
             url = study.storage_url(opts.optuna_storage, storage / name)
             study.create(url, name, *tuner.objectives(sp, objective), previous, sp.params)
             stored = tuner.StudyRecord(sp, objective, url, name)
-        view = None if opts.verbose else progress.Progress(sp, epochs)
+        explore = confirming.exploring(sp, objective)  # the budget less the confirmation's trainings
+        view = None if opts.verbose else progress.Progress(explore, epochs, total=sp.num_samples)
         if view is not None:
-            print(progress.header(sp, epochs, name, opts.resume, objective), flush=True)
+            print(progress.header(explore, epochs, name, opts.resume, objective,
+                                  sp.num_samples - explore.num_samples), flush=True)
         t0 = time.perf_counter()
-        grid = tuner.run_experiment(sp, epochs, name, storage,
+        grid = tuner.run_experiment(explore, epochs, name, storage,
                                     tuner.TrackingCallback(uri, sp.name, parent, user=user_fn is not None),
                                     objective=objective, seed=opts.seed, max_failures=opts.max_failures,
                                     resume=opts.resume, user_fn=user_fn, study=stored, previous=previous,
                                     progress=view)
+        summary = results.summarize(grid, explore, epochs, storage / name, time.perf_counter() - t0, objective)
+        # Ctrl-C: Tune saved its state and returned, with trials not started or not finished
+        summary["interrupted"] = summary["trials"] < explore.num_samples or summary["interrupted_trials"] > 0
+        confirmation = None
+        if explore is not sp and not summary["interrupted"]:
+            confirmation = _confirm(summary, grid, sp, epochs, storage / name, uri, parent, opts, t0)
+        elif objective == "single" and summary["best"] is not None:  # the answer on its one seed, and why
+            summary["answer"] = confirming.answer(sp, results.ranked(results.trial_rows(grid, sp, epochs), sp), None,
+                                                  [])
+            summary["answer"]["unconfirmed"] = confirming.why_not(sp, objective) if explore is sp else \
+                "the exploration was interrupted; --resume finishes it, then confirms"
+            confirming.save_answer(summary["answer"], storage / name)
         if after_tune is not None and i == len(plan) - 1:
             shutting_down = after_tune()
-        summary = results.summarize(grid, sp, epochs, storage / name, time.perf_counter() - t0, objective)
         if stored is not None:
             stored.record_all(grid)
             summary["optuna"] = {"storage": stored.url, "study": name, "dashboard": study.dashboard_command(stored.url)}
             if previous is not None:
                 summary["optuna"]["warm_start"] = {"from": previous.study_name,
                                                    "trials": len(study.compatible(previous, sp.params))}
-        # Ctrl-C: Tune saved its state and returned, with trials not started or not finished
-        summary["interrupted"] = summary["trials"] < sp.num_samples or summary["interrupted_trials"] > 0
         summary["budget"] = "equal compute" if opts.equal_compute else "equal trials"
         summary["resume_command"] = resume_cmd
         summary["tracking"] = record.record(grid, summary, sp, sp_cfg, uri, parent, storage / name,
-                                            opts.register and not summary["interrupted"], opts.log_models, epochs)
+                                            opts.register and not summary["interrupted"], opts.log_models, epochs,
+                                            confirmation)
         (storage / name / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         results.print_summary(summary, sp)
         summaries.append(summary)
@@ -296,6 +310,35 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
     if shutting_down is not None:  # Tune's objects die with this frame: never while Ray is half shut down
         shutting_down.result()
     return summaries
+
+
+def _confirm(summary: dict[str, Any], grid: Any, space: spaces.Space, epochs: int, path: Path, uri: str,
+             parent: str, opts: Options, t0: float) -> Any:
+    """The confirmation stage after a finished exploration (``search.confirming``): its trials counted in the
+    summary, the answer (``summary["answer"]``, answer.json) and the chosen candidate as the summary's best.
+    Returns the confirmation's ResultGrid (None when it had nothing to confirm)."""
+    from itra_tune.search import confirming, results
+
+    explore = confirming.exploring(space, "single")
+    ranking = results.ranked(results.trial_rows(grid, explore, epochs), space)
+    p, conf_grid, rows = confirming.run(space, ranking, epochs, path, uri, parent, seed=opts.seed,
+                                        max_failures=opts.max_failures, resume=opts.resume, verbose=opts.verbose,
+                                        explored=summary["trials"])
+    for status in ("completed", "stopped early", "failed", "collapsed"):
+        summary[status] += sum(r["status"].startswith(status) for r in rows)
+    cut = sum(r["status"] == "interrupted" for r in rows)
+    summary["interrupted_trials"] += cut
+    summary["trials"] += len(rows)
+    summary["num_samples"] = space.num_samples
+    summary["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    summary["interrupted"] = len(rows) < len(p["points"]) or cut > 0
+    summary["confirmation"] = {"plan": p, "trainings": len(rows), "planned": len(p["points"])}
+    summary["answer"] = confirming.answer(space, ranking, p, rows)
+    if summary["answer"]:
+        chosen = next(r for r in ranking if r["trial"] == summary["answer"]["chosen"])
+        results.write_best(summary, chosen, space, path)
+    confirming.save_answer(summary["answer"], path)
+    return conf_grid
 
 
 def prepare(space: str | Path, opts: Options) -> tuple[spaces.Space, config_mod.Config | None]:
@@ -354,7 +397,8 @@ def _apply_options(sp: spaces.Space, opts: Options) -> tuple[spaces.Space, list[
         smoke = dict(sp.smoke)
         budget["num_samples"] = int(smoke.pop("num_samples", 3))
         overrides = [f"{k}={v}" for k, v in smoke.items()] + overrides
-    for key in ("num_samples", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "workers_per_trial"):
+    for key in ("num_samples", "max_concurrent", "confirm_share", "confirm_candidates", "cpus_per_trial",
+                "gpus_per_trial", "workers_per_trial"):
         if getattr(opts, key) is not None:
             budget[key] = getattr(opts, key)
     spaces.check_budget(budget, "command line")

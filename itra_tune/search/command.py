@@ -39,6 +39,11 @@ def parser() -> cli.Parser:
     p.add_argument("--space", default="demo", help="a name from search_spaces/ or a YAML path (default demo)")
     p.add_argument("--num-samples", type=int, help="trials to run (default: the space's budget)")
     p.add_argument("--max-concurrent", type=int, help="trials in flight at once")
+    p.add_argument("--confirm-share", type=float, metavar="SHARE",
+                   help="the share of the trials that re-trains the best candidates on fresh seeds after exploring, "
+                        "choosing on the mean (default: the space's, else 0.25; 0: none)")
+    p.add_argument("--confirm-candidates", type=int, metavar="N",
+                   help="how many of the best candidates the confirmation re-trains (default: the space's, else 2)")
     p.add_argument("--cpus-per-trial", type=float,
                    help="CPUs each trial (or each of its data-parallel workers) holds (default: the space's)")
     p.add_argument("--gpus-per-trial", type=float, help="fractions let several small trials share a GPU")

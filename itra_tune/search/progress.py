@@ -63,11 +63,15 @@ def quiet_libraries() -> Iterator[None]:
             logging.getLogger(name).removeFilter(reported)
 
 
-def header(space: spaces.Space, epochs: int, name: str, resume: bool, objective: str = "single") -> str:
-    """The search's first line: what runs, for how long, ranked how (``acc_ce``: on both objectives)."""
+def header(space: spaces.Space, epochs: int, name: str, resume: bool, objective: str = "single",
+           confirming: int = 0) -> str:
+    """The search's first line: what runs, for how long, ranked how (``acc_ce``: on both objectives);
+    ``confirming``: the trainings of the confirmation that follows (``space`` is the exploration's)."""
     ranked = "val_acc (max) and val_ce (min), a Pareto front" if objective == "acc_ce" else \
         f"{space.metric} ({space.mode})"
-    return (f"{'resuming' if resume else 'searching'} {name}: {space.num_samples} trials, {space.max_concurrent} at a "
+    then = f" then {confirming} confirming the best on fresh seeds," if confirming else ""
+    return (f"{'resuming' if resume else 'searching'} {name}: {space.num_samples} trials,{then} "
+            f"{space.max_concurrent} at a "
             f"time, up to {epochs} epochs each, ranked on {ranked}, scheduler {space.scheduler['name']}; Ctrl-C stops "
             f"and keeps what finished")
 
@@ -90,9 +94,12 @@ class Progress(tune.Callback):
     """Tune callback printing the live view. Plain data only: it pickles into Tune's experiment state, and a
     resumed search goes on counting from where the killed one stopped."""
 
-    def __init__(self, space: spaces.Space, epochs: int, every: float = STATUS_EVERY_S) -> None:
-        self.metric, self.mode, self.total, self.epochs, self.every = (space.metric, space.mode, space.num_samples,
-                                                                      epochs, every)
+    def __init__(self, space: spaces.Space, epochs: int, every: float = STATUS_EVERY_S, total: int | None = None,
+                 done_before: int = 0, confirms: dict[str, str] | None = None) -> None:
+        """``total``: the budget the bar counts (default the space's trials), ``done_before`` of it spent before
+        this experiment; ``confirms``: a confirmation's trials, seed (as text) -> the trial each re-trains."""
+        self.metric, self.mode, self.epochs, self.every = space.metric, space.mode, epochs, every
+        self.total, self.done_before, self.confirms = total or space.num_samples, done_before, confirms or {}
         # the engine's accuracy and CE side by side (whichever ranks first); a user trainable's metric alone
         self.shown = [self.metric] + ([m for m in ("val_ce", "val_acc") if m != self.metric][:1]
                                       if not space.trainable else [])
@@ -138,7 +145,10 @@ class Progress(tune.Callback):
             line += "  " + "  ".join(figure(m, v) for m, v in top[2].items()) + f" (epoch {top[1]})"
         line += "".join(f"  {short}={_value(trial.config[key])}" for key, short in self.params.items()
                         if key in (trial.config or {}))
-        if top and not how.startswith(UNRANKED) and (self.best is None or top[0] > self.best[0]):
+        confirmed = self.confirms.get(str((trial.config or {}).get("seed")))
+        if confirmed:  # the best of the confirmation alone would say nothing: the answer is on the means
+            line += f"  seed {trial.config['seed']}, confirming {confirmed}"
+        elif top and not how.startswith(UNRANKED) and (self.best is None or top[0] > self.best[0]):
             self.best = (top[0], name)
             line += "  <- best so far"
         self.say(line)
@@ -151,7 +161,7 @@ class Progress(tune.Callback):
 
     def counter(self) -> str:
         """The budget done, as a bar and a count: ``[###-------] 3/8``."""
-        done = len(self.ended)
+        done = self.done_before + len(self.ended)
         filled = round(10 * min(done, self.total) / max(self.total, 1))
         return f"[{'#' * filled}{'-' * (10 - filled)}] {done:>{len(str(self.total))}}/{self.total}"
 

@@ -15,16 +15,21 @@ from ray import tune
 from itra_tune import checkpoint, export, models, plots, spaces, tracking
 from itra_tune import config as config_mod
 from itra_tune import data as data_mod
+from itra_tune.search import confirming
 from itra_tune.search.results import is_nan, ranked, row_metrics, started, trial_rows
 from itra_tune.search.trainable import SELECTION, STATE_FILE, epoch_of, trial_config, trial_params
 
 
 def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: config_mod.Config | None, uri: str,
-           parent: str, path: Path, register: bool, log_models: int | None = 3, epochs: int = 0) -> dict[str, Any]:
+           parent: str, path: Path, register: bool, log_models: int | None = 3, epochs: int = 0,
+           confirmation: Any = None) -> dict[str, Any]:
     """Complete the search in MLflow: back-fill, headline metrics, statuses, the best trials' models, pictures,
-    the best configuration.
+    the best configuration, and the answer (``summary["answer"]``: its figures as the parent's ``answer_*``
+    metrics, ``answer.json``).
 
     Args:
+        confirmation: the confirmation's ResultGrid (``search.confirming``), whose trials become child runs of the
+            same parent, tagged ``itra_tune.confirms`` with the trial each re-trains.
         cfg: the engine's base configuration; None for a user trainable, whose best trials' selected checkpoint
             folders are logged as files (``checkpoint/``) instead of models.
         log_models: how many of the best trials get their best checkpoint logged as a LoggedModel (None: all).
@@ -39,12 +44,13 @@ def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: conf
         out["error"] = f"the MLflow server does not answer ({away})"
         return out
     with concurrent.futures.ThreadPoolExecutor(1) as background:
-        return _record(results, summary, space, cfg, uri, parent, path, register, log_models, epochs, out, background)
+        return _record(results, summary, space, cfg, uri, parent, path, register, log_models, epochs, out, background,
+                       confirmation)
 
 
 def _record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: config_mod.Config | None, uri: str,
             parent: str, path: Path, register: bool, log_models: int | None, epochs: int, out: dict[str, Any],
-            background: concurrent.futures.Executor) -> dict[str, Any]:
+            background: concurrent.futures.Executor, confirmation: Any = None) -> dict[str, Any]:
     try:
         rows = {r["trial"]: r for r in trial_rows(results, space, epochs or cfg.train.epochs)}
         if cfg is None:
@@ -56,11 +62,11 @@ def _record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: con
         out["ui"] = tracking.ui_link(uri, tracker.exp_id, view)
         ranking = ranked(list(rows.values()), space)
         # an interrupted search is unfinished: its models are logged once, when --resume finishes it
+        best_name = summary["best"]["trial"] if summary.get("best") else None
         with_model = set() if summary.get("interrupted") else \
-            {r["trial"] for r in (ranking if log_models is None else ranking[:log_models])}
+            {r["trial"] for r in (ranking if log_models is None else ranking[:log_models])} | {best_name}
         data = None if cfg is None else \
             data_mod.build(cfg.data, torch.device("cpu"), cfg.seed, paired=False, model_name=cfg.model.name)
-        best_name = summary["best"]["trial"] if summary.get("best") else None
         trials = {Path(r.path).name: r for r in started(results)}
         best_model = _checkpoint_model(trials[best_name], rows[best_name], data) \
             if data is not None and best_name in trials else None
@@ -87,10 +93,17 @@ def _record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: con
                 _log_checkpoint_files(tracker, run_id, res, row)
             if name == best_name:
                 best_run = run_id
+        confirmed = _record_confirmation(tracker, confirmation, summary, space, epochs or cfg.train.epochs,
+                                         user=cfg is None)
         out["orphaned_runs_dropped"] = tracker.drop_orphans({Path(r.path).name.removeprefix("trial_")
-                                                             for r in results})
+                                                             for r in results} | confirmed)
         out["models_logged"] = len(tracker.model_ids)
-        files = [f for f in (path / "trials.csv", path / "best_config.yaml") if f.exists()]
+        files = [f for f in (path / "trials.csv", path / "best_config.yaml", path / confirming.ANSWER_FILE)
+                 if f.exists()]
+        answer = summary.get("answer") or {}
+        tracking.log_metrics(tracker.c, tracker.parent, confirming.metrics(answer))
+        if answer:
+            tracker.set_parent_tag(confirming.TIED_TAG, ",".join(answer["tied"]) or "none")
         figures = _figures(list(rows.values()), histories, space, engine=cfg is not None)
         if best_model is not None:
             figures["plots/tsne_best_test_features.png"] = plots.tsne(
@@ -109,6 +122,28 @@ def _record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: con
     except Exception as e:  # noqa: BLE001 - the trials are safe on disk; say how to finish the record later
         out["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
     return out
+
+
+def _record_confirmation(tracker: tracking.Tracker, results: Any, summary: dict[str, Any], space: spaces.Space,
+                         epochs: int, user: bool) -> set[str]:
+    """The confirmation's trials as child runs of the search (back-filled, statused, tagged with the trial each
+    re-trains); returns their trial ids."""
+    if results is None:
+        return set()
+    from itra_tune.search.tuner import confirmation_tags
+
+    rows = {r["trial"]: r for r in trial_rows(results, space, epochs)}
+    of_seed = confirming.confirms(summary["confirmation"]["plan"])
+    ids = set()
+    for res in started(results):
+        name = Path(res.path).name
+        tid = name.removeprefix("trial_")
+        row = rows[name]
+        tracker.finish_trial(tid, name, trial_params(res.config, user=user) if res.config else {},
+                             _history(res, space.metric), row["status"], row if space.metric in row else None,
+                             tags=confirmation_tags(res.config or {}, of_seed))
+        ids.add(tid)
+    return ids | {Path(r.path).name.removeprefix("trial_") for r in results}
 
 
 def _history(result: Any, metric: str) -> list[dict[str, Any]]:

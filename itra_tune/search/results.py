@@ -15,6 +15,7 @@ import yaml
 
 from itra_tune import cli, engine, selection, spaces
 from itra_tune.config import UNRANKED
+from itra_tune.search import confirming
 from itra_tune.search.trainable import epoch_of, reported, trial_config, user_config
 
 
@@ -120,16 +121,22 @@ def summarize(results: Any, space: spaces.Space, epochs: int, path: Path, wall: 
                                "experiment_path": str(path), "wall_time_s": round(wall, 1), "trials": len(rows),
                                "num_samples": space.num_samples, **counts, "best": best}
     if best is not None:
-        tune_config = {"base": space.base, **{p.key: best[p.key] for p in space.params if p.key in best}}
-        # the engine's carries its selected epoch: what --full-train hands over, with no validation left to select
-        best_cfg = user_config(tune_config) if space.trainable else \
-            trial_config({**tune_config, "select.epoch": best["best_epoch"]}).written()
-        summary["best_config"] = best_cfg
-        (path / "best_config.yaml").write_text(yaml.safe_dump(best_cfg, sort_keys=False))
+        write_best(summary, best, space, path)
     if objective == "acc_ce":
         summary["pareto_front"] = pareto_front(rows)
     _write_csv(rows, path / "trials.csv")
     return summary
+
+
+def write_best(summary: dict[str, Any], best: dict[str, Any], space: spaces.Space, path: Path) -> None:
+    """Make ``best`` (a trial's row) the summary's best trial and its configuration ``best_config`` (and
+    best_config.yaml): the space's base with the trial's values, and, for the engine, its selected epoch, which
+    --full-train hands over with no validation left to select."""
+    tune_config = {"base": space.base, **{p.key: best[p.key] for p in space.params if p.key in best}}
+    best_cfg = user_config(tune_config) if space.trainable else \
+        trial_config({**tune_config, "select.epoch": best["best_epoch"]}).written()
+    summary["best"], summary["best_config"] = best, best_cfg
+    (path / "best_config.yaml").write_text(yaml.safe_dump(best_cfg, sort_keys=False))
 
 
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -140,7 +147,8 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         w.writerows(rows)
 
 
-RESULT_FILES = ("summary.json", "trials.csv", "best_config.yaml")  # what a search writes beside Tune's state
+# what a search writes beside Tune's state
+RESULT_FILES = ("summary.json", "trials.csv", "best_config.yaml", confirming.ANSWER_FILE)
 
 
 def print_summary(s: dict[str, Any], space: spaces.Space) -> None:
@@ -161,6 +169,8 @@ def print_summary(s: dict[str, Any], space: spaces.Space) -> None:
             figures = (f"val_acc {100 * b['val_acc']:.2f}%  val_ce {b['val_ce']:.4f}  test_acc "
                        f"{100 * b['test_acc']:.2f}%  test_ce {b['test_ce']:.4f}")
         print(f"best trial {b['trial']} ({params}) at epoch {b['best_epoch']}: {figures}")
+        for line in confirming.describe(s.get("answer") or {}, space):
+            print(line)
     for r in s.get("pareto_front", []):
         print(f"  pareto: {r['trial']}  val_acc {100 * r['val_acc']:.2f}%  val_ce {r['val_ce']:.4f}")
     written = [f for f in RESULT_FILES if (Path(s["experiment_path"]) / f).is_file()]  # an interrupted search

@@ -271,11 +271,14 @@ class TrackingCallback(tune.Callback):
     """Live MLflow logging from the driver: a child run per trial, metrics per epoch.
 
     Holds plain data only, so it pickles into Tune's experiment state; the client is made on first use.
-    ``user``: the trials run a user's trainable, whose every reported number is logged.
+    ``user``: the trials run a user's trainable, whose every reported number is logged. ``confirms``: the
+    confirmation's trials, seed (as text) -> the exploring trial each confirms (tagged ``CONFIRMS_TAG``).
     """
 
-    def __init__(self, uri: str, experiment: str, parent_run_id: str, user: bool = False) -> None:
+    def __init__(self, uri: str, experiment: str, parent_run_id: str, user: bool = False,
+                 confirms: dict[str, str] | None = None) -> None:
         self.uri, self.experiment, self.parent_run_id, self.user = uri, experiment, parent_run_id, user
+        self.confirms = confirms or {}
         self._tracker: tracking.Tracker | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -297,13 +300,20 @@ class TrackingCallback(tune.Callback):
         # a trial restored from a snapshot taken before its configuration was set has none (yet): it is recorded
         # with its first result, or at the end of the search
         if self.tracker is not None and "base" in trial.config:
-            self.tracker.trial_started(trial.trial_id, trial_name(trial), trial_params(trial.config, self.user))
+            self.tracker.trial_started(trial.trial_id, trial_name(trial), trial_params(trial.config, self.user),
+                                       confirmation_tags(trial.config, self.confirms))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if self.tracker is not None and not self.tracker.knows(trial.trial_id) and "base" in trial.config:
             self.on_trial_start(iteration, trials, trial)
         if self.tracker is not None:
             self.tracker.epoch(trial.trial_id, {**reported(result), "epoch": epoch_of(result)} if self.user else result)
+
+
+def confirmation_tags(config: dict[str, Any], confirms: dict[str, str]) -> dict[str, str]:
+    """The tags of a confirmation's trial run: the exploring trial it re-trains (none for an exploring trial)."""
+    candidate = confirms.get(str(config.get("seed")))
+    return {tracking.CONFIRMS_TAG: candidate} if candidate else {}
 
 
 class StudyRecord(tune.Callback):
@@ -424,10 +434,12 @@ def repair_checkpoints(experiment: Path) -> list[str]:
 def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, callback: TrackingCallback, *,
                    objective: str, seed: int, max_failures: int, resume: bool,
                    user_fn: Callable[..., Any] | None = None, study: StudyRecord | None = None,
-                   previous: Any = None, progress: tune.Callback | None = None) -> Any:
+                   previous: Any = None, progress: tune.Callback | None = None,
+                   points: list[dict[str, Any]] | None = None) -> Any:
     """Run (or resume) one experiment and return its ResultGrid; ``user_fn``: a user trainable, else the engine;
     ``study``: what copies finished trials into the stored Optuna study; ``previous``: the study to warm-start
-    from; ``progress``: the live view (``search.progress.Progress``), else Ray's status table."""
+    from; ``progress``: the live view (``search.progress.Progress``), else Ray's status table; ``points``: train
+    these configurations (dotted values) in order instead of sampling (the confirmation)."""
     resources = {"cpu": space.cpus_per_trial, "gpu": space.gpus_per_trial}
     if user_fn is not None:
         ship_by_value(user_fn)
@@ -439,7 +451,7 @@ def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, c
     else:
         fn = tune.with_parameters(train_trial, metric=space.metric, mode=space.mode)
     trainable = tune.with_resources(fn, resources)
-    if resume:
+    if resume and (points is None or tune.Tuner.can_restore(str(storage / name))):
         repair_checkpoints(storage / name)
         return tune.Tuner.restore(str(storage / name), trainable=trainable, resume_unfinished=True,
                                   resume_errored=max_failures > 0).fit()
@@ -459,11 +471,12 @@ def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, c
         verbose=1 if progress is None else 0,
     )
     pbt = space.scheduler["name"] == "pbt"
-    sampled = {p.key: tune_domain(p) for p in space.params} if pbt else {}
+    sampled = {p.key: tune_domain(p) for p in space.params} if pbt else dict(points[0]) if points else {}
     tuner = tune.Tuner(
         trainable,
         param_space={"base": space.base, **sampled},
-        tune_config=tune.TuneConfig(search_alg=build_searcher(space, objective, seed, previous),
+        tune_config=tune.TuneConfig(search_alg=fixed(points, space.max_concurrent) if points else
+                                    build_searcher(space, objective, seed, previous),
                                     scheduler=build_scheduler(space, epochs),
                                     num_samples=space.num_samples,
                                     # Ray 2.60: under PBT a reused actor ended exploited trials an epoch or two
@@ -474,6 +487,14 @@ def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, c
         run_config=run_config,
     )
     return tuner.fit()
+
+
+def fixed(points: list[dict[str, Any]], max_concurrent: int) -> Any:
+    """A searcher that hands out ``points`` in order, at most ``max_concurrent`` in flight (each point's keys are
+    in the param space, whose values they replace)."""
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(points_to_evaluate=[dict(p) for p in points], max_concurrent=max_concurrent)
 
 
 def trial_name(trial: Any) -> str:
