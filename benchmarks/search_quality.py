@@ -26,6 +26,8 @@ import copy
 import json
 import math
 import os
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -628,6 +630,49 @@ def plot(name: str, grid: Grid, rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig_)
 
 
+def _cell(v: float, noise: float, scale: float, digits: int) -> str:
+    """A median regret for a table, ✗ where it is above 1.5x the seed noise."""
+    return "-" if math.isnan(v) else f"{scale * v:.{digits}f}" + (" ✗" if v > 1.5 * noise else "")
+
+
+def tables(report: dict[str, Any], budgets: tuple[int, ...] = (4, 8, 16, 32), at: int = 16) -> str:
+    """The report's (``regret.json``'s) tables in Markdown: every strategy at ``at`` full trainings on every task,
+    then, per task, the shipped designs at each of ``budgets``; median regret of the kept checkpoint, accuracy in
+    points / CE, ✗ above 1.5x the task's seed noise."""
+    tasks = list(report)
+    head = f"(`{report[tasks[0]].get('command', '?')}` at {report[tasks[0]].get('commit', '?')[:7]}, loss form " \
+           f"`{report[tasks[0]].get('loss_form', '?')}`)"
+    lines = [f"Median regret at {at} full trainings, kept checkpoint {head}:", "",
+             "| strategy | " + " | ".join(f"{t} acc | {t} CE" for t in tasks) + " |",
+             "|---|" + "---|---|" * len(tasks)]
+    labels = list(dict.fromkeys(r["strategy"] for t in tasks for r in report[t]["rows"]))
+    for label in labels:
+        cells = []
+        for t in tasks:
+            row = next((r for r in report[t]["rows"] if r["strategy"] == label), None)
+            noise = report[t]["noise"]
+            cells += [_cell(at_budget(row, "regret", f, at), noise[f], *((100, 2) if f == "test_acc" else (1, 4)))
+                      if row else "-" for f in FIGURES]
+        name = f"**{label}**" if "default" in label else label
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"By budget (full trainings, the confirmation's included) {head}:", ""]
+    lines += ["| task | strategy | " + " | ".join(f"{b}: acc / CE" for b in budgets) + " |",
+              "|---|---|" + "---|" * len(budgets)]
+    for t in tasks:
+        noise = report[t]["noise"]
+        for row in report[t]["rows"]:
+            label = row["strategy"]
+            if not ("default" in label or "confirm" in label or label.endswith("val_ce, pick tie")):
+                continue
+            cells = [" / ".join(_cell(at_budget(row, "regret", f, b), noise[f], *((100, 2) if f == "test_acc"
+                                                                                 else (1, 4))) for f in FIGURES)
+                     for b in budgets]
+            lines.append(f"| {t} | {row['strategy']} | " + " | ".join(cells) + " |")
+    lines += ["", "Seed noise (accuracy points / CE): " + ", ".join(
+        f"{t} {100 * report[t]['noise']['test_acc']:.2f} / {report[t]['noise']['test_ce']:.4f}" for t in tasks)]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.search_quality", description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default=",".join(oracle.TASKS))
@@ -639,7 +684,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--oracle", type=Path, default=oracle.OUT)
     p.add_argument("--oracle-full", type=Path, default=oracle.FULL_OUT, help="the full-train grid, where it was run")
     p.add_argument("--out", type=Path, default=oracle.OUT.parent)
+    p.add_argument("--tables", type=Path, help="print the Markdown tables of a report (regret.json) and exit")
     args = p.parse_args(argv)
+    if args.tables:
+        print(tables(json.loads(args.tables.read_text())))
+        return 0
+    command = "python -m benchmarks.search_quality " + " ".join(argv if argv is not None else sys.argv[1:])
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or "?"
+    loss_form = json.loads(args.oracle.read_text()).get("loss_form") if args.oracle.is_file() else None
     runs = oracle.load(args.oracle)
     full_runs = oracle.load(args.oracle_full)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -682,7 +734,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.pbt_reps:
             rows += pbt_rows(name, grid, args.pbt_reps, [int(b) for b in args.pbt_budgets.split(",")],
                              args.out / f"pbt-{name}.json")
-        report[name] = {"best": best, "epochs": grid.epochs, "noise": grid.noise, "itra_vs_ce": fair,
+        report[name] = {"command": command, "commit": commit, "loss_form": loss_form or "unrecorded",
+                        "best": best, "epochs": grid.epochs, "noise": grid.noise, "itra_vs_ce": fair,
                         "every_point_once": ceiling, "rows": rows}
         print(f"   median regret of the kept checkpoint over {args.reps} repetitions at {list(BUDGETS)} full trainings:"
               f" test accuracy (points) | test CE | the least compute within seed noise, accuracy | CE | at 16: "

@@ -131,8 +131,10 @@ def test_a_search_confirms_its_best_and_hands_over_the_answer_with_its_certainty
     assert chosen["n"] == 2 and chosen["seeds"] in ([0, 1], [0, 2]) and summary["best"]["trial"] == ans["chosen"]
     assert summary["best_config"]["loss"]["lam"] == pytest.approx(chosen["params"]["loss.lam"])
     # the view counts one budget; the summary prints the answer as mean ± std and what it could not tell apart
-    ended = [line.split()[1] for line in out.splitlines() if re.match(r"\[[#-]{10}\] ", line)]
-    assert ended == ["1/5", "2/5", "3/5", "4/5", "5/5"], out
+    bars = [line.split() for line in out.splitlines() if re.match(r"\[[#-]{10}\] ", line)]
+    assert [b[1] for b in bars] == ["1/5", "2/5", "3/5", "4/5", "5/5"], out
+    clock = [int(m) * 60 + int(s) for m, s in (b[2].split(":") for b in bars)]
+    assert clock == sorted(clock), out  # the clock counts on through the confirmation
     assert "then 2 confirming the best on fresh seeds" in out and "confirming conf: 2 trainings of the 2 best" in out
     assert ("seed 1, confirming " + plan["candidates"][0]) in out
     printed = [line for line in out.splitlines() if line.startswith("answer: ")]

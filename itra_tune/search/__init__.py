@@ -323,7 +323,7 @@ def _confirm(summary: dict[str, Any], grid: Any, space: spaces.Space, epochs: in
     ranking = results.ranked(results.trial_rows(grid, explore, epochs), space)
     p, conf_grid, rows = confirming.run(space, ranking, epochs, path, uri, parent, seed=opts.seed,
                                         max_failures=opts.max_failures, resume=opts.resume, verbose=opts.verbose,
-                                        explored=summary["trials"])
+                                        explored=summary["trials"], elapsed=time.perf_counter() - t0)
     for status in ("completed", "stopped early", "failed", "collapsed"):
         summary[status] += sum(r["status"].startswith(status) for r in rows)
     cut = sum(r["status"] == "interrupted" for r in rows)

@@ -118,12 +118,12 @@ def space_of(space: spaces.Space, p: dict[str, Any]) -> spaces.Space:
 
 def run(space: spaces.Space, ranking: list[dict[str, Any]], epochs: int, path: Path, uri: str, parent: str, *,
         seed: int, max_failures: int, resume: bool, verbose: bool,
-        explored: int = 0) -> tuple[dict[str, Any], Any, list[dict[str, Any]]]:
+        explored: int = 0, elapsed: float = 0.0) -> tuple[dict[str, Any], Any, list[dict[str, Any]]]:
     """Run (or resume) the confirmation of the search in ``path``: its plan, its ResultGrid, its trials' rows.
 
     ``ranking``: the exploration's ranked trials; ``uri`` and ``parent``: the MLflow parent its trials become
     children of, each tagged with the trial it re-trains (``tracking.CONFIRMS_TAG``); ``explored``: the trials
-    the exploration ran (the live view counts on from there).
+    the exploration ran and ``elapsed`` its seconds (the live view counts on from there).
     """
     from itra_tune.search import progress, results, tuner
 
@@ -132,7 +132,7 @@ def run(space: spaces.Space, ranking: list[dict[str, Any]], epochs: int, path: P
         return p, None, []
     conf = space_of(space, p)
     view = None if verbose else progress.Progress(conf, epochs, total=explored + len(p["points"]),
-                                                   done_before=explored, confirms=confirms(p))
+                                                   done_before=explored, confirms=confirms(p), elapsed=elapsed)
     if view is not None:
         print(header(p, path.name, resume), flush=True)
     grid = tuner.run_experiment(conf, epochs, FOLDER, path, tuner.TrackingCallback(uri, space.name, parent,

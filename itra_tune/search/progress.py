@@ -95,9 +95,10 @@ class Progress(tune.Callback):
     resumed search goes on counting from where the killed one stopped."""
 
     def __init__(self, space: spaces.Space, epochs: int, every: float = STATUS_EVERY_S, total: int | None = None,
-                 done_before: int = 0, confirms: dict[str, str] | None = None) -> None:
+                 done_before: int = 0, confirms: dict[str, str] | None = None, elapsed: float = 0.0) -> None:
         """``total``: the budget the bar counts (default the space's trials), ``done_before`` of it spent before
-        this experiment; ``confirms``: a confirmation's trials, seed (as text) -> the trial each re-trains."""
+        this experiment, ``elapsed`` the seconds the search ran before it (the clock counts on); ``confirms``: a
+        confirmation's trials, seed (as text) -> the trial each re-trains."""
         self.metric, self.mode, self.epochs, self.every = space.metric, space.mode, epochs, every
         self.total, self.done_before, self.confirms = total or space.num_samples, done_before, confirms or {}
         # the engine's accuracy and CE side by side (whichever ranks first); a user trainable's metric alone
@@ -109,9 +110,12 @@ class Progress(tune.Callback):
         self.top: dict[str, tuple[float, int, dict[str, Any]]] = {}  # trial id -> its best epoch: score, epoch, figures
         self.best: tuple[float, str] | None = None  # score and name of the best ended trial
         self._t0 = self._last = 0.0
+        self._elapsed = elapsed
 
     def setup(self, **info: Any) -> None:
-        self._t0 = self._last = time.monotonic()
+        self._last = time.monotonic()
+        # a view restored from the snapshot of a search started before views kept their elapsed time has none
+        self._t0 = self._last - getattr(self, "_elapsed", 0.0)
 
     def get_state(self) -> dict[str, Any]:  # saved with Tune's snapshots: a resumed search counts on
         return {"ended": self.ended, "top": self.top, "best": self.best}
