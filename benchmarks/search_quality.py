@@ -26,6 +26,7 @@ import copy
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import zlib
@@ -635,21 +636,31 @@ def _cell(v: float, noise: float, scale: float, digits: int) -> str:
     return "-" if math.isnan(v) else f"{scale * v:.{digits}f}" + (" ✗" if v > 1.5 * noise else "")
 
 
+def _across(label: str, rows: list[dict[str, Any]]) -> str:
+    """A strategy's label as the tasks share it: the shipped ASHA's grace (a third of the task's epochs) as
+    ``grace 1/3``, the other (the former, early one) as ``early grace``."""
+    shipped = next((re.search(r"\(grace \d+, rf \d+\)", r["strategy"]) for r in rows if "default" in r["strategy"]),
+                   None)
+    if shipped:
+        label = label.replace(shipped.group(0), "(grace 1/3)")
+    return re.sub(r"\(grace \d+, rf \d+\)", "(early grace)", label)
+
+
 def tables(report: dict[str, Any], budgets: tuple[int, ...] = (4, 8, 16, 32), at: int = 16) -> str:
     """The report's (``regret.json``'s) tables in Markdown: every strategy at ``at`` full trainings on every task,
     then, per task, the shipped designs at each of ``budgets``; median regret of the kept checkpoint, accuracy in
     points / CE, ✗ above 1.5x the task's seed noise."""
     tasks = list(report)
-    head = f"(`{report[tasks[0]].get('command', '?')}` at {report[tasks[0]].get('commit', '?')[:7]}, loss form " \
-           f"`{report[tasks[0]].get('loss_form', '?')}`)"
+    made = sorted({(r.get("commit", "?")[:7], r.get("loss_form", "?")) for r in report.values()})
+    head = "(" + "; ".join(f"at {c}, loss form `{f}`" for c, f in made) + ")"
     lines = [f"Median regret at {at} full trainings, kept checkpoint {head}:", "",
              "| strategy | " + " | ".join(f"{t} acc | {t} CE" for t in tasks) + " |",
              "|---|" + "---|---|" * len(tasks)]
-    labels = list(dict.fromkeys(r["strategy"] for t in tasks for r in report[t]["rows"]))
-    for label in labels:
+    named = {t: {_across(r["strategy"], report[t]["rows"]): r for r in report[t]["rows"]} for t in tasks}
+    for label in dict.fromkeys(k for t in tasks for k in named[t]):
         cells = []
         for t in tasks:
-            row = next((r for r in report[t]["rows"] if r["strategy"] == label), None)
+            row = named[t].get(label)
             noise = report[t]["noise"]
             cells += [_cell(at_budget(row, "regret", f, at), noise[f], *((100, 2) if f == "test_acc" else (1, 4)))
                       if row else "-" for f in FIGURES]
@@ -661,15 +672,28 @@ def tables(report: dict[str, Any], budgets: tuple[int, ...] = (4, 8, 16, 32), at
     for t in tasks:
         noise = report[t]["noise"]
         for row in report[t]["rows"]:
-            label = row["strategy"]
-            if not ("default" in label or "confirm" in label or label.endswith("val_ce, pick tie")):
+            label = _across(row["strategy"], report[t]["rows"])
+            # the former default (explore alone), the tie rule on it, the confirmations of a quarter of the budget
+            if not (label.startswith("tpe+asha (grace 1/3), val_ce") or "confirm 0.25 " in label):
                 continue
             cells = [" / ".join(_cell(at_budget(row, "regret", f, b), noise[f], *((100, 2) if f == "test_acc"
                                                                                  else (1, 4))) for f in FIGURES)
                      for b in budgets]
-            lines.append(f"| {t} | {row['strategy']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {t} | {label} | " + " | ".join(cells) + " |")
+    lines += ["", "ITRA against CE under the same selection (each arm's point by mean validation CE over its seeds, "
+              "each seed at its selected epoch; test figures mean ± std over the seeds):", "",
+              "| task | CE: test acc % | ITRA: test acc % | CE: test CE | ITRA: test CE | ITRA's point |",
+              "|---|---|---|---|---|---|"]
+    for t in tasks:
+        ce, itra = report[t]["itra_vs_ce"]["ce"], report[t]["itra_vs_ce"]["itra"]
+        lines.append(f"| {t} | {100 * ce['test_acc']:.2f} ± {100 * ce['test_acc_seed_sd']:.2f} | "
+                     f"{100 * itra['test_acc']:.2f} ± {100 * itra['test_acc_seed_sd']:.2f} | "
+                     f"{ce['test_ce']:.4f} ± {ce['test_ce_seed_sd']:.4f} | {itra['test_ce']:.4f} ± "
+                     f"{itra['test_ce_seed_sd']:.4f} | {oracle.point_key(itra['point'])} |")
     lines += ["", "Seed noise (accuracy points / CE): " + ", ".join(
-        f"{t} {100 * report[t]['noise']['test_acc']:.2f} / {report[t]['noise']['test_ce']:.4f}" for t in tasks)]
+        f"{t} {100 * report[t]['noise']['test_acc']:.2f} / {report[t]['noise']['test_ce']:.4f}" for t in tasks), "",
+        "Made by:", ""]
+    lines += [f"    {c}" for c in dict.fromkeys(report[t].get("command", "?") for t in tasks)]
     return "\n".join(lines)
 
 
@@ -682,18 +706,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pbt-reps", type=int, default=5, help="repetitions of population based training (trained)")
     p.add_argument("--pbt-budgets", default="8", help="populations of PBT, in full trainings")
     p.add_argument("--oracle", type=Path, default=oracle.OUT)
-    p.add_argument("--oracle-full", type=Path, default=oracle.FULL_OUT, help="the full-train grid, where it was run")
+    p.add_argument("--oracle-full", type=Path, default=oracle.FULL_OUT,
+                   help="the full-train grid, where it was run (none: score the kept checkpoint only)")
     p.add_argument("--out", type=Path, default=oracle.OUT.parent)
-    p.add_argument("--tables", type=Path, help="print the Markdown tables of a report (regret.json) and exit")
+    p.add_argument("--tables", type=Path, nargs="+", help="print the Markdown tables of reports (regret.json; "
+                                                            "several are merged, by task) and exit")
+    p.add_argument("--merge", type=Path, help="with --tables: also write the merged report here")
     args = p.parse_args(argv)
     if args.tables:
-        print(tables(json.loads(args.tables.read_text())))
+        merged = {t: r for path in args.tables for t, r in json.loads(path.read_text()).items()}
+        if args.merge:
+            args.merge.write_text(json.dumps(merged, indent=1))
+        print(tables(merged))
         return 0
     command = "python -m benchmarks.search_quality " + " ".join(argv if argv is not None else sys.argv[1:])
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or "?"
     loss_form = json.loads(args.oracle.read_text()).get("loss_form") if args.oracle.is_file() else None
     runs = oracle.load(args.oracle)
-    full_runs = oracle.load(args.oracle_full)
+    full_runs = {} if str(args.oracle_full) == "none" else oracle.load(args.oracle_full)
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {}
     for name in args.tasks.split(","):
