@@ -6,6 +6,11 @@ and a concurrency limit bounds the trials in flight. Each trial is ``engine.fit`
 Each search ends with a summary: the best configuration, its validation and test metrics, how many trials
 completed, stopped early or failed, the wall time, and where the results are.
 
+A search runs in phases, each in its own module: planning (``planning``: the options applied to the space,
+every check before Ray starts), exploring (one Tune experiment, here), confirming (``confirming``: the best
+candidates re-trained on fresh seeds, the answer with its certainty), recording (``record``: MLflow) and the
+summary (``results``).
+
 This package is the only part of itra_tune that imports Ray.
 """
 
@@ -17,65 +22,35 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from itra_tune import cli, engine, extras, spaces, tracking
 from itra_tune import config as config_mod
+from itra_tune import extras, spaces, tracking
 from itra_tune.config import ConfigError
+from itra_tune.search.planning import (
+    METHOD_KNOBS,
+    OBJECTIVES,
+    Options,
+    check_warm_start,
+    code_folders,
+    equal_compute,
+    method_slug,
+    method_space,
+    parse_method,
+    prepare,
+    record_threads,
+    resume_command,
+    search_params,
+)
 
-METHOD_KNOBS = {  # each method tunes its own knob in a fair comparison
-    "ce": None,
-    "lsr": spaces.Param("loss.eps", "float", 0.01, 0.3),
-    "center": spaces.Param("loss.lam", "float", 0.005, 0.5, log=True),
-    "itra": None,  # keeps the space's own loss.lam range
-    "itra_c": None,
-}
 DEFAULT_STORAGE = Path("runs") / "search"
 # Ray 2.60 binds a local cluster's servers to the loopback address only when this is set before ray is first
 # imported (it is read once, at import); a node joining another cluster refuses it, so never with an address.
 LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # MLflow configures its loggers when first imported: a search shows its warnings only, unless --verbose
 QUIET_MLFLOW = {"MLFLOW_LOGGING_LEVEL": "WARNING"}
-OBJECTIVES = ("single", "acc_ce")
-
-
-@dataclass(frozen=True)
-class Options:
-    """How to run a search; every field has the command line's flag of the same name (``--num-samples`` ...).
-
-    Budget and resources left None take the space's own.
-    """
-
-    num_samples: int | None = None  # trials in all, the confirmation's included
-    max_concurrent: int | None = None  # trials in flight at once
-    confirm_share: float | None = None  # the share of num_samples re-training the best candidates on fresh seeds
-    confirm_candidates: int | None = None  # how many candidates the confirmation re-trains
-    cpus_per_trial: float | None = None
-    gpus_per_trial: float | None = None  # fractions let several small trials share a GPU
-    workers_per_trial: int | None = None  # data-parallel workers per trial; cpus and gpus are then each worker's
-    scheduler: str | None = None  # asha | median | hyperband | pbt | none
-    objective: str = "single"  # single: the space's metric; acc_ce: val_acc (max) and val_ce (min), Pareto
-    methods: tuple[str, ...] = ()  # one search per method with the same budget, e.g. ("ce", "itra_c")
-    equal_compute: bool = False  # methods share compute, not trials: fewer trials for a dearer step
-    address: str | None = None  # join this Ray cluster; None starts a local one
-    storage_path: str | None = None  # where experiments live (default runs/search)
-    name: str | None = None  # the experiment (default <space>-<time>); with resume, the one to continue
-    resume: bool = False  # continue the experiment ``name`` as it was started
-    seed: int = 0  # the Optuna sampler's seed
-    optuna_storage: str | None = None  # the Optuna study's database URL (default a SQLite file in the experiment)
-    warm_start: str | None = None  # an earlier search's name: its trials seed the sampler, its best runs first
-    overrides: tuple[str, ...] = ()  # key=value overrides of the base configuration
-    smoke: bool = False  # the space's smoke settings: a handful of short trials
-    max_failures: int = 0  # retries of a failing trial from its latest checkpoint
-    tracking_uri: str | None = None  # MLflow; default $MLFLOW_TRACKING_URI, else ./mlflow.db
-    register: bool = False  # register the best model as itra-<space>
-    log_models: int | None = 3  # the best k trials' checkpoints become LoggedModels; None: every trial's
-    verbose: bool = False  # Ray's status table and Ray's, Optuna's and MLflow's own messages; else a compact view
-    # a user's training function fn(config, report) (itra_tune.search.trainable.Report), or its
-    # "package.module:function"; None: the space's own trainable, else the engine
-    trainable: Any = None
 
 
 def run(space: str | Path = "demo", **options: Any) -> list[dict[str, Any]]:
@@ -153,46 +128,6 @@ def _run(space: str | Path, options: dict[str, Any], ending: bool = False) -> li
     return _run_plan(plan, names, saved, storage, uri, opts, resume_command(space, stem, opts), warm, ending)
 
 
-def equal_compute(plan: list[tuple[spaces.Space, str | None]]) -> list[tuple[spaces.Space, str | None]]:
-    """The methods' spaces with trials in inverse proportion to their measured step cost: each gets the compute of
-    the budget's trials of the cheapest method (a step of ITRA with an independent S2 costs about two of CE)."""
-    if len(plan) < 2 or plan[0][1] is None:
-        raise ConfigError("--equal-compute shares one budget among the searches of --methods; name two or more")
-    if plan[0][0].trainable:
-        raise ConfigError("--equal-compute measures the engine's training steps; a user trainable has its own")
-    cost = [engine.step_seconds(config_mod.from_dict(sp.base, str(sp.path))) for sp, _ in plan]
-    out = []
-    for (sp, method), c in zip(plan, cost):
-        trials = max(1, round(sp.num_samples * min(cost) / c))
-        print(f"equal compute: {method} {1000 * c:.1f} ms a step ({c / min(cost):.2f}x), {trials} trials")
-        out.append((replace(sp, num_samples=trials), method))
-    return out
-
-
-def check_warm_start(plan: list[tuple[spaces.Space, str | None]], storage: Path, opts: Options) -> list[Any]:
-    """The earlier studies each experiment of ``plan`` starts from (None each without ``warm_start``); ConfigError,
-    before anything is written, when one is missing or ranked by another objective."""
-    if opts.warm_start is None:
-        return [None] * len(plan)
-    if opts.resume:
-        raise ConfigError("--warm-start starts a new search from an earlier one; --resume continues a search as it "
-                          "was started: give one of them")
-    from itra_tune.search import study, tuner
-
-    out = []
-    for sp, method in plan:
-        if sp.scheduler["name"] == "pbt":
-            raise ConfigError("--warm-start seeds Optuna's sampler; population based training (pbt) samples without "
-                              "it: choose another scheduler")
-        name = f"{opts.warm_start}-{method_slug(method)}" if method else opts.warm_start
-        url = study.storage_url(opts.optuna_storage, storage / name)
-        if opts.optuna_storage is None and not (storage / name / study.DB_FILE).is_file():
-            raise ConfigError(f"--warm-start: no search {name!r} with an Optuna study in {storage}; name an earlier "
-                              f"search of this space (its --name), or give its --optuna-storage")
-        out.append(study.load_previous(url, name, *tuner.objectives(sp, opts.objective)))
-    return out
-
-
 def _run_plan(plan: list[tuple[spaces.Space, str | None]], names: list[str], saved: dict[str, tuple[str, str]],
               storage: Path, uri: str, opts: Options, resume_cmd: str, warm: list[Any],
               ending: bool = False) -> list[dict[str, Any]]:
@@ -210,21 +145,6 @@ def _run_plan(plan: list[tuple[spaces.Space, str | None]], names: list[str], sav
             after_tune = (lambda: background.submit(ray.shutdown)) if ending and started else None
             return _run_searches(plan, names, saved, storage, uri, opts, resume_cmd, warm, ray.cluster_resources(),
                                  after_tune)
-
-
-def code_folders(plan: list[tuple[spaces.Space, str | None]]) -> tuple[str, ...]:
-    """The folders of the user's model and dataset factories the plan's spaces name, imported (a ConfigError names
-    one that does not import)."""
-    refs: set[tuple[str, str]] = set()  # (key, package.module:callable)
-    for sp, _ in plan:
-        if sp.trainable is None:
-            base = config_mod.dotted(sp.base)
-            refs |= {(k, base.get(k)) for k in ("model.name", "data.name")}
-            refs |= {(p.key, c) for p in sp.params if p.key in ("model.name", "data.name") for c in p.choices}
-    refs = {(k, r) for k, r in refs if isinstance(r, str) and config_mod.is_callable_ref(r)}
-    for key, ref in refs:  # a searched choice is checked here, not in every trial that draws it
-        config_mod.import_callable(ref, key)
-    return tuple(dict.fromkeys(config_mod.code_root(r) for _, r in sorted(refs)))
 
 
 def _warm(uri: str) -> None:
@@ -254,7 +174,7 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
         epochs = sp.max_epochs if sp_cfg is None else sp_cfg.train.epochs
         objective, parent = saved.get(name, (opts.objective, ""))
         if not parent:
-            tracker = tracking.Tracker(uri, sp.name, run_name=name, params=_search_params(sp, opts, objective),
+            tracker = tracking.Tracker(uri, sp.name, run_name=name, params=search_params(sp, opts, objective),
                                        artifacts=[sp.path], tags={tracking.SMOKE_TAG: str(opts.smoke).lower()})
             parent = tracker.parent
             tracker.log_artifact(tuner.save_settings(sp, objective, storage / name, parent))
@@ -279,7 +199,9 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
         summary["interrupted"] = summary["trials"] < explore.num_samples or summary["interrupted_trials"] > 0
         confirmation = None
         if explore is not sp and not summary["interrupted"]:
-            confirmation = _confirm(summary, grid, sp, epochs, storage / name, uri, parent, opts, t0)
+            confirmation = confirming.after_exploring(summary, grid, sp, epochs, storage / name, uri, parent, t0,
+                                                      seed=opts.seed, max_failures=opts.max_failures,
+                                                      resume=opts.resume, verbose=opts.verbose)
         elif objective == "single" and summary["best"] is not None:  # the answer on its one seed, and why
             summary["answer"] = confirming.answer(sp, results.ranked(results.trial_rows(grid, sp, epochs), sp), None,
                                                   [])
@@ -310,162 +232,6 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
     if shutting_down is not None:  # Tune's objects die with this frame: never while Ray is half shut down
         shutting_down.result()
     return summaries
-
-
-def _confirm(summary: dict[str, Any], grid: Any, space: spaces.Space, epochs: int, path: Path, uri: str,
-             parent: str, opts: Options, t0: float) -> Any:
-    """The confirmation stage after a finished exploration (``search.confirming``): its trials counted in the
-    summary, the answer (``summary["answer"]``, answer.json) and the chosen candidate as the summary's best.
-    Returns the confirmation's ResultGrid (None when it had nothing to confirm)."""
-    from itra_tune.search import confirming, results
-
-    explore = confirming.exploring(space, "single")
-    ranking = results.ranked(results.trial_rows(grid, explore, epochs), space)
-    p, conf_grid, rows = confirming.run(space, ranking, epochs, path, uri, parent, seed=opts.seed,
-                                        max_failures=opts.max_failures, resume=opts.resume, verbose=opts.verbose,
-                                        explored=summary["trials"], elapsed=time.perf_counter() - t0)
-    for status in ("completed", "stopped early", "failed", "collapsed"):
-        summary[status] += sum(r["status"].startswith(status) for r in rows)
-    cut = sum(r["status"] == "interrupted" for r in rows)
-    summary["interrupted_trials"] += cut
-    summary["trials"] += len(rows)
-    summary["num_samples"] = space.num_samples
-    summary["wall_time_s"] = round(time.perf_counter() - t0, 1)
-    summary["interrupted"] = len(rows) < len(p["points"]) or cut > 0
-    summary["confirmation"] = {"plan": p, "trainings": len(rows), "planned": len(p["points"])}
-    summary["answer"] = confirming.answer(space, ranking, p, rows)
-    if summary["answer"]:
-        chosen = next(r for r in ranking if r["trial"] == summary["answer"]["chosen"])
-        results.write_best(summary, chosen, space, path)
-    confirming.save_answer(summary["answer"], path)
-    return conf_grid
-
-
-def prepare(space: str | Path, opts: Options) -> tuple[spaces.Space, config_mod.Config | None]:
-    """The space with the options applied, and its validated base configuration (None for a user trainable);
-    checks data and model, or that the trainable imports."""
-    sp = spaces.load(space, user=opts.trainable is not None)
-    if opts.trainable is not None or sp.trainable is not None:
-        return _prepare_user(sp, opts), None
-    sp, overrides = _apply_options(sp, opts)
-    # the space file's base is valid (spaces.load checked it): what fails now, --set (or the space's smoke) caused
-    source = "--set " + " ".join(opts.overrides) if opts.overrides else f"{sp.path}: smoke"
-    cfg = config_mod.from_dict(config_mod.apply_overrides(sp.base, overrides), source)
-    if (cfg.select.metric, cfg.select.mode, cfg.select.epoch) != (sp.metric, sp.mode, None):
-        raise ConfigError(f"--set select.*: a search selects by its space's rule ({sp.metric}, {sp.mode}) and writes "
-                          f"the selected epoch itself; change metric and mode in {sp.path}")
-    for key in ("data.root", "data.path"):  # trials run in their own folders: make relative paths absolute
-        if cfg.flat()[key] is not None:
-            cfg = config_mod.override(cfg, {key: str(Path(cfg.flat()[key]).expanduser().resolve())})
-    sp = replace(sp, base=cfg.to_dict())
-    engine.check(cfg)
-    engine.check_available(cfg)
-    for m in opts.methods:
-        method_space(sp, m)
-    return sp, cfg
-
-
-def _prepare_user(sp: spaces.Space, opts: Options) -> spaces.Space:
-    """A space searching a user's trainable, with the options applied; the trainable imports (checked here)."""
-    from itra_tune.search import trainable
-
-    if isinstance(opts.trainable, str):
-        spaces.check_trainable(opts.trainable, "--trainable")
-    fn = trainable.resolve_trainable(opts.trainable or sp.trainable)
-    if opts.methods:
-        raise ConfigError("--methods compares the engine's losses; a user trainable searches its own space")
-    if opts.register:
-        raise ConfigError("--register needs the engine's model; a user trainable's best checkpoints are logged as "
-                          "files of their runs (checkpoint/)")
-    if (opts.workers_per_trial or sp.workers_per_trial) > 1:
-        raise ConfigError("--workers-per-trial runs the engine's data-parallel workers; a user trainable runs as one "
-                          "process (start your own process group inside it)")
-    if sp.max_epochs is None:
-        raise ConfigError(f"{sp.path}: budget.max_epochs is required with a trainable: the most times a trial "
-                          f"reports (the schedulers count time in reports)")
-    sp, overrides = _apply_options(sp, opts)
-    return replace(sp, base=config_mod.apply_overrides(sp.base, overrides),
-                   trainable=opts.trainable if isinstance(opts.trainable, str) else trainable.trainable_ref(fn))
-
-
-def _apply_options(sp: spaces.Space, opts: Options) -> tuple[spaces.Space, list[str]]:
-    """The space with the command line's budget, resources and scheduler (and --smoke's); the base overrides
-    (--smoke's, then --set) for the caller to apply."""
-    overrides = list(opts.overrides)
-    budget: dict[str, Any] = {}
-    if opts.smoke:
-        smoke = dict(sp.smoke)
-        budget["num_samples"] = int(smoke.pop("num_samples", 3))
-        overrides = [f"{k}={v}" for k, v in smoke.items()] + overrides
-    for key in ("num_samples", "max_concurrent", "confirm_share", "confirm_candidates", "cpus_per_trial",
-                "gpus_per_trial", "workers_per_trial"):
-        if getattr(opts, key) is not None:
-            budget[key] = getattr(opts, key)
-    spaces.check_budget(budget, "command line")
-    if opts.scheduler is not None and opts.scheduler not in spaces.SCHEDULERS:
-        raise ConfigError(f"scheduler must be one of {', '.join(spaces.SCHEDULERS)} but got {opts.scheduler!r}")
-    scheduler = dict(sp.scheduler, name=opts.scheduler) if opts.scheduler else sp.scheduler
-    return replace(sp, scheduler=scheduler, **budget), overrides
-
-
-def record_threads(space: spaces.Space) -> spaces.Space:
-    """The space with ``train.threads`` set to each trial's (or worker's) CPUs (Ray gives it that many threads),
-    unless it says otherwise: the best configuration then retrains to the same numbers outside Ray; and with
-    ``train.workers_per_trial``, the workers a trial runs as."""
-    workers = [f"train.workers_per_trial={space.workers_per_trial}"] if space.workers_per_trial > 1 else []
-    if space.base.get("train", {}).get("threads") is not None:
-        return replace(space, base=config_mod.apply_overrides(space.base, workers))
-    threads = max(1, int(space.cpus_per_trial))
-    return replace(space, base=config_mod.apply_overrides(space.base, [f"train.threads={threads}"] + workers))
-
-
-def parse_method(method: str) -> tuple[str, str | None]:
-    """A method of a comparison, ``loss`` or ``loss:pairing`` (``itra_c:memory``): the loss and its S2 pairing."""
-    loss, _, pairing = method.partition(":")
-    if loss not in METHOD_KNOBS:
-        raise ConfigError(f"--methods: unknown method {method!r}; choose from {', '.join(METHOD_KNOBS)}, an itra "
-                          f"method optionally with its pairing, e.g. itra_c:memory")
-    if pairing and (not loss.startswith("itra") or pairing not in config_mod.PAIRINGS):
-        raise ConfigError(f"--methods: {method!r}: a pairing follows itra or itra_c and is one of "
-                          f"{', '.join(config_mod.PAIRINGS)}")
-    return loss, pairing or None
-
-
-def method_slug(method: str) -> str:
-    """The method as a name of folders, experiments and tags: ``itra_c:memory`` -> ``itra_c-memory``."""
-    return method.replace(":", "-")
-
-
-def method_space(space: spaces.Space, method: str) -> spaces.Space:
-    """The space for one method of a fair comparison: same budget and shared knobs, its own loss knob (and, for
-    ``loss:pairing``, its own pairing of S2, which is then not searched)."""
-    loss, pairing = parse_method(method)
-    shared = [p for p in space.params if not p.key.startswith("loss.")]
-    if pairing:
-        shared = [p for p in shared if p.key != "data.pairing"]
-    own = [p for p in space.params if p.key.startswith("loss.")] if loss.startswith("itra") else []
-    if METHOD_KNOBS[loss] is not None:
-        own = [METHOD_KNOBS[loss]]
-    base = config_mod.apply_overrides(space.base, [f"loss.name={loss}"] + ([f"data.pairing={pairing}"] * bool(pairing)))
-    return replace(space, name=f"{space.name}-{method_slug(method)}", base=base, params=tuple(shared + own))
-
-
-def resume_command(space: str | Path, stem: str, opts: Options) -> str:
-    """The command line that continues this search."""
-    return " ".join([cli.command(), "-m itra_tune.search", "--space", str(space), "--name", stem, "--resume"]
-                    + (["--methods", ",".join(opts.methods)] if opts.methods else [])
-                    + (["--storage-path", opts.storage_path] if opts.storage_path else [])
-                    + (["--optuna-storage", opts.optuna_storage] if opts.optuna_storage else [])
-                    + (["--tracking-uri", opts.tracking_uri] if opts.tracking_uri else []))
-
-
-def _search_params(space: spaces.Space, opts: Options, objective: str) -> dict[str, Any]:
-    return {"space": space.name, "metric": space.metric, "mode": space.mode, "objective": objective,
-            "num_samples": space.num_samples, "max_concurrent": space.max_concurrent, "seed": opts.seed,
-            "workers_per_trial": space.workers_per_trial,
-            "scheduler": space.scheduler.get("name"), "searched": ",".join(p.key for p in space.params),
-            "trainable": space.trainable or config_mod.ENGINE, "smoke": opts.smoke,
-            "code_version": config_mod.code_version()}
 
 
 __all__ = ["DEFAULT_STORAGE", "METHOD_KNOBS", "Options", "method_slug", "method_space", "parse_method", "prepare",

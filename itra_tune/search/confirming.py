@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,35 @@ def run(space: spaces.Space, ranking: list[dict[str, Any]], epochs: int, path: P
                                 objective="single", seed=seed, max_failures=max_failures,
                                 resume=resume and (path / FOLDER).is_dir(), points=tune_points(p), progress=view)
     return p, grid, results.trial_rows(grid, conf, epochs)
+
+
+def after_exploring(summary: dict[str, Any], grid: Any, space: spaces.Space, epochs: int, path: Path, uri: str,
+                    parent: str, t0: float, *, seed: int, max_failures: int, resume: bool, verbose: bool) -> Any:
+    """The confirmation stage after a finished exploration (its ResultGrid ``grid``, its ``summary``): the
+    confirmation's trials counted in the summary, the answer (``summary["answer"]``, answer.json) and the chosen
+    candidate as the summary's best; ``t0``: when the search started (``time.perf_counter``). Returns the
+    confirmation's ResultGrid (None when it had nothing to confirm)."""
+    from itra_tune.search import results
+
+    ranking = results.ranked(results.trial_rows(grid, exploring(space, "single"), epochs), space)
+    p, conf_grid, rows = run(space, ranking, epochs, path, uri, parent, seed=seed, max_failures=max_failures,
+                             resume=resume, verbose=verbose, explored=summary["trials"],
+                             elapsed=time.perf_counter() - t0)
+    for status in ("completed", "stopped early", "failed", "collapsed"):
+        summary[status] += sum(r["status"].startswith(status) for r in rows)
+    cut = sum(r["status"] == "interrupted" for r in rows)
+    summary["interrupted_trials"] += cut
+    summary["trials"] += len(rows)
+    summary["num_samples"] = space.num_samples
+    summary["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    summary["interrupted"] = len(rows) < len(p["points"]) or cut > 0
+    summary["confirmation"] = {"plan": p, "trainings": len(rows), "planned": len(p["points"])}
+    summary["answer"] = answer(space, ranking, p, rows)
+    if summary["answer"]:
+        chosen = next(r for r in ranking if r["trial"] == summary["answer"]["chosen"])
+        results.write_best(summary, chosen, space, path)
+    save_answer(summary["answer"], path)
+    return conf_grid
 
 
 def header(p: dict[str, Any], name: str, resume: bool) -> str:
