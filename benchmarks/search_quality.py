@@ -602,14 +602,17 @@ def itra_against_ce(grid: Grid) -> dict[str, Any]:
     return out
 
 
-def plot(name: str, grid: Grid, rows: list[dict[str, Any]], path: Path) -> None:
+def plot(name: str, noise: dict[str, float], epochs: int, rows: list[dict[str, Any]], path: Path) -> None:
     """Median regret over compute with the repetitions' interquartile range, one panel per test figure and
-    selection metric."""
+    selection metric; of the confirmations, the shipped one and its tie-rule variant."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    shipped = next((r["strategy"].rsplit(", val_ce", 1)[0] for r in rows if "confirm" in r["strategy"]
+                    and "default" in r["strategy"]), None)
+    rows = [r for r in rows if "confirm" not in r["strategy"] or (shipped and r["strategy"].startswith(shipped))]
     fig_, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
     for col, metric in enumerate(SELECT):
         for row_i, fig in enumerate(("test_acc", "test_ce")):
@@ -620,11 +623,12 @@ def plot(name: str, grid: Grid, rows: list[dict[str, Any]], path: Path) -> None:
                 med, lo, hi = np.median(reg, 0), np.percentile(reg, 25, 0), np.percentile(reg, 75, 0)
                 line, = ax.plot(r["budgets"], med, marker="o", label=r["strategy"])
                 ax.fill_between(r["budgets"], lo, hi, color=line.get_color(), alpha=0.12)
-            ax.axhline(grid.noise[fig] * scale, color="grey", ls="--", lw=1, label="oracle seed noise")
+            ax.axhline(noise[fig] * scale, color="grey", ls="--", lw=1, label="oracle seed noise")
             ax.set_xscale("log", base=2)
             ax.set_title(f"selected on {metric}: {fig} regret" + (" (points)" if fig == "test_acc" else ""))
-            ax.set_xlabel(f"compute, full trainings of {grid.epochs} epochs")
-    axes[0][0].legend(fontsize=8)
+            ax.set_xlabel(f"compute, full trainings of {epochs} epochs")
+    axes[0][0].legend(fontsize=7)
+    axes[0][1].legend(fontsize=7)
     fig_.suptitle(f"{name}: regret of the configuration each search selects (median, 25-75% of repetitions)")
     fig_.tight_layout()
     fig_.savefig(path, dpi=90)
@@ -715,8 +719,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.tables:
         merged = {t: r for path in args.tables for t, r in json.loads(path.read_text()).items()}
-        if args.merge:
+        if args.merge:  # and the curves beside it
             args.merge.write_text(json.dumps(merged, indent=1))
+            for name, r in merged.items():
+                plot(name, r["noise"], r["epochs"], r["rows"], args.merge.parent / f"{name}_regret.png")
         print(tables(merged))
         return 0
     command = "python -m benchmarks.search_quality " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -782,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
                   + " ".join(f"{v:5.3f}" for v in ce) + f" | within noise at {to_noise(r, grid, 'test_acc')} | "
                   f"{to_noise(r, grid, 'test_ce')} | {at16} | {sec}" + ("" if r["budgets"] == list(BUDGETS) else
                                                                           f" (budgets {r['budgets']})"))
-        plot(name, grid, rows, args.out / f"{name}_regret.png")
+        plot(name, grid.noise, grid.epochs, rows, args.out / f"{name}_regret.png")
     (args.out / "regret.json").write_text(json.dumps(report, indent=1))
     return 0
 
