@@ -8,6 +8,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The tests' local Ray listens on the loopback address alone, as a local search's does (read when ray is imported)
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Ray starts its workers at niceness 15 (its worker_niceness): beside any process at the default priority (the
+# other pytest-xdist worker's own training, a busy CI machine) a trial gets a few percent of a core (measured:
+# epochs 43x slower beside two CPU-bound processes). The tests' trials run at the priority of the tests' own code.
+os.environ.setdefault("RAY_worker_niceness", "0")
 # Real datasets (Fashion-MNIST, the AG News test split) reach the tests the way they reach users: through
 # $ITRA_TUNE_DATA. CI sets it; a checkout with the project's shared data beside it finds it there.
 _BESIDE = Path(__file__).resolve().parents[2] / "shared" / "data"
