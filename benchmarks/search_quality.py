@@ -40,31 +40,31 @@ import optuna
 
 from benchmarks import oracle
 from itra_tune import engine, selection, spaces
+from itra_tune.config import SelectConfig
 
 BUDGETS = (1, 2, 4, 8, 16, 32)  # compute, in full trainings (epochs / the task's epochs)
 SELECT = {"val_acc": "max", "val_ce": "min"}
 RULES = ("val_ce", "val_acc", "tie")  # how a trial's epoch and the search's pick are chosen (``selected_epoch``)
-DEFAULT_RULE = spaces.DEFAULT_METRIC  # whose seed spread is the noise the regrets are read against
+DEFAULT_RULE = "val_ce"  # whose seed spread is the noise the regrets are read against (as before one_se shipped)
 VAL_SIZE = {"fmnist_overfit": 6000, "fmnist_cosine": 6000, "digits": 270, "fmnist_adamw": 6000,  # validation
             "digits_adamw": 270}  # examples
 FIGURES = ("test_acc", "test_ce")
 WORST = {"test_acc": 0.1, "test_ce": math.log(10)}  # a failed run's figure: chance on the 10-class tasks
 
 
+def rule_of(rule: str) -> SelectConfig:
+    """``itra_tune.selection``'s rule by the benchmark's name for it: ``val_ce`` and ``val_acc`` select by that
+    metric alone, ``tie`` is the one-standard-error rule (the shipped default, ranked as a search ranks it)."""
+    if rule == "tie":
+        return SelectConfig(rule="one_se")
+    return SelectConfig(rule="metric", metric=rule, mode=SELECT[rule])
+
+
 def selected_epoch(curves: dict[str, list[float]], upto: int, rule: str, val_size: int) -> int:
-    """The epoch (from 1) a run of ``upto`` epochs hands over: ``itra_tune.selection``'s rule for ``val_ce`` and
-    ``val_acc``; ``tie`` (a design not shipped): accuracy within one standard error of the run's best counts as a
-    tie, broken by the lower CE."""
-    rows = [{"epoch": e + 1, "val_acc": curves["val_acc"][e], "val_ce": curves["val_ce"][e]} for e in range(upto)]
-    if rule in SELECT:
-        return selection.best(rows, rule, SELECT[rule])["epoch"]
-    return tie_best(rows, val_size)["epoch"]
-
-
-def tie_best(rows: list[dict[str, Any]], val_size: int) -> dict[str, Any]:
-    top = max(r["val_acc"] for r in rows)
-    tol = math.sqrt(max(top * (1 - top), 1e-12) / val_size)
-    return min((r for r in rows if r["val_acc"] >= top - tol), key=lambda r: r["val_ce"])
+    """The epoch (from 1) a run of ``upto`` epochs hands over, by ``itra_tune.selection``'s rule."""
+    rows = [{"epoch": e + 1, "val_acc": curves["val_acc"][e], "val_ce": curves["val_ce"][e],
+             selection.COUNT: val_size} for e in range(upto)]
+    return selection.best(rows, rule_of(rule))["epoch"]
 
 
 @dataclass
@@ -241,11 +241,11 @@ def choose(grid: Grid, trials: list[Trial], rule: str) -> int | None:
     for t in trials:
         c = grid.curves[t.point][t.seed]
         e = selected_epoch(c, t.epoch, rule, VAL_SIZE[grid.name])
-        rows.append({"val_acc": c["val_acc"][e - 1], "val_ce": c["val_ce"][e - 1], "point": t.point})
+        rows.append({"val_acc": c["val_acc"][e - 1], "val_ce": c["val_ce"][e - 1], "point": t.point,
+                     selection.COUNT: VAL_SIZE[grid.name]})
     if not rows:
         return None
-    best = selection.best(rows, rule, SELECT[rule]) if rule in SELECT else tie_best(rows, VAL_SIZE[grid.name])
-    return best["point"]
+    return selection.best(rows, rule_of(rule))["point"]
 
 
 def simulate(grid: Grid, sampler: Sampler, scheduler: ASHA | None, metric: str, workers: int, budget: int,
@@ -308,9 +308,9 @@ def confirmed(grid: Grid, trials: list[Trial], rule: str, trainings: int, candid
     for t in full:
         c = grid.curves[t.point][t.seed]
         e = selected_epoch(c, t.epoch, rule, VAL_SIZE[grid.name])
-        rows.append({"val_acc": c["val_acc"][e - 1], "val_ce": c["val_ce"][e - 1], "point": t.point, "seed": t.seed})
-    order = selection.ranked(rows, rule, SELECT[rule]) if rule in SELECT else \
-        sorted(rows, key=lambda r: r["val_ce"])  # tie: the CE order (the pick among the means breaks ties)
+        rows.append({"val_acc": c["val_acc"][e - 1], "val_ce": c["val_ce"][e - 1], "point": t.point, "seed": t.seed,
+                     selection.COUNT: VAL_SIZE[grid.name]})
+    order = selection.ranked(rows, rule_of(rule))
     top: list[dict[str, Any]] = []
     for r in order:
         if r["point"] not in {c["point"] for c in top}:
@@ -334,11 +334,11 @@ def confirmed(grid: Grid, trials: list[Trial], rule: str, trainings: int, candid
             continue
         picked = [(grid.curves[point][s], selected_epoch(grid.curves[point][s], grid.epochs, rule,
                                                           VAL_SIZE[grid.name])) for s in ss]
-        means.append({f: float(np.mean([c[f][e - 1] for c, e in picked])) for f in SELECT} | {"point": point})
+        means.append({f: float(np.mean([c[f][e - 1] for c, e in picked])) for f in SELECT}
+                     | {"point": point, selection.COUNT: VAL_SIZE[grid.name]})
     if not means:
         return top[0]["point"], seconds
-    best = selection.best(means, rule, SELECT[rule]) if rule in SELECT else tie_best(means, VAL_SIZE[grid.name])
-    return best["point"], seconds
+    return selection.best(means, rule_of(rule))["point"], seconds
 
 
 def top_k(grid: Grid, metric: str, budget: int, rng: np.random.Generator) -> tuple[int | None, float]:
@@ -431,9 +431,10 @@ def strategies(task: oracle.Task, space: spaces.Space, epochs: int) -> list[Stra
             out.append(Strategy(f"{shipped} + confirm {share:g} of the budget, {candidates} best", space.metric, rule,
                                 confirming(share, candidates, rule)))
     default = (space.confirm_share, space.confirm_candidates)
+    rule = "tie" if space.rule == "one_se" else space.metric  # the shipped rule, by the benchmark's name
     return [replace(s, default=True) if (s.name, s.metric, s.select) == (
         f"{shipped} + confirm {default[0]:g} of the budget, {default[1]} best" if default[0] else shipped,
-        space.metric, space.metric) else s for s in out]
+        space.metric, rule) else s for s in out]
 
 
 class _Pause(Exception):

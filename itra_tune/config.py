@@ -98,6 +98,7 @@ BANDWIDTHS = ("median", "mean", "fixed", "multiscale")  # kernel bandwidth schem
 FORMS = ("gated", "guarded", "scale_invariant", "paper")
 # what may select an epoch or a trial (itra_tune.selection): validation figures, never the test split's
 SELECT_METRICS = {"val_ce": "min", "val_acc": "max"}
+SELECT_RULES = ("one_se", "metric")  # itra_tune.selection
 UNRANKED = ("failed", "collapsed")  # trial statuses that never rank: an error, or a matching loss's collapse
 ENGINE = "itra_tune.engine"  # the trainable a search records when it trains with the engine, not a user's
 
@@ -208,8 +209,12 @@ class SelectConfig:
     """Which epoch a run hands over (``itra_tune.selection``): the rule a search ranks its trials by, written into
     the configuration it hands to production, so that retraining selects what the search selected."""
 
-    # the validation figure that selects (val_ce or val_acc; ties go to the lower val_ce, then the earlier epoch).
-    # val_ce by default: it ranks epochs as their test CE does (docs/results/search-quality.md)
+    # one_se: the lowest validation CE among the epochs whose validation accuracy is within one standard error of
+    # the best; metric: the metric below alone. one_se by default: one validation split cannot rank closer
+    # accuracies, and CE ranks the tied ones as their test CE does (docs/results/search-quality.md)
+    rule: str = "one_se"
+    # the validation figure that selects under the metric rule (val_ce or val_acc; ties go to the lower val_ce,
+    # then the earlier epoch), and that a search samples on and stops trials by
     metric: str = "val_ce"
     mode: str = "min"  # min | max: which way the metric improves
     # the epoch the search selected (written by the search into its best configuration). Without a validation
@@ -364,6 +369,7 @@ def validate(cfg: Config, source: str = "config") -> None:
         (t.threads is None or t.threads > 0, "train.threads",
          f"must be a positive integer or null but got {t.threads}"),
         (t.workers_per_trial >= 1, "train.workers_per_trial", f"must be at least 1 but got {t.workers_per_trial}"),
+        (se.rule in SELECT_RULES, "select.rule", f"unknown rule {se.rule!r}; choose one of {', '.join(SELECT_RULES)}"),
         (se.metric in SELECT_METRICS, "select.metric",
          f"{se.metric!r} cannot select; choose one of {', '.join(SELECT_METRICS)} (validation figures)"),
         (se.mode in ("min", "max"), "select.mode", f"must be min or max but got {se.mode!r}"),
@@ -447,7 +453,8 @@ def _deep_copy(raw: Any) -> Any:
 
 
 __all__ = [
-    "BANDWIDTHS", "PAIRINGS", "SELECT_METRICS", "Config", "ConfigError", "DataConfig", "LossConfig", "ModelConfig",
+    "BANDWIDTHS", "PAIRINGS", "SELECT_METRICS", "SELECT_RULES", "Config", "ConfigError", "DataConfig", "LossConfig",
+    "ModelConfig",
     "OptimConfig", "SelectConfig", "TrainConfig", "apply_overrides", "check_bandwidth", "check_lam", "code_version",
     "code_root", "from_dict", "import_callable", "is_callable_ref", "load", "override", "read_yaml", "replace",
     "validate",

@@ -22,7 +22,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from itra_tune import data as data_mod
 from itra_tune import losses, models, parallel, selection
-from itra_tune.config import Config, ConfigError, DataConfig, OptimConfig
+from itra_tune.config import Config, ConfigError, DataConfig, OptimConfig, SelectConfig
 from itra_tune.data import Step, memory_rows
 
 Report = Callable[[dict[str, float], dict[str, Any]], None]
@@ -313,6 +313,7 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
     steps_of_epoch = parallel.Sharded(data.train, rank, workers)
     schedule, per_step = build_schedule(config.optim, optimizer, config.train.epochs, len(data.train))
     history: list[dict[str, float]] = []
+    kept: dict[int, dict[str, Tensor]] = {}  # epoch -> weights (on the CPU) of the epochs it may still hand over
     start = 0
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -321,9 +322,12 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
         data.load_state_dict(resume["data"])
         torch.set_rng_state(resume["rng"])
         history, start = list(resume["history"]), int(resume["epoch"])
+        kept = {int(e): w for e, w in resume.get("kept", {}).items()}
+        kept[start] = _cpu(model.state_dict())
     rows_c = data.sample_index("test", 2 * config.train.compactness_samples)  # compactness: these test rows
     y_c = data.sample("test", 2 * config.train.compactness_samples)[1]
     last = selection.stop_epoch(config.select, config.train.epochs, validated=data.val is not None)
+    val_count = examples(data.val) if data.val is not None else None
 
     for epoch in range(start, last):
         t0 = time.perf_counter()
@@ -339,17 +343,51 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
             schedule.step()
         if data.val is not None:  # without a validation split nothing is selected: no val_* metrics at all
             row["val_acc"], row["val_ce"] = evaluate(model, data.val, device, amp)
+            row["val_count"] = val_count  # what the one_se rule's standard error is of
         row["test_acc"], row["test_ce"], h_c = evaluate(model, data.test, device, amp, keep=rows_c)
         row["compactness"] = compactness(model, None, y_c, features=h_c)
         row.update(epoch=epoch + 1, lr=lr, epoch_time=time.perf_counter() - t0)
         history.append(row)
+        kept = keep_contenders(kept, history, config.select, model)
         if report is not None:
             report(row, {
                 "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "data": data.state_dict(), "rng": torch.get_rng_state(),
                 "history": history, "epoch": epoch + 1, "config": config.to_dict(),
+                "kept": {e: w for e, w in kept.items() if e != epoch + 1},  # this epoch's weights are "model"
             })
     return FitResult(model, history, selection.handed_over(history, config.select))
+
+
+def examples(batches: Any) -> int:
+    """How many examples one pass over ``batches`` yields."""
+    held = getattr(batches, "held", None)
+    return len(held) if held is not None else sum(int(y.shape[0]) for _, y in batches)
+
+
+def _cpu(weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
+
+
+def keep_contenders(kept: dict[int, dict[str, Tensor]], history: list[dict[str, float]], rule: SelectConfig,
+                    model: nn.Module) -> dict[int, dict[str, Tensor]]:
+    """The weights a run keeps after its latest epoch (``history[-1]``): those of every epoch ``rule`` may still
+    hand over (``selection.contenders``), the latest's copied from ``model`` when it is one of them. Under the
+    one_se rule the hand-over depends on the best accuracy still to come, so more than one epoch may be kept;
+    under the metric rule, the best so far."""
+    epoch = int(history[-1]["epoch"])
+    wanted = selection.contenders(history, rule)
+    out = {e: w for e, w in kept.items() if e in wanted}
+    if epoch in wanted:
+        out[epoch] = _cpu(model.state_dict())
+    return out
+
+
+def weights_at(state: dict[str, Any], epoch: int) -> dict[str, Tensor] | None:
+    """The weights of ``epoch`` in a run's checkpoint ``state``: its latest epoch's, or one it kept, else None."""
+    if int(state["epoch"]) == epoch:
+        return state["model"]
+    return state.get("kept", {}).get(epoch)
 
 
 def build_training(config: Config, data_cfg: DataConfig, device: torch.device,

@@ -12,7 +12,6 @@ ends, so bad input leaves no half-made folder.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +31,7 @@ class RunDir:
 
     def __init__(self, path: Path, cfg: Config) -> None:
         self.path, self.cfg, self._made = path, cfg, False
-        self.best_score, self._best_written = -math.inf, False
+        self.best_epoch: int | None = None  # the epoch best.pt holds
 
     def _make(self) -> None:
         if self._made:
@@ -48,14 +47,14 @@ class RunDir:
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         checkpoint.save(state, self.path / "last.pt")
-        # without a validation split nothing is selected: training stops at the search's selected epoch (or runs
-        # to the last), and each epoch replaces best.pt, so it ends as the one handed over; never the test split's
-        rule = self.cfg.select
-        score = selection.score(metrics, rule.metric, rule.mode)
-        if rule.metric not in metrics or score > self.best_score or not self._best_written:
-            self.best_score, self._best_written = max(score, self.best_score), True
-            checkpoint.save({"model": state["model"], "config": state["config"], "metrics": metrics},
-                            self.path / "best.pt")
+        # best.pt is the epoch the run would hand over if it ended now (the engine keeps every epoch that may
+        # still be, ``selection.contenders``); without a validation split training stops at the search's selected
+        # epoch (or runs to the last), and best.pt follows the latest epoch. Never the test split's
+        chosen = selection.handed_over(state["history"], self.cfg.select)
+        weights = engine.weights_at(state, int(chosen["epoch"]))
+        if weights is not None and int(chosen["epoch"]) != self.best_epoch:
+            self.best_epoch = int(chosen["epoch"])
+            checkpoint.save({"model": weights, "config": state["config"], "metrics": chosen}, self.path / "best.pt")
 
 
 def prepare(config: Config, full_train: bool = False) -> Config:

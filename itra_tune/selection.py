@@ -1,10 +1,22 @@
 """One notion of best: the epoch a run hands over and the trial a search selects.
 
-The rule is a validation metric and its mode (a space's ``metric`` and ``mode``, a configuration's ``select``),
-ties going to the lower validation CE, then to the earlier epoch (or the earlier trial). Every consumer takes it
-from here: a trial's kept checkpoint (Tune ranks checkpoints by ``score``), the search's ranking, summary and
-MLflow record (so ``best_config`` and ``load_best_model``), ``itra_tune.train`` (``best.pt``), ``--full-train``,
-the pipelines and the search-quality benchmark.
+Two rules (a configuration's ``select.rule``, a space's ``rule``):
+
+- ``one_se`` (the default): the statistician's one-standard-error rule. Validation accuracies within one binomial
+  standard error of the best one, sqrt(a (1 - a) / n) on the n validation examples, count as tied, and the lowest
+  validation CE among them wins. One validation split cannot rank accuracies closer than that; CE ranks the tied
+  ones as their test CE does (``docs/results/search-quality.md`` measures both rules).
+- ``metric``: the validation metric alone (``select.metric`` and ``select.mode``), ties to the lower validation
+  CE. A user trainable's metric is selected this way, and so is any history without the validation count.
+
+Ties left over go to the earlier epoch (or the earlier trial). Every consumer takes the rule from here: a trial's
+kept checkpoint, the search's ranking, summary, confirmation and MLflow record (so ``best_config`` and
+``load_best_model``), ``itra_tune.train`` (``best.pt``), ``--full-train``, the pipelines and the search-quality
+benchmark.
+
+The pick under ``one_se`` depends on the best accuracy a run ever reaches, so a training keeps, as it goes, the
+weights of every epoch that may still be handed over (``contenders``): those in the tolerance window that no other
+epoch beats on both accuracy and CE, usually one to three.
 
 Without a validation split nothing can be selected: a run hands over the epoch its search selected
 (``select.epoch``, which ``best_config`` carries), else its last epoch.
@@ -18,7 +30,8 @@ from typing import Any
 
 from itra_tune.config import SelectConfig
 
-TIE_METRIC = "val_ce"  # what breaks a tie of the selecting metric
+TIE_METRIC = "val_ce"  # what breaks a tie of the selecting metric, and what ranks the tied ones under one_se
+COUNT = "val_count"  # the validation examples behind an epoch's figures (the engine reports it with them)
 NAMES = {"val_ce": "validation CE", "val_acc": "validation accuracy"}
 _TIE_WEIGHT = 1e-9  # small enough never to reorder distinct values of a metric, large enough to order equal ones
 
@@ -30,9 +43,9 @@ def _number(value: Any) -> float | None:
 
 
 def score(metrics: dict[str, Any], metric: str, mode: str) -> float:
-    """How good an epoch is, larger better: ``metric`` signed by ``mode``, ties to the lower validation CE.
+    """How good an epoch is by ``metric`` alone, larger better: ``metric`` signed by ``mode``, ties to the lower
+    validation CE. The order of the ``metric`` rule, and the number Tune ranks a trial's checkpoints by.
 
-    One number per epoch, so that the epoch a search selects and the checkpoint Tune keeps for it are the same.
     An epoch without the metric (or with a NaN or infinite one) scores ``-inf``: it never wins.
     """
     value = _number(metrics.get(metric))
@@ -43,29 +56,94 @@ def score(metrics: dict[str, Any], metric: str, mode: str) -> float:
     return sign * value - _TIE_WEIGHT * (tie or 0.0)
 
 
-def best(rows: Iterable[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
-    """The best of ``rows`` (epochs of a run, or trials) by ``score``, the first among equals; None when no row
-    has the metric."""
+def tolerance(acc: float, count: float) -> float:
+    """One binomial standard error of an accuracy ``acc`` measured on ``count`` examples."""
+    return math.sqrt(max(acc * (1.0 - acc), 1e-12) / count)
+
+
+def _judged(rows: Sequence[dict[str, Any]]) -> list[tuple[int, float, float]] | None:
+    """(position, accuracy, CE) of the rows the one_se rule can judge; None when it cannot judge these rows (no
+    row with both figures and the validation count): the metric rule decides then."""
+    out = [(i, a, c) for i, r in enumerate(rows)
+           if (a := _number(r.get("val_acc"))) is not None and (c := _number(r.get(TIE_METRIC))) is not None]
+    if not out or not any(_number(r.get(COUNT)) for r in rows):
+        return None
+    return out
+
+
+def _floor(rows: Sequence[dict[str, Any]], judged: list[tuple[int, float, float]]) -> float:
+    """The lowest accuracy still tied with the best: the best less its standard error, never falling as the
+    best rises (it could only at accuracies below one example in the split), so an epoch out of the window
+    never comes back into it, and ``contenders`` can forget it."""
+    floor, top = -math.inf, -math.inf
+    for i, a, _ in judged:
+        if a > top:
+            top = a
+            count = _number(rows[i].get(COUNT)) or max(_number(r.get(COUNT)) or 0.0 for r in rows)
+            floor = max(floor, top - tolerance(top, count))
+    return floor
+
+
+def _one_se(rows: Sequence[dict[str, Any]], judged: list[tuple[int, float, float]]) -> int:
+    floor = _floor(rows, judged)
+    return min((c, i) for i, a, c in judged if a >= floor)[1]
+
+
+def best(rows: Iterable[dict[str, Any]], rule: SelectConfig) -> dict[str, Any] | None:
+    """The row ``rule`` selects among ``rows`` (epochs of a run, or trials at their selected epochs); None when
+    no row has the figures it selects by."""
+    rows = list(rows)
+    judged = _judged(rows) if rule.rule == "one_se" else None
+    if judged is not None:
+        return rows[_one_se(rows, judged)]
     top, top_score = None, -math.inf
     for row in rows:
-        s = score(row, metric, mode)
+        s = score(row, rule.metric, rule.mode)
         if s > top_score:
             top, top_score = row, s
     return top
 
 
-def ranked(rows: Iterable[dict[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
-    """The rows that have the metric, best first (a stable sort: the first among equals stays first)."""
-    scored = [r for r in rows if _number(r.get(metric)) is not None]
-    return sorted(scored, key=lambda r: score(r, metric, mode), reverse=True)
+def ranked(rows: Iterable[dict[str, Any]], rule: SelectConfig) -> list[dict[str, Any]]:
+    """The rows that have the figures ``rule`` selects by, best first: what ``best`` selects, then what it
+    selects among the rest, and so on (the first among equals stays first)."""
+    rest = [r for r in rows if _number(r.get(rule.metric)) is not None]
+    out = []
+    while rest:
+        top = best(rest, rule)
+        if top is None:
+            break
+        out.append(top)
+        rest = [r for r in rest if r is not top]
+    return out
+
+
+def contenders(history: Sequence[dict[str, Any]], rule: SelectConfig) -> list[int]:
+    """The epochs of ``history`` that ``rule`` may still hand over, whatever epochs come after: the ones whose
+    weights a training keeps. Under ``metric``, the best so far; under ``one_se``, the epochs in the tolerance
+    window that no other epoch beats on both accuracy (as high or higher) and CE (lower, or equal and earlier):
+    an epoch so beaten is never the lowest CE of any window that holds it. Without validation figures: none
+    (the run hands over its last epoch, which it has)."""
+    judged = _judged(history) if rule.rule == "one_se" else None
+    if judged is None:
+        chosen = best(history, rule)
+        return [int(chosen["epoch"])] if chosen is not None and rule.metric in chosen else []
+    floor = _floor(history, judged)
+    window = sorted(((a, i, c) for i, a, c in judged if a >= floor), key=lambda t: (-t[0], t[2], t[1]))
+    out, lowest = [], (math.inf, math.inf)  # from the highest accuracy down: kept while its (CE, position) is the
+    for _, i, c in window:                  # lowest yet
+        if (c, i) < lowest:
+            out.append(int(history[i]["epoch"]))
+            lowest = (c, i)
+    return sorted(out)
 
 
 def handed_over(history: Sequence[dict[str, Any]], rule: SelectConfig) -> dict[str, Any]:
-    """The epoch's row a run hands over: the best by ``rule`` when it was validated; without a validation split
-    the epoch ``rule.epoch`` (the search's selection), else the last. Empty history: ``{}``."""
+    """The epoch's row a run hands over: the one ``rule`` selects when it was validated; without a validation
+    split the epoch ``rule.epoch`` (the search's selection), else the last. Empty history: ``{}``."""
     if not history:
         return {}
-    chosen = best(history, rule.metric, rule.mode)
+    chosen = best(history, rule)
     if chosen is not None:
         return chosen
     if rule.epoch is not None:
@@ -75,6 +153,8 @@ def handed_over(history: Sequence[dict[str, Any]], rule: SelectConfig) -> dict[s
 
 def describe(rule: SelectConfig, validated: bool) -> str:
     """How a run's epoch was chosen, for a person: ``by validation CE`` or ``the search's selected epoch``."""
+    if validated and rule.rule == "one_se":
+        return "the lowest validation CE within one standard error of the best validation accuracy"
     if validated:
         return f"by {NAMES.get(rule.metric, rule.metric)}"
     return "the search's selected epoch: no validation split" if rule.epoch is not None else \

@@ -1,7 +1,8 @@
 """Search spaces: ``search_spaces/<name>.yaml`` -> a validated search specification.
 
 A space file holds the base training configuration (``base``), the parameters to search (``search``, dotted
-keys of the configuration), the selection metric and mode, the budget, the scheduler and the resources
+keys of the configuration), the metric and mode the sampler and scheduler go by, the selection ``rule``
+(``itra_tune.selection``: ``one_se`` by default, else ``metric``), the budget, the scheduler and the resources
 per trial. ``--space`` takes a name from ``search_spaces/`` or a path to a YAML file.
 
 A space that names a ``trainable`` (``package.module:function``) searches the user's own training function
@@ -29,12 +30,13 @@ def _shipped() -> Path:
 SPACES_DIR = _shipped()
 METRICS = config_mod.SELECT_METRICS  # what an engine search may select on: validation figures, never the test split
 DEFAULT_METRIC = config_mod.SelectConfig.metric  # a space that names no metric selects as a configuration does
+DEFAULT_RULE = config_mod.SelectConfig.rule
 SCHEDULERS = ("asha", "median", "hyperband", "pbt", "none")
 MUTABLE = ("loss.", "optim.")  # what population based training mutates mid-training: the loss's and the optimizer's
 
 PARAM_KINDS = ("float", "int", "categorical")
-TOP_KEYS = ("name", "description", "trainable", "base", "search", "metric", "mode", "budget", "scheduler", "resources",
-            "smoke")
+TOP_KEYS = ("name", "description", "trainable", "base", "search", "metric", "mode", "rule", "budget", "scheduler",
+            "resources", "smoke")
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,9 @@ class Space:
     path: Path
     base: dict[str, Any]  # the base training configuration, as plain data
     params: tuple[Param, ...] = ()
-    metric: str = "val_acc"
+    metric: str = "val_acc"  # what the sampler samples on and the scheduler stops by
     mode: str = "max"
+    rule: str = "metric"  # how a trial's epoch and the search's answer are chosen (itra_tune.selection)
     num_samples: int = 8  # trainings in all, the confirmation's included
     max_concurrent: int = 2
     # the share of num_samples that re-trains the best candidates on fresh seeds after exploring (``confirming``),
@@ -89,6 +92,11 @@ class Space:
     smoke: dict[str, Any] = field(default_factory=dict)  # overrides for --smoke
     trainable: str | None = None  # "package.module:function": a user's training function; None: the engine
     max_epochs: int | None = None  # a user trainable's reports per trial at most (the engine's: train.epochs)
+
+    @property
+    def select(self) -> config_mod.SelectConfig:
+        """The space's selection rule, as a configuration's ``select`` section holds it."""
+        return config_mod.SelectConfig(rule=self.rule, metric=self.metric, mode=self.mode)
 
     def base_config(self, overrides: list[str] | tuple[str, ...] = ()) -> Config:
         return config_mod.from_dict(config_mod.apply_overrides(self.base, overrides), str(self.path))
@@ -146,8 +154,14 @@ def load(name_or_path: str | Path, user: bool = False) -> Space:
     mode = raw.get("mode", METRICS.get(metric))
     if mode not in ("max", "min"):
         raise ConfigError(f"{src}: mode must be max or min but got {mode!r}")
+    # a user trainable's numbers are its own: its metric selects, unless the space asks for one_se (which needs
+    # val_acc, val_ce and val_count in its reports)
+    rule = raw.get("rule", "metric" if user else DEFAULT_RULE)
+    if rule not in config_mod.SELECT_RULES:
+        raise ConfigError(f"{src}: rule {rule!r} is unknown; choose one of {', '.join(config_mod.SELECT_RULES)} "
+                          f"(itra_tune.selection)")
     if not user:
-        base = with_rule(base, metric, mode, src)
+        base = with_rule(base, rule, metric, mode, src)
     cfg = None if user else config_mod.from_dict(base, src)  # the engine's must be valid on its own
     keys = cfg.flat() if cfg is not None else config_mod.dotted(base)
     params = tuple(_param(key, spec, src, cfg, keys) for key, spec in (raw.get("search") or {}).items())
@@ -176,23 +190,24 @@ def load(name_or_path: str | Path, user: bool = False) -> Space:
         raise ConfigError(f"{src}: smoke must be a mapping of dotted keys to values")
     check_budget({**budget, **res}, src)
     return Space(name=raw.get("name", path.stem), path=path, base=base, params=params, metric=metric, mode=mode,
+                 rule=rule,
                  scheduler={"name": "asha", **sched}, smoke=smoke, trainable=trainable, **budget, **res)
 
 
-def with_rule(base: dict[str, Any], metric: str, mode: str, src: str) -> dict[str, Any]:
+def with_rule(base: dict[str, Any], rule: str, metric: str, mode: str, src: str) -> dict[str, Any]:
     """The engine's base configuration with the space's selection rule as its ``select`` section: every trial,
     and the best configuration the search hands to production, then selects its epoch by the space's rule."""
     given = base.get("select") or {}
     if not isinstance(given, dict):
         raise ConfigError(f"{src}: base.select must be a mapping")
-    for key, value in (("metric", metric), ("mode", mode)):
+    for key, value in (("rule", rule), ("metric", metric), ("mode", mode)):
         if key in given and given[key] != value:
             raise ConfigError(f"{src}: base.select.{key} is {given[key]!r} but the space's {key} is {value!r}; set "
-                              f"the rule once, as the space's top-level metric and mode")
+                              f"the rule once, as the space's top-level rule, metric and mode")
     if "epoch" in given:
         raise ConfigError(f"{src}: base.select.epoch is what a search writes into its best configuration; a space's "
                           f"trials select their own epoch (remove it)")
-    return {**base, "select": {"metric": metric, "mode": mode}}
+    return {**base, "select": {"rule": rule, "metric": metric, "mode": mode}}
 
 
 def grace_epochs(scheduler: dict[str, Any], epochs: int) -> int:

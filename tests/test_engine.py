@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from itra_tune import engine
+from itra_tune import engine, models
 from itra_tune.config import ConfigError
 
 METRIC_KEYS = {"train_ce", "val_acc", "val_ce", "test_acc", "test_ce", "match_loss", "compactness", "epoch"}
@@ -170,3 +170,31 @@ def test_compactness_from_the_test_pass_equals_its_own_pass(tiny_config):
     assert (acc, ce) == engine.evaluate(model, d.test, torch.device("cpu"))
     torch.testing.assert_close(h, model.eval().features(x))
     assert engine.compactness(model, None, y, features=h) == pytest.approx(engine.compactness(model, x, y))
+
+
+def test_a_run_keeps_the_weights_of_every_epoch_it_may_still_hand_over(tiny_config, tmp_path):
+    # under one_se the epoch handed over depends on the best accuracy still to come: at every epoch the checkpoint
+    # holds that epoch's weights, and at the end best.pt's weights give exactly the figures the rule chose by
+    from itra_tune import checkpoint, production, selection
+    from itra_tune import data as data_mod
+
+    cfg = tiny_config(**{"train.epochs": 10, "data.val_fraction": 0.2, "data.subset": 320, "optim.lr": 0.1,
+                         "train.threads": 1})
+    assert cfg.select.rule == "one_se"
+    states = []
+    result = engine.fit(cfg, report=lambda metrics, state: states.append({**state, "history": list(state["history"])}))
+    for state in states:
+        chosen = selection.handed_over(state["history"], cfg.select)
+        assert engine.weights_at(state, int(chosen["epoch"])) is not None, chosen["epoch"]
+        assert set(state["kept"]) <= set(selection.contenders(state["history"], cfg.select))
+    d = data_mod.build(cfg.data, torch.device("cpu"), cfg.seed, paired=False)
+    assert all(r["val_count"] == engine.examples(d.val) > 0 for r in result.history)
+    assert result.best is selection.best(result.history, cfg.select)
+    assert result.best["epoch"] < cfg.train.epochs  # an earlier epoch: best.pt's weights are ones the run kept
+
+    production.train(cfg, out_dir=tmp_path / "run")
+    best = checkpoint.load(tmp_path / "run" / "best.pt")
+    assert best["metrics"]["epoch"] == result.best["epoch"]
+    model = models.build(cfg.model.name, d.num_classes, d.input_shape)
+    model.load_state_dict(best["model"])
+    assert engine.evaluate(model, d.val, torch.device("cpu")) == (result.best["val_acc"], result.best["val_ce"])

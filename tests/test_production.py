@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 import itra_tune
-from itra_tune import checkpoint, cli, config
+from itra_tune import checkpoint, cli, config, selection
+from itra_tune.config import SelectConfig
 from itra_tune.production import main
 
 
@@ -28,14 +29,15 @@ def test_cli_run_writes_config_metrics_and_best_checkpoint(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["--config", str(_write(tmp_path)), "--set", "loss.lam=0.8", "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "epoch   2/2" in printed and "handed over epoch" in printed and "(by validation CE)" in printed
+    assert "epoch   2/2" in printed and "handed over epoch" in printed
+    assert "(the lowest validation CE within one standard error of the best validation accuracy)" in printed
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["loss"]["lam"] == 0.8
     assert "code_version" in (out / "config.yaml").read_text().splitlines()[0]
     best = checkpoint.load(out / "best.pt")
-    assert best["metrics"]["val_ce"] == min(r["val_ce"] for r in rows)  # the configuration's rule: select.metric
+    assert best["metrics"]["epoch"] == selection.best(rows, SelectConfig())["epoch"]  # the configuration's rule
     assert set(best["model"]) == set(checkpoint.load(out / "last.pt")["model"])
 
 

@@ -202,7 +202,8 @@ def answer(space: spaces.Space, ranking: list[dict[str, Any]], p: dict[str, Any]
             seeds[name].append((int(row[SEED_KEY]), row))
     candidates = [_candidate(n, seeds[n], space) for n in names if n in by_name]
     sound = [c for c in candidates if not c["failed_seeds"]] or candidates
-    chosen = selection.best([{**c["mean"], "trial": c["trial"]} for c in sound], space.metric, space.mode)["trial"]
+    chosen = selection.best([{**c["mean"], selection.COUNT: c["val_count"], "trial": c["trial"]} for c in sound],
+                            space.select)["trial"]
     pooled = _pooled_std([c for c in candidates if not c["failed_seeds"]], space.metric)
     best = next(c for c in candidates if c["trial"] == chosen)
     tied = []
@@ -235,6 +236,7 @@ def _candidate(name: str, seeds: list[tuple[int, dict[str, Any]]], space: spaces
     return {"trial": name, "params": {p.key: first[p.key] for p in space.params if p.key in first},
             "seeds": [s for s, _ in ok], "trials": [r["trial"] for _, r in ok],
             "epochs": [r.get("best_epoch") for _, r in ok], "n": len(ok),
+            "val_count": next((r[selection.COUNT] for _, r in ok if selection.COUNT in r), None),
             "failed_seeds": [s for s, r in seeds if (s, r) not in ok],
             "mean": {f: statistics.fmean(r[f] for _, r in ok) for f in figures},
             "std": {f: statistics.stdev(r[f] for _, r in ok) if len(ok) > 1 else None for f in figures}}

@@ -19,9 +19,9 @@ from typing import Any
 
 from ray import tune
 
-from itra_tune import spaces
+from itra_tune import selection, spaces
 from itra_tune.config import UNRANKED
-from itra_tune.search.trainable import SELECTION, epoch_of
+from itra_tune.search.trainable import epoch_of
 
 # the loggers a search quiets, and the level each keeps: Ray's warnings include its own resume hint after Ctrl-C
 # (the summary prints ours) and a notice of token authentication, which the search turns on itself
@@ -106,9 +106,12 @@ class Progress(tune.Callback):
                                       if not space.trainable else [])
         short = [p.key.rsplit(".", 1)[-1] for p in space.params]
         self.params = {p.key: (s if short.count(s) == 1 else p.key) for p, s in zip(space.params, short)}
+        self.rule = space.select
+        self.keys = list(dict.fromkeys([*self.shown, "val_acc", "val_ce", selection.COUNT]))  # what the rule reads
         self.ended: dict[str, str] = {}  # trial id -> how it ended
-        self.top: dict[str, tuple[float, int, dict[str, Any]]] = {}  # trial id -> its best epoch: score, epoch, figures
-        self.best: tuple[float, str] | None = None  # score and name of the best ended trial
+        self.runs: dict[str, list[dict[str, Any]]] = {}  # trial id -> its epochs' figures
+        self.ranking: dict[str, dict[str, Any]] = {}  # trial name -> its selected epoch, for the ended that rank
+        self.best: str | None = None  # the best ended trial, by the rule
         self._t0 = self._last = 0.0
         self._elapsed = elapsed
 
@@ -118,17 +121,19 @@ class Progress(tune.Callback):
         self._t0 = self._last - getattr(self, "_elapsed", 0.0)
 
     def get_state(self) -> dict[str, Any]:  # saved with Tune's snapshots: a resumed search counts on
-        return {"ended": self.ended, "top": self.top, "best": self.best}
+        return {"ended": self.ended, "runs": self.runs, "ranking": self.ranking, "best": self.best}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.ended, self.top, self.best = state["ended"], state["top"], state["best"]
+        # a snapshot of a search started before the view kept every epoch: its counts go on, its figures do not
+        self.ended, self.runs = state["ended"], state.get("runs", {})
+        self.ranking, self.best = state.get("ranking", {}), (state.get("best") if "runs" in state else None)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        score = result.get(SELECTION)
-        if isinstance(score, (int, float)) and math.isfinite(score):
-            if trial.trial_id not in self.top or score > self.top[trial.trial_id][0]:
-                self.top[trial.trial_id] = (float(score), epoch_of(result),
-                                            {m: result[m] for m in self.shown if m in result})
+        row = {k: result[k] for k in self.keys if isinstance(result.get(k), (int, float))}
+        if self.metric in row and math.isfinite(row[self.metric]):
+            e = epoch_of(result)  # a retried trial reports its epochs again from its checkpoint
+            rows = [r for r in self.runs.get(trial.trial_id, []) if r["epoch"] < e]
+            self.runs[trial.trial_id] = [*rows, {**row, "epoch": e}]
         if time.monotonic() - self._last >= self.every:
             self.status(trials)
 
@@ -137,31 +142,34 @@ class Progress(tune.Callback):
         self.end(trial, "completed" if epoch >= self.epochs else f"stopped at epoch {epoch}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.top.pop(trial.trial_id, None)  # a failed or collapsed trial never ranks
+        self.runs.pop(trial.trial_id, None)  # a failed or collapsed trial never ranks
         self.end(trial, error_line(trial))
 
     def end(self, trial: Any, how: str) -> None:
         self.ended.pop(trial.trial_id, None)  # a retried trial (--max-failures) ends once more
         self.ended[trial.trial_id] = how
-        name, top = f"trial_{trial.trial_id}", self.top.get(trial.trial_id)
+        name, top = f"trial_{trial.trial_id}", selection.best(self.runs.get(trial.trial_id, []), self.rule)
         line = f"{self.counter()}  {clock(self.elapsed)}  {name} {how}"
         if top:
-            line += "  " + "  ".join(figure(m, v) for m, v in top[2].items()) + f" (epoch {top[1]})"
+            line += "  " + "  ".join(figure(m, top[m]) for m in self.shown if m in top) + f" (epoch {top['epoch']})"
         line += "".join(f"  {short}={_value(trial.config[key])}" for key, short in self.params.items()
                         if key in (trial.config or {}))
         confirmed = self.confirms.get(str((trial.config or {}).get("seed")))
         if confirmed:  # the best of the confirmation alone would say nothing: the answer is on the means
             line += f"  seed {trial.config['seed']}, confirming {confirmed}"
-        elif top and not how.startswith(UNRANKED) and (self.best is None or top[0] > self.best[0]):
-            self.best = (top[0], name)
-            line += "  <- best so far"
+        elif top and not how.startswith(UNRANKED):
+            self.ranking[name] = {**top, "trial": name}
+            best = selection.best(self.ranking.values(), self.rule)["trial"]
+            if best == name and best != self.best:
+                line += "  <- best so far"
+            self.best = best
         self.say(line)
 
     def status(self, trials: list) -> None:
         running = [f"trial_{t.trial_id} epoch {epoch_of(t.last_result or {})}/{self.epochs}"
                    for t in trials if t.status == "RUNNING"]
         self.say(f"{'':{len(self.counter())}}  {clock(self.elapsed)}  running: {', '.join(running) or 'none'}"
-                 + (f"; best so far {self.best[1]}" if self.best else ""))
+                 + (f"; best so far {self.best}" if self.best else ""))
 
     def counter(self) -> str:
         """The budget done, as a bar and a count: ``[###-------] 3/8``."""

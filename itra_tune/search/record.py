@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from ray import tune
 
-from itra_tune import checkpoint, export, models, plots, spaces, tracking
+from itra_tune import checkpoint, engine, export, models, plots, spaces, tracking
 from itra_tune import config as config_mod
 from itra_tune import data as data_mod
 from itra_tune.search import confirming
@@ -177,16 +177,31 @@ def _log_checkpoint_files(tracker: tracking.Tracker, run_id: str, result: Any, r
             tracker.log_folder(run_id, Path(d), "checkpoint")
 
 
+def _checkpoints(result: Any) -> list[Any]:
+    """A trial's checkpoints, newest first: its latest (which keeps the weights of every epoch the rule may hand
+    over, ``engine.keep_contenders``), then the best by score Tune kept, then a Train run's (``checkpoint_path``)."""
+    out = [result.checkpoint] if result.checkpoint is not None else []
+    out += [c for c, _ in sorted(result.best_checkpoints or [], key=lambda cm: -epoch_of(cm[1]))]
+    df = result.metrics_dataframe
+    rows = [] if df is None or "checkpoint_path" not in df else df.to_dict("records")
+    out += [tune.Checkpoint(r["checkpoint_path"]) for r in reversed(rows)
+            if isinstance(r.get("checkpoint_path"), str) and Path(r["checkpoint_path"]).is_dir()]
+    return out
+
+
 def _checkpoint_model(result: Any, row: dict[str, Any], data: data_mod.Data) -> models.Classifier | None:
-    """The trial's checkpoint of its selected epoch as its classifier, or None when it has none."""
-    ckpt = _selected_checkpoint(result, row)
-    if ckpt is None:
-        return None
-    cfg = trial_config(result.config)
-    model = models.build(cfg.model.name, data.num_classes, data.input_shape)
-    with ckpt.as_directory() as d:
-        model.load_state_dict(checkpoint.load(Path(d) / STATE_FILE)["model"])
-    return model.eval()
+    """The trial's weights of its selected epoch as its classifier, or None when no checkpoint holds them."""
+    epoch = row.get("best_epoch")
+    for ckpt in _checkpoints(result):
+        with ckpt.as_directory() as d:
+            file = Path(d) / STATE_FILE
+            weights = engine.weights_at(checkpoint.load(file), int(epoch)) if file.is_file() and epoch else None
+        if weights is not None:
+            cfg = trial_config(result.config)
+            model = models.build(cfg.model.name, data.num_classes, data.input_shape)
+            model.load_state_dict(weights)
+            return model.eval()
+    return None
 
 
 def _model_files(model: models.Classifier, cfg: config_mod.Config, data: data_mod.Data, row: dict[str, Any],

@@ -41,9 +41,11 @@ def trial_rows(results: Any, space: spaces.Space, epochs: int) -> list[dict[str,
         else:
             row["status"] = "stopped early"
         row["epochs"] = epoch_of(history[-1]) if history else 0
-        best = selection.best(history, space.metric, space.mode)
+        best = selection.best(history, space.select)
         if best is not None:
             row.update({k: best[k] for k in metric_names(best, space)}, best_epoch=epoch_of(best))
+            if selection.COUNT in best:  # what the rule's standard error is of, to rank the trials by it
+                row[selection.COUNT] = best[selection.COUNT]
         rows.append(row)
     return rows
 
@@ -92,7 +94,7 @@ def ranked(rows: list[dict[str, Any]], space: spaces.Space) -> list[dict[str, An
     """The trials that rank (not failed or collapsed, with a selected epoch), best first by the space's rule:
     each at its selected epoch, ``itra_tune.selection``'s order (the score Tune ranks a trial's checkpoints by,
     so the selected epoch's checkpoint is the one kept)."""
-    return selection.ranked([r for r in rows if not r["status"].startswith(UNRANKED)], space.metric, space.mode)
+    return selection.ranked([r for r in rows if not r["status"].startswith(UNRANKED)], space.select)
 
 
 def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
