@@ -39,6 +39,7 @@ PARENT_TAG = "mlflow.parentRunId"
 BEST_TAG = "itra_tune.best_run_id"
 BEST_MODEL_TAG = "itra_tune.best_model_id"
 STATUS_TAG = "itra_tune.status"
+RANK = "rank"  # a trial's place in the search's order, 1 the answer (the shared view sorts by it)
 SHARED_VIEW_TAG = "mlflow.sharedViewState."  # + key: a view of the runs table the MLflow UI opens from a link
 SMOKE_TAG = "itra_tune.smoke"  # on a search's parent run: "true" for a --smoke search, which best_config skips
 ANSWER_ARTIFACT = "answer.json"  # on a search's parent run: the answer, mean ± spread over seeds (search.confirming)
@@ -321,14 +322,16 @@ class Tracker:
             log_metrics(self.c, self.parent, self._headline(best))
         _terminate(self.c, self.parent, "KILLED" if interrupted else "FINISHED")
 
-    def share_view(self, metric: str, mode: str, params: Iterable[str]) -> str:
+    def share_view(self, metric: str, params: Iterable[str]) -> str:
         """A shared view of the search for the UI's runs table: its trials alone (not folded under the parent),
-        sorted by the selection metric, with the headline metrics, the searched parameters and the models as
-        columns. MLflow keeps it as an experiment tag ``mlflow.sharedViewState.<key>``, which a link opens with
-        ``viewStateShareKey=<key>`` (``ui_link``). Returns the key."""
-        headline = [f"best_{metric}"] + [f"best_{m}" for m in self.headline_metrics if m != metric] + ["best_epoch"]
-        state = {"searchFilter": f"tags.`{PARENT_TAG}` = '{self.parent}'", "orderByKey": f"metrics.`best_{metric}`",
-                 "orderByAsc": mode == "min",
+        in the search's order (``RANK``: the answer first, as ``itra_tune.selection`` ranks them), with the rank,
+        the headline metrics, the searched parameters and the models as columns. MLflow keeps it as an experiment
+        tag ``mlflow.sharedViewState.<key>``, which a link opens with ``viewStateShareKey=<key>`` (``ui_link``).
+        Returns the key."""
+        headline = [RANK, f"best_{metric}"] + [f"best_{m}" for m in self.headline_metrics if m != metric] \
+            + ["best_epoch"]
+        state = {"searchFilter": f"tags.`{PARENT_TAG}` = '{self.parent}'", "orderByKey": f"metrics.`{RANK}`",
+                 "orderByAsc": True,
                  "selectedColumns": [f"metrics.`{m}`" for m in headline] + [f"params.`{p}`" for p in params]
                  + ["attributes.`Models`"]}
         text = json.dumps(state, separators=(",", ":"))

@@ -73,6 +73,8 @@ def test_search_tracks_to_a_server_and_best_config_round_trips(ray_local, mlflow
         assert child.data.metrics["best_test_acc"] == pytest.approx(float(row["test_acc"]))
     best_run = parent.data.tags[tracking.BEST_TAG]
     assert c.get_run(best_run).info.run_name == summary["best"]["trial"]
+    ranks = {child.info.run_name: child.data.metrics[tracking.RANK] for child in children}  # the view's order
+    assert sorted(ranks.values()) == [1, 2, 3, 4] and ranks[summary["best"]["trial"]] == 1
     assert parent.data.metrics["best_val_acc"] == pytest.approx(summary["best"]["val_acc"])
     assert parent.data.metrics["best_test_acc"] == pytest.approx(summary["best"]["test_acc"])
     # the best 3 trials' checkpoints are LoggedModels of their runs, at their selected epoch
@@ -232,7 +234,8 @@ def test_mlflow_ui_shows_the_searchs_trials_ranked_with_their_figures(ray_local,
     best_link = out[out.index("best:") + 1]
     c = MlflowClient(mlflow_server)
     _, children = _runs(c, "ui")
-    ranked = sorted(children, key=lambda r: r.data.metrics["best_val_ce"])  # the space's metric, val_ce (min)
+    ranked = sorted(children, key=lambda r: r.data.metrics["rank"])  # the search's order, the answer first
+    assert [r.data.metrics["rank"] for r in ranked] == [1, 2, 3]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium"),
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
@@ -241,11 +244,11 @@ def test_mlflow_ui_shows_the_searchs_trials_ranked_with_their_figures(ray_local,
         run_link = lambda name: page.locator("a[href*='/runs/']").get_by_text(name, exact=True)  # noqa: E731
         run_link(ranked[0].info.run_name).wait_for(timeout=60_000)
         headers = page.locator("[role=columnheader]").all_inner_texts()
-        assert {"best_val_ce", "best_val_acc", "best_epoch", "loss.lam", "Models"} <= set(headers), headers
+        assert {"rank", "best_val_ce", "best_val_acc", "best_epoch", "loss.lam", "Models"} <= set(headers), headers
         assert page.get_by_text("ui-search", exact=True).count() == 0  # the trials alone, not folded under it
         names = [n for n in page.locator("a[href*='/runs/']").all_inner_texts() if n.startswith("trial_")]
-        assert names == [r.info.run_name for r in ranked]  # best first, by the space's metric
-        assert page.get_by_text("Sort: best_val_ce").count() == 1
+        assert names == [r.info.run_name for r in ranked]  # best first, by the search's rule
+        assert page.get_by_text("Sort: rank").count() == 1
         assert page.get_by_text("Model training").count() >= 1 and page.get_by_text("Judges").count() == 0
         # each trial's row links its LoggedModel, named after the trial
         page.locator("a[href*='/models/m-']").get_by_text(ranked[0].info.run_name, exact=True).wait_for(timeout=30_000)

@@ -58,11 +58,13 @@ def _record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: con
             tracker = tracking.Tracker(uri, space.name, parent, epoch_metrics=None, headline_metrics=names)
         else:
             tracker = tracking.Tracker(uri, space.name, parent)
-        view = tracker.share_view(space.metric, space.mode, [p.key for p in space.params])
+        view = tracker.share_view(space.metric, [p.key for p in space.params])
         out["ui"] = tracking.ui_link(uri, tracker.exp_id, view)
         ranking = ranked(list(rows.values()), space)
         # an interrupted search is unfinished: its models are logged once, when --resume finishes it
         best_name = summary["best"]["trial"] if summary.get("best") else None
+        order = list(dict.fromkeys(([best_name] if best_name else []) + [r["trial"] for r in ranking]))
+        rank = {name: i + 1 for i, name in enumerate(order)}  # the answer first (a confirmed one, on its mean)
         with_model = set() if summary.get("interrupted") else \
             {r["trial"] for r in (ranking if log_models is None else ranking[:log_models])} | {best_name}
         data = None if cfg is None else \
@@ -89,6 +91,8 @@ def _record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: con
                                               trial_params(res.config, user=cfg is None) if res.config else {},
                                               histories[name],
                                               row["status"], row if space.metric in row else None, files)
+            if name in rank:
+                tracking.log_metrics(tracker.c, run_id, {tracking.RANK: rank[name]})
             if data is None and name in with_model:
                 _log_checkpoint_files(tracker, run_id, res, row)
             if name == best_name:
