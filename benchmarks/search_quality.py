@@ -46,6 +46,7 @@ BUDGETS = (1, 2, 4, 8, 16, 32)  # compute, in full trainings (epochs / the task'
 SELECT = {"val_acc": "max", "val_ce": "min"}
 RULES = ("val_ce", "val_acc", "tie")  # how a trial's epoch and the search's pick are chosen (``selected_epoch``)
 DEFAULT_RULE = "val_ce"  # whose seed spread is the noise the regrets are read against (as before one_se shipped)
+SHIPPED_RULE = "tie" if spaces.DEFAULT_RULE == "one_se" else spaces.DEFAULT_METRIC  # the rule a search ships with
 VAL_SIZE = {"fmnist_overfit": 6000, "fmnist_cosine": 6000, "digits": 270, "fmnist_adamw": 6000,  # validation
             "digits_adamw": 270}  # examples
 FIGURES = ("test_acc", "test_ce")
@@ -85,7 +86,8 @@ class Grid:
     full_last: dict[str, np.ndarray] = field(default_factory=dict)  # the full-train run's last epoch (no stop)
     noise: dict[str, float] = field(default_factory=dict)  # figure -> median std over seeds, best tenth of points
     spread: dict[str, np.ndarray] = field(default_factory=dict)  # figure -> (points,) std over seeds, kept, default
-    val: dict[str, np.ndarray] = field(default_factory=dict)  # val_acc, val_ce -> (points,) at the default's epochs
+    spread_by: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # rule -> the same under the rule
+    val: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # rule -> val_acc, val_ce -> (points,)
 
     @classmethod
     def load(cls, name: str, runs: dict[str, dict[str, Any]], full_runs: dict[str, dict[str, Any]]) -> Grid:
@@ -114,14 +116,15 @@ class Grid:
             g.kept[rule], g.fulltrain[rule] = {}, {}
             picked = [[selected_epoch(c, len(c["val_ce"]), rule, VAL_SIZE[name]) if c["val_ce"] else 0
                        for c in cs] for cs in curves]
-            if rule == DEFAULT_RULE:  # what a selection on validation sees, mean over the seeds
-                for fig, worst in (("val_acc", 0.0), ("val_ce", math.inf)):
-                    g.val[fig] = np.array([[worst if f or not e else c[fig][e - 1] for c, f, e in zip(cs, fs, es)]
-                                           for cs, fs, es in zip(curves, failed, picked)]).mean(axis=1)
+            g.val[rule] = {}  # what a selection on validation sees, mean over the seeds
+            for fig, worst in (("val_acc", 0.0), ("val_ce", math.inf)):
+                g.val[rule][fig] = np.array([[worst if f or not e else c[fig][e - 1] for c, f, e in zip(cs, fs, es)]
+                                             for cs, fs, es in zip(curves, failed, picked)]).mean(axis=1)
             for fig in FIGURES:
                 per_seed = np.array([[WORST[fig] if f or not e else c[fig][e - 1] for c, f, e in zip(cs, fs, es)]
                                      for cs, fs, es in zip(curves, failed, picked)])
                 g.kept[rule][fig] = per_seed.mean(axis=1)
+                g.spread_by.setdefault(rule, {})[fig] = per_seed.std(axis=1, ddof=1)
                 if rule == DEFAULT_RULE:
                     order = np.argsort(-g.kept[rule][fig] if fig == "test_acc" else g.kept[rule][fig])
                     top = order[: max(3, len(points) // 10)]  # the seeds' spread where a good search ends
@@ -587,19 +590,22 @@ def at_budget(row: dict[str, Any], key: str, fig: str, budget: int) -> float:
     return float(np.median(np.array(row[key][fig]), axis=0)[row["budgets"].index(budget)])
 
 
-def itra_against_ce(grid: Grid) -> dict[str, Any]:
+def itra_against_ce(grid: Grid, rule: str = SHIPPED_RULE) -> dict[str, Any]:
     """ITRA against plain CE under the same selection, on validation: in each arm (the points with lambda = 0, and
-    those with lambda > 0) the point whose validation CE at its selected epochs is lowest (mean over the seeds, the
-    default rule), and that point's test figures at those epochs, with the seeds' spread. The test split chooses
+    those with lambda > 0) the point ``rule`` selects by its validation figures at its selected epochs (mean over
+    the seeds), and that point's test figures at those epochs, with the seeds' spread. The test split chooses
     nothing; the ITRA arm has more points to choose from, which favours it a little on validation."""
     lam = np.array([p.get("loss.lam", 0.0) for p in grid.points])
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"rule": rule}
     for name, mask in (("ce", lam == 0), ("itra", lam > 0)):
-        idx = np.flatnonzero(mask)
-        i = int(idx[np.argmin(grid.val["val_ce"][idx])])
-        out[name] = {"point": grid.points[i], "points": len(idx), "val_ce": float(grid.val["val_ce"][i]),
-                     **{fig: float(grid.kept[DEFAULT_RULE][fig][i]) for fig in FIGURES},
-                     **{f"{fig}_seed_sd": float(grid.spread[fig][i]) for fig in FIGURES}}
+        rows = [{"point": int(i), "val_acc": float(grid.val[rule]["val_acc"][i]),
+                 "val_ce": float(grid.val[rule]["val_ce"][i]), selection.COUNT: VAL_SIZE[grid.name]}
+                for i in np.flatnonzero(mask)]
+        i = selection.best(rows, rule_of(rule))["point"]
+        out[name] = {"point": grid.points[i], "points": len(rows), "val_ce": float(grid.val[rule]["val_ce"][i]),
+                     "val_acc": float(grid.val[rule]["val_acc"][i]),
+                     **{fig: float(grid.kept[rule][fig][i]) for fig in FIGURES},
+                     **{f"{fig}_seed_sd": float(grid.spread_by[rule][fig][i]) for fig in FIGURES}}
     return out
 
 
@@ -685,8 +691,10 @@ def tables(report: dict[str, Any], budgets: tuple[int, ...] = (4, 8, 16, 32), at
                                                                                  else (1, 4))) for f in FIGURES)
                      for b in budgets]
             lines.append(f"| {t} | {label} | " + " | ".join(cells) + " |")
-    lines += ["", "ITRA against CE under the same selection (each arm's point by mean validation CE over its seeds, "
-              "each seed at its selected epoch; test figures mean ± std over the seeds):", "",
+    rules = sorted({report[t]["itra_vs_ce"].get("rule", "val_ce") for t in tasks})
+    lines += ["", f"ITRA against CE under the same selection (rule {', '.join(rules)}: each arm's point by its "
+              "validation figures' means over its seeds, each seed at its selected epoch; test figures mean ± std "
+              "over the seeds):", "",
               "| task | CE: test acc % | ITRA: test acc % | CE: test CE | ITRA: test CE | ITRA's point |",
               "|---|---|---|---|---|---|"]
     for t in tasks:
@@ -754,11 +762,14 @@ def main(argv: list[str] | None = None) -> int:
                   + ", ".join(f"{r} {v:.4f}" for r, v in by_rule.items()) + f"; last epoch {grid.best('last', f):.4f}"
                   + (f"; full-train to the selected epoch {grid.best('full', f):.4f}, to the last "
                      f"{grid.best('full_last', f):.4f}" if grid.full is not None else ""))
-        fair = itra_against_ce(grid)
-        for arm, r in fair.items():
-            print(f"   {arm:>4} chosen on validation CE ({r['points']} points): {oracle.point_key(r['point'])}, "
-                  f"test acc {100 * r['test_acc']:.2f} ± {100 * r['test_acc_seed_sd']:.2f}, test CE "
-                  f"{r['test_ce']:.4f} ± {r['test_ce_seed_sd']:.4f} (mean ± std over the seeds, each at its epoch)")
+        fair = {rule: itra_against_ce(grid, rule) for rule in dict.fromkeys((SHIPPED_RULE, DEFAULT_RULE))}
+        for rule, arms in fair.items():
+            for arm in ("ce", "itra"):
+                r = arms[arm]
+                print(f"   {arm:>4} chosen by {rule} ({r['points']} points): {oracle.point_key(r['point'])}, "
+                      f"test acc {100 * r['test_acc']:.2f} ± {100 * r['test_acc_seed_sd']:.2f}, test CE "
+                      f"{r['test_ce']:.4f} ± {r['test_ce_seed_sd']:.4f} (mean ± std over the seeds, each at its "
+                      f"epoch)")
         ceiling = {rule: every_point(grid, rule, args.reps) for rule in RULES}
         for rule, r in ceiling.items():
             times = {fig: r[fig] / grid.noise[fig] for fig in FIGURES}
@@ -772,7 +783,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += pbt_rows(name, grid, args.pbt_reps, [int(b) for b in args.pbt_budgets.split(",")],
                              args.out / f"pbt-{name}.json")
         report[name] = {"command": command, "commit": commit, "loss_form": loss_form or "unrecorded",
-                        "best": best, "epochs": grid.epochs, "noise": grid.noise, "itra_vs_ce": fair,
+                        "best": best, "epochs": grid.epochs, "noise": grid.noise, "itra_vs_ce": fair[SHIPPED_RULE],
+                        "itra_vs_ce_by_rule": fair,
                         "every_point_once": ceiling, "rows": rows}
         print(f"   median regret of the kept checkpoint over {args.reps} repetitions at {list(BUDGETS)} full trainings:"
               f" test accuracy (points) | test CE | the least compute within seed noise, accuracy | CE | at 16: "
