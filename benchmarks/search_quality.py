@@ -729,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tables:
         merged = {t: r for path in args.tables for t, r in json.loads(path.read_text()).items()}
         if args.merge:  # and the curves beside it
-            args.merge.write_text(json.dumps(merged, indent=1))
+            args.merge.write_text(json.dumps(merged, separators=(",", ":")))
             for name, r in merged.items():
                 plot(name, r["noise"], r["epochs"], r["rows"], args.merge.parent / f"{name}_regret.png")
         print(tables(merged))
