@@ -45,7 +45,7 @@ class ConfigError(ValueError):
 
 
 _REF = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-PREFIXES = ("timm", "hf")  # ``timm:NAME`` and ``hf:NAME`` are registry names, not factories
+PREFIXES = ("timm", "hf", "torchvision")  # ``timm:NAME``, ``hf:NAME``, ``torchvision:NAME`` are registry names
 
 
 def is_callable_ref(name: str) -> bool:
@@ -151,6 +151,12 @@ class DataConfig:
 class ModelConfig:
     name: str = "small_cnn"
     pretrained: bool = False  # torchvision ImageNet weights, or a Hugging Face checkpoint's own weights
+    # keyword arguments of the model's builder: timm's create_model (timm:NAME), torchvision's get_model
+    # (torchvision:NAME) or your factory, e.g. {patch_size: 4, drop_path_rate: 0.1}; set one with
+    # --set model.options.patch_size=4
+    options: dict[str, Any] = field(default_factory=dict)
+
+    _hint = " (a model's own arguments go under model.options, e.g. model.options.patch_size)"
 
 
 @dataclass(frozen=True)
@@ -245,14 +251,9 @@ class Config:
         return raw
 
     def flat(self, written: bool = False) -> dict[str, Any]:
-        """The configuration as dotted keys, e.g. ``{"loss.lam": 0.6, ...}``; ``written``: of ``written()``."""
-        out: dict[str, Any] = {}
-        for section, value in (self.written() if written else self.to_dict()).items():
-            if isinstance(value, dict):
-                out.update({f"{section}.{k}": v for k, v in value.items()})
-            else:
-                out[section] = value
-        return out
+        """The configuration as dotted keys, e.g. ``{"loss.lam": 0.6, "model.options.patch_size": 4, ...}``;
+        ``written``: of ``written()``."""
+        return dotted(self.written() if written else self.to_dict())
 
 
 def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
@@ -402,7 +403,7 @@ def _build(cls: type, raw: dict[str, Any], source: str, prefix: str) -> Any:
     if unknown:
         raise ConfigError(
             f"{source}: unknown key '{prefix}{unknown[0]}'{did_you_mean(unknown[0], known)}; valid keys here: "
-            f"{', '.join(sorted(known))}"
+            f"{', '.join(sorted(known))}{getattr(cls, '_hint', '')}"
         )
     kwargs = {}
     for name, value in raw.items():
@@ -424,6 +425,10 @@ def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], source, key)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{source}: {key} must be a mapping of names to values, got {value!r}")
+        return dict(value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: {key} must be a list, got {value!r}")

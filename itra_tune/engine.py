@@ -64,7 +64,7 @@ def check(cfg: Config) -> None:
 def check_available(cfg: Config) -> None:
     """Raise ConfigError now, rather than in every trial, when the model or the data is not at hand (the model's
     first: a missing extra is what to fix before looking for the data)."""
-    models.check_available(cfg.model.name)
+    models.check_available(cfg.model.name, cfg.model.options)
     data_mod.check_available(cfg.data)
 
 
@@ -396,7 +396,7 @@ def build_training(config: Config, data_cfg: DataConfig, device: torch.device,
     paired = losses.matches(config.loss)
     data = data_mod.build(data_cfg, device, config.seed, paired=paired, model_name=config.model.name)
     model = models.build(config.model.name, data.num_classes, data.input_shape, config.model.pretrained,
-                         data.normalization).to(device)
+                         data.normalization, config.model.options).to(device)
     if channels_last and len(data.input_shape) == 3:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = losses.build(config.loss, data.num_classes, model.feature_dim,

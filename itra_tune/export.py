@@ -104,6 +104,7 @@ def load(path: str | Path, device: str = "cpu") -> models.Classifier:
                           "make one with pipelines/search_then_retrain.py or itra_tune.export.save")
     meta = json_meta(path)
     cfg = config_mod.load(path / CONFIG)
-    model = models.build(cfg.model.name, meta["num_classes"], tuple(meta["input_shape"]), pretrained=False)
+    model = models.build(cfg.model.name, meta["num_classes"], tuple(meta["input_shape"]), pretrained=False,
+                         options=cfg.model.options)
     model.load_state_dict(checkpoint.load(path / WEIGHTS)["model"])
     return model.to(device).eval()

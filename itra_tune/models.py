@@ -5,14 +5,17 @@
 
 Only this module knows where a torchvision, timm or Hugging Face model keeps its classifier (``find_head``,
 ``split_model``). Names: the registered models, ``timm:NAME`` (any timm architecture, random weights unless
-``model.pretrained``), ``package.module:callable`` (a factory of your own, called with the number of classes and
-the input shape), and Hugging Face checkpoints. Text models take (B, L) token ids padded with ``hf.PAD`` and
+``model.pretrained``), ``torchvision:NAME`` (any torchvision classifier, the same), ``package.module:callable`` (a
+factory of your own, called by keyword: ``num_classes=``, and ``input_shape=`` or ``in_chans=`` where it takes
+them), and Hugging Face checkpoints. ``model.options`` reaches timm's ``create_model``, torchvision's
+``get_model`` and a factory as keyword arguments. Text models take (B, L) token ids padded with ``hf.PAD`` and
 build their own attention mask; ``itra_tune.hf`` resolves their checkpoint names.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from itra_tune import extras, hf
-from itra_tune.config import ConfigError, import_callable, is_callable_ref
+from itra_tune.config import ConfigError, did_you_mean, import_callable, is_callable_ref
 
 InputShape = tuple[int, ...]  # (C, H, W) of one example
 
@@ -289,8 +292,9 @@ class Wrapped(Classifier):
     """A model of a user's factory (``model.name: package.module:callable``): the features are its head's input
     (``split_model``), the head its own layer."""
 
-    def __init__(self, model: nn.Module, num_classes: int, input_shape: InputShape) -> None:
-        net = WithFeatures(model)
+    def __init__(self, model: nn.Module, num_classes: int, input_shape: InputShape,
+                 head: nn.Module | None = None) -> None:
+        net = WithFeatures(model, head)
         dim = getattr(net.head, "in_features", None)
         if dim is None:  # a head of the user's own making: one forward pass tells the width
             dim = _probe_width(net, input_shape)
@@ -316,18 +320,119 @@ def _probe_width(net: WithFeatures, input_shape: InputShape) -> int:
     return int(h.shape[1])
 
 
+def factory_kwargs(fn: Callable[..., Any], ref: str, num_classes: int, input_shape: InputShape,
+                   options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The keyword arguments a factory of yours is called with: ``num_classes``, ``input_shape`` (the example's
+    shape) and ``in_chans`` (its channels) where its signature takes them, and ``model.options``. Checked against
+    the signature, so that a mismatch is one line before any training rather than a trial's traceback.
+
+    Raises:
+        ConfigError: the factory takes no ``num_classes``, an option it does not take, an option that would
+            replace what the data sets, or a parameter without a default that nothing passes.
+    """
+    options = dict(options or {})
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: pass what there is
+        return {"num_classes": num_classes, **options}
+    named = {n: p for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    listed = ", ".join(params) or "none"
+    if "num_classes" not in named and not takes_any:
+        raise ConfigError(f"model.name {ref!r}: a factory is called by keyword, factory(num_classes=...), but this "
+                          f"one takes ({listed}); name its parameter num_classes")
+    given: dict[str, Any] = {"num_classes": num_classes}
+    if "input_shape" in named:
+        given["input_shape"] = tuple(input_shape)
+    if "in_chans" in named:
+        given["in_chans"] = int(input_shape[0])
+    for key in options:
+        if key in given:
+            raise ConfigError(f"model.options.{key}: itra_tune sets {key} from the data; remove it from the options")
+        if key not in named and not takes_any:
+            raise ConfigError(f"model.options.{key}: {ref} takes no such argument{did_you_mean(key, named)}; its "
+                              f"parameters: {listed}")
+    needed = [n for n, p in params.items() if p.default is p.empty and n not in given and n not in options
+              and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if needed:
+        raise ConfigError(f"model.name {ref!r}: its parameter {needed[0]!r} has no default and itra_tune passes only "
+                          f"num_classes, input_shape and in_chans; set it with --set model.options.{needed[0]}=..."
+                          f" or give it a default")
+    return {**given, **options}
+
+
 def _factory(ref: str) -> Callable[..., Classifier]:
-    def build(num_classes: int, input_shape: InputShape, pretrained: bool = False) -> Classifier:
-        model = import_callable(ref, "model.name")(num_classes, tuple(input_shape))
+    def build(num_classes: int, input_shape: InputShape, pretrained: bool = False,
+              options: dict[str, Any] | None = None) -> Classifier:
+        fn = import_callable(ref, "model.name")
+        kwargs = factory_kwargs(fn, ref, num_classes, input_shape, options)
+        try:
+            model = fn(**kwargs)
+        except TypeError as e:  # an argument the factory passes on (**kwargs) that the model does not take
+            raise ConfigError(f"model.name {ref!r} called with {', '.join(kwargs)}: {e}") from None
         if isinstance(model, Classifier):
             return model
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model.name {ref!r} returned a {type(model).__name__}, not a torch nn.Module; a "
-                              f"model factory is called as factory(num_classes, input_shape) and returns the model")
+                              f"model factory is called as factory(num_classes=...) and returns the model")
         try:
             return Wrapped(model, num_classes, input_shape)
         except ValueError as e:
             raise ConfigError(f"model.name {ref!r}: {e}") from None
+
+    return build
+
+
+# --- torchvision's classifiers by name -----------------------------------------------------------------
+
+def torchvision_name(name: str) -> str | None:
+    """The torchvision architecture that ``torchvision:NAME`` names; None for other names."""
+    return name[len("torchvision:"):] if name.startswith("torchvision:") else None
+
+
+def _check_torchvision(name: str) -> None:
+    arch = torchvision_name(name)
+    known = importlib.import_module("torchvision.models").list_models()
+    if arch not in known:
+        raise ConfigError(f"unknown torchvision model {arch!r} (model.name {name!r}){did_you_mean(arch or '', known)}; "
+                          f"list them with python -c \"import torchvision; print(torchvision.models.list_models())\"")
+
+
+class _Gray(nn.Module):
+    """One channel to the three an ImageNet architecture reads: the gray value in each."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.expand(-1, 3, -1, -1)
+
+
+def _replace_head(net: nn.Module, num_classes: int) -> None:
+    """A pretrained network's classifier swapped for a new linear layer of ``num_classes`` outputs."""
+    head = find_head(net)
+    if head.out_features == num_classes:
+        return
+    path = next(n for n, m in net.named_modules() if m is head)
+    parent = net.get_submodule(path.rpartition(".")[0]) if "." in path else net
+    setattr(parent, path.rpartition(".")[2], nn.Linear(head.in_features, num_classes))
+
+
+def _torchvision_model(name: str) -> Callable[..., Classifier]:
+    def build(num_classes: int, input_shape: InputShape, pretrained: bool = False,
+              options: dict[str, Any] | None = None) -> Classifier:
+        arch, channels = torchvision_name(name), int(input_shape[0])
+        if channels not in (1, 3):
+            raise ConfigError(f"model.name {name!r}: torchvision's models read 3 channels (a gray image is repeated "
+                              f"into them), not {channels}; timm:NAME takes any (in_chans)")
+        get = importlib.import_module("torchvision.models").get_model
+        try:  # random weights unless asked: a positional or missing `weights` would download ImageNet's
+            if pretrained:
+                net = get(arch, weights="DEFAULT", **(options or {}))
+                _replace_head(net, num_classes)
+            else:
+                net = get(arch, weights=None, num_classes=num_classes, **(options or {}))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model.options for {name!r}: {e}") from None
+        head = find_head(net)
+        return Wrapped(nn.Sequential(_Gray(), net) if channels == 1 else net, num_classes, input_shape, head)
 
     return build
 
@@ -371,15 +476,25 @@ def _check_timm(name: str) -> None:
 
 
 def _timm_model(name: str) -> Callable[..., Classifier]:
-    def build(num_classes: int, input_shape: InputShape, pretrained: bool = False) -> Classifier:
+    def build(num_classes: int, input_shape: InputShape, pretrained: bool = False,
+              options: dict[str, Any] | None = None) -> Classifier:
         timm, arch = _timm(), timm_name(name)
         kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": int(input_shape[0])}
+        for key in options or {}:
+            if key in kwargs:
+                raise ConfigError(f"model.options.{key}: itra_tune sets {key} from the data; remove it from the "
+                                  f"options")
+        kwargs.update(options or {})
         try:  # transformers (ViT, Swin, ...) are built for the data's image size; convolutional nets take any
-            net = timm.create_model(arch, pretrained=pretrained, img_size=tuple(input_shape[1:]), **kwargs)
-        except TypeError as e:
-            if "img_size" not in str(e):
-                raise
-            net = timm.create_model(arch, pretrained=pretrained, **kwargs)
+            try:
+                net = timm.create_model(arch, pretrained=pretrained,
+                                        **{"img_size": tuple(input_shape[1:]), **kwargs})
+            except TypeError as e:
+                if "img_size" not in str(e) or "img_size" in kwargs:
+                    raise
+                net = timm.create_model(arch, pretrained=pretrained, **kwargs)
+        except TypeError as e:  # an option the architecture does not take
+            raise ConfigError(f"model.options for {name!r}: {e}") from None
         return TimmClassifier(net, num_classes)
 
     return build
@@ -403,30 +518,44 @@ def modality(name: str) -> str:
     registered image models and timm's, ``any`` for a factory of the user's (it reads what the data holds)."""
     if is_callable_ref(name):
         return "any"
-    if timm_name(name) is not None or name in MODELS and name not in hf.CHECKPOINTS:
+    if timm_name(name) is not None or torchvision_name(name) is not None:
+        return "image"
+    if name in MODELS and name not in hf.CHECKPOINTS:
         return "image"
     return "text"
 
 
-def check_available(name: str) -> None:
+def check_available(name: str, options: dict[str, Any] | None = None) -> None:
     """Raise now, rather than in every trial, when a model cannot be built here: ModelMissing for a checkpoint's
-    files, MissingExtra without timm, ConfigError for a factory that does not import."""
+    files, MissingExtra without timm, ConfigError for an unknown timm or torchvision architecture, a factory that
+    does not import or whose signature does not fit, or options for a model that takes none."""
     check_name(name)
+    if options and not takes_options(name):
+        raise ConfigError(f"model.options: {name!r} takes no options; they reach timm:NAME, torchvision:NAME and "
+                          f"factories of yours (package.module:callable)")
     if timm_name(name) is not None:
         _check_timm(name)
+    elif torchvision_name(name) is not None:
+        _check_torchvision(name)
     elif is_callable_ref(name):
-        import_callable(name, "model.name")
+        factory_kwargs(import_callable(name, "model.name"), name, 2, (1, 1, 1), options)
     elif modality(name) == "text":
         hf.check(name)
 
 
+def takes_options(name: str) -> bool:
+    """Whether ``model.options`` reaches the builder of ``name``: timm's, torchvision's and factories do."""
+    return timm_name(name) is not None or torchvision_name(name) is not None or is_callable_ref(name)
+
+
 def check_name(name: str) -> None:
-    if name in MODELS or timm_name(name) is not None or is_callable_ref(name) or hf.is_checkpoint_name(name):
+    if (name in MODELS or timm_name(name) is not None or torchvision_name(name) is not None or is_callable_ref(name)
+            or hf.is_checkpoint_name(name)):
         return
     raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}, timm:NAME (a timm "
-                      "model), package.module:callable (a factory of yours, called with the number of classes and "
-                      "the input shape), a Hugging Face checkpoint as hf:NAME or org/NAME, or a local checkpoint "
-                      "folder (model.name)")
+                      "model), torchvision:NAME (a torchvision model), package.module:callable (a factory of yours, "
+                      "called by keyword with num_classes=), a Hugging Face checkpoint as hf:NAME or org/NAME, or a "
+                      "local checkpoint folder (model.name)")
 
 
 def builder(name: str) -> Callable[..., Classifier]:
@@ -436,13 +565,16 @@ def builder(name: str) -> Callable[..., Classifier]:
         return MODELS[name]
     if timm_name(name) is not None:
         return _timm_model(name)
+    if torchvision_name(name) is not None:
+        return _torchvision_model(name)
     if is_callable_ref(name):
         return _factory(name)
     return _hugging_face(name)
 
 
 def build(name: str, num_classes: int, input_shape: InputShape, pretrained: bool = False,
-          normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> Classifier:
+          normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+          options: dict[str, Any] | None = None) -> Classifier:
     """Build a model with ``features``/``head`` for inputs of ``input_shape``.
 
     Args:
@@ -451,8 +583,13 @@ def build(name: str, num_classes: int, input_shape: InputShape, pretrained: bool
         pretrained: torchvision's or timm's ImageNet weights, or the checkpoint's own.
         normalization: per-channel (mean, std) an image model applies to its [0, 1] pixels; None leaves the
             identity in place, to be filled by ``load_state_dict`` (the statistics are saved with the weights).
+        options: ``model.options``, keyword arguments of a timm, torchvision or factory builder.
     """
-    model = builder(name)(num_classes, tuple(input_shape), pretrained)
+    make = builder(name)
+    if options and not takes_options(name):
+        raise ConfigError(f"model.options: {name!r} takes no options; they reach timm:NAME, torchvision:NAME and "
+                          f"factories of yours (package.module:callable)")
+    model = make(num_classes, tuple(input_shape), pretrained, **({"options": options} if options else {}))
     if len(input_shape) == 3 and modality(name) != "text":  # images, into any model that reads them
         mean, std = normalization if normalization is not None else (None, None)
         model.preprocess = Normalize(int(input_shape[0]), mean, std)

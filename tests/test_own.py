@@ -44,6 +44,19 @@ def mixture():
 def not_a_pair():
     return [1, 2, 3]
 
+def widths(input_shape, num_classes, width=16):  # the parameters in another order, and one of the model's own
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(input_shape).prod()), width), nn.ReLU(),
+                         nn.Linear(width, num_classes))
+
+def channels(num_classes, in_chans):  # timm's name for the input channels
+    return nn.Sequential(nn.Conv2d(in_chans, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+def positional(n, shape):
+    return nn.Linear(3, n)
+
+def needs_depth(num_classes, depth):
+    return nn.Sequential(*[nn.Linear(3, 3) for _ in range(depth)], nn.Linear(3, num_classes))
+
 NOT_CALLABLE = 3
 '''
 
@@ -143,8 +156,66 @@ def test_a_factory_returning_the_wrong_thing_says_what_it_should_return(factory,
         engine.fit(tiny_config(**{key: ref}))
 
 
+def test_a_factory_is_called_by_keyword_with_what_its_signature_takes_and_the_options(factory, tiny_config):
+    model = models.build(f"{factory}:widths", 10, (1, 8, 8), options={"width": 12})
+    assert model.feature_dim == 12 and model(torch.rand(2, 1, 8, 8)).shape == (2, 10)  # input_shape, by name
+    conv = models.build(f"{factory}:channels", 10, (3, 8, 8)).body.model[0]
+    assert conv.in_channels == 3  # in_chans: the data's channels
+    result = engine.fit(tiny_config(**{"model.name": f"{factory}:widths", "model.options.width": 24}))
+    assert result.model.feature_dim == 24 and result.best["val_acc"] > 0.5  # chance is 0.1
+
+
+@pytest.mark.parametrize("ref,options,message", [
+    ("positional", None, r"called by keyword, factory\(num_classes=...\), but this one takes \(n, shape\); name "
+                         r"its parameter num_classes"),
+    ("widths", {"widht": 3}, r"model.options.widht: userfactories:widths takes no such argument \(did you mean "
+                             r"'width'\?\); its parameters: input_shape, num_classes, width"),
+    ("widths", {"num_classes": 3}, r"model.options.num_classes: itra_tune sets num_classes from the data"),
+    ("needs_depth", None, r"its parameter 'depth' has no default .* --set model.options.depth=..."),
+])
+def test_a_factory_whose_signature_does_not_fit_is_one_line_before_ray_starts(factory, tiny_config, ref, options,
+                                                                              message):
+    cfg = tiny_config(**{"model.name": f"{factory}:{ref}", **({"model.options": options} if options else {})})
+    with pytest.raises(ConfigError, match=message):
+        engine.check_available(cfg)  # what the search checks before Ray starts
+
+
+def test_options_reach_timm_and_a_model_that_takes_none_says_so(tiny_config):
+    vit = models.build("timm:vit_tiny_patch16_224", 10, (3, 32, 32), options={"patch_size": 4, "depth": 1})
+    assert vit.body.patch_embed.patch_size == (4, 4) and len(vit.body.blocks) == 1
+    assert vit(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ConfigError, match=r"model.options for 'timm:resnet18': .*unexpected keyword argument 'bogus'"):
+        models.build("timm:resnet18", 10, (3, 32, 32), options={"bogus": 1})
+    with pytest.raises(ConfigError, match=r"model.options: 'mlp' takes no options; they reach timm:NAME, "
+                                          r"torchvision:NAME and factories"):
+        engine.check_available(tiny_config(**{"model.name": "mlp", "model.options.width": 3}))
+    with pytest.raises(ConfigError, match=r"unknown key 'model.patch_size'.*go under model.options"):
+        tiny_config(**{"model.patch_size": 4})
+
+
+def test_a_torchvision_model_by_name_is_built_by_keyword_with_random_weights():
+    import torchvision
+
+    model = models.build("torchvision:resnet18", 10, (1, 32, 32)).eval()  # a gray image into an ImageNet network
+    net = model.body.model[1]
+    assert isinstance(net, torchvision.models.ResNet) and net.fc.out_features == 10 and model.feature_dim == 512
+    reference = torchvision.models.resnet18(num_classes=10)  # the same architecture at its own random init
+    assert sorted(net.state_dict()) == sorted(reference.state_dict())
+    x = torch.rand(2, 1, 32, 32)
+    h = model.features(x)
+    assert h.shape == (2, 512) and torch.allclose(model.head(h), model(x), atol=1e-6)
+    assert torch.allclose(model(x), net(model.preprocess(x).expand(-1, 3, -1, -1)), atol=1e-6)
+    assert models.modality("torchvision:resnet18") == "image"
+    # the package.module:callable form is called by keyword too: resnet18(num_classes=10), not resnet18(10, ...)
+    assert models.build("torchvision.models:resnet18", 10, (3, 32, 32)).body.model.fc.out_features == 10
+    with pytest.raises(ConfigError, match=r"unknown torchvision model 'resnet81' .*did you mean 'resnet18'"):
+        models.check_available("torchvision:resnet81")
+    with pytest.raises(ConfigError, match=r"read 3 channels .* not 2"):
+        models.build("torchvision:resnet18", 10, (2, 32, 32))
+
+
 def test_an_unknown_name_lists_the_outside_forms_too():
-    with pytest.raises(ConfigError, match=r"timm:NAME .*package.module:callable"):
+    with pytest.raises(ConfigError, match=r"timm:NAME .*torchvision:NAME .*package.module:callable"):
         models.check_name("resnet_nine")
     with pytest.raises(ConfigError, match=r"package.module:callable for images of your own"):
         itra_tune.data.source("my_images")

@@ -71,6 +71,18 @@ def test_bad_space_files_name_file_and_key(space_file, change, message):
     assert str(path) in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_model_option_set_in_base_is_searchable_and_reaches_the_trial(space_file):
+    base = {"data": {"name": "synthetic", "batch_size": 32, "subset": 640},
+            "model": {"name": "timm:vit_tiny_patch16_224", "options": {"patch_size": 4, "drop_path_rate": 0.0}},
+            "loss": {"name": "itra_c", "lam": 0.5}, "train": {"epochs": 1}}
+    space = spaces.load(space_file(base=base, search={
+        "model.options.drop_path_rate": {"type": "float", "low": 0.0, "high": 0.2}}))
+    assert [p.key for p in space.params] == ["model.options.drop_path_rate"]
+    cfg = trial_config({"base": space.base, "model.options.drop_path_rate": 0.15})
+    assert cfg.model.options == {"patch_size": 4, "drop_path_rate": 0.15}
+    assert cfg.flat()["model.options.patch_size"] == 4  # as MLflow records a trial's parameters
+
+
 def test_unknown_space_name_lists_the_shipped_ones():
     with pytest.raises(ConfigError, match="unknown space 'cifar1000'.*cifar100"):
         spaces.load("cifar1000")

@@ -202,7 +202,7 @@ def _checkpoint_model(result: Any, row: dict[str, Any], data: data_mod.Data) -> 
             weights = engine.weights_at(checkpoint.load(file), int(epoch)) if file.is_file() and epoch else None
         if weights is not None:
             cfg = trial_config(result.config)
-            model = models.build(cfg.model.name, data.num_classes, data.input_shape)
+            model = models.build(cfg.model.name, data.num_classes, data.input_shape, options=cfg.model.options)
             model.load_state_dict(weights)
             return model.eval()
     return None
