@@ -417,6 +417,13 @@ def log_params(c: Any, run_id: str, params: dict[str, Any]) -> None:
         c.log_batch(run_id, params=items[i:i + 100])
 
 
+def log_param_once(c: Any, run_id: str, key: str, value: Any) -> None:
+    """``key`` logged on the run unless it has it already (a resumed search's trial, or a run started by an
+    earlier version with another value): MLflow refuses to change a parameter."""
+    if key not in c.get_run(run_id).data.params:
+        log_params(c, run_id, {key: value})
+
+
 def log_metrics(c: Any, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
     from mlflow.entities import Metric
 

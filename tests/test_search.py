@@ -391,12 +391,22 @@ def test_ctrl_c_reports_the_interrupted_search_and_resume_finishes_it(space_file
     # the trials training at the interrupt are recorded as interrupted, not as stopped early
     statuses = [r["status"] for r in _trials(tmp_path / "st" / "intr")]
     assert "interrupted" in statuses and "stopped early" not in statuses, statuses
+    # the trials that ended and those cut while training, counted apart
+    first = json.loads((tmp_path / "st" / "intr" / "summary.json").read_text())
+    ended = first["completed"] + first["failed"] + first["stopped early"]
+    assert first["interrupted_trials"] >= 1 and first["runs"] == 1
+    assert (f"interrupted with {ended} of 4 trials ended and {first['interrupted_trials']} cut while training; "
+            "continue with: ") in err, err[-2000:]
     resume = err.split("continue with: ")[1].split()
     assert Path(resume[0]).exists() and resume[1:4] == ["-m", "itra_tune.search", "--space"]  # works when pasted
     assert "--name intr --resume" in err
     resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert json.loads((tmp_path / "st" / "intr" / "summary.json").read_text())["trials"] == 4
+    summary = json.loads((tmp_path / "st" / "intr" / "summary.json").read_text())
+    assert summary["trials"] == 4 and summary["runs"] == 2
+    assert summary["wall_time_s"] > first["wall_time_s"]  # both runs' time, not the last one's
+    assert f"4 trials in {summary['wall_time_s']:.0f}s over 2 runs: " in resumed.stdout
+    assert not any(line.startswith("resume:") for line in resumed.stdout.splitlines())  # nothing left to resume
     # each of the best 3 trials' model logged once, though both runs of the search recorded them
     import mlflow
 

@@ -70,6 +70,7 @@ def test_search_tracks_to_a_server_and_best_config_round_trips(ray_local, mlflow
         # one number per trial: its headline metrics are its selected epoch's, as in trials.csv
         row = next(r for r in _trials_csv(tmp_path / "st" / "t") if r["trial"] == child.info.run_name)
         assert child.data.metrics["best_epoch"] == float(row["best_epoch"])
+        assert child.data.params["select.epoch"] == row["best_epoch"]  # the epoch its best configuration carries
         assert child.data.metrics["best_test_acc"] == pytest.approx(float(row["test_acc"]))
     best_run = parent.data.tags[tracking.BEST_TAG]
     assert c.get_run(best_run).info.run_name == summary["best"]["trial"]

@@ -188,7 +188,9 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
         if view is not None:
             print(progress.header(explore, epochs, name, opts.resume, objective,
                                   sp.num_samples - explore.num_samples), flush=True)
-        t0 = time.perf_counter()
+        # the wall time counts every run of the search: a resumed one goes on from where the last run's ended
+        before = _earlier_runs(storage / name) if opts.resume else {"wall_time_s": 0.0, "runs": 0}
+        t0 = time.perf_counter() - before["wall_time_s"]
         grid = tuner.run_experiment(explore, epochs, name, storage,
                                     tuner.TrackingCallback(uri, sp.name, parent, user=user_fn is not None),
                                     objective=objective, seed=opts.seed, max_failures=opts.max_failures,
@@ -197,6 +199,7 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
         summary = results.summarize(grid, explore, epochs, storage / name, time.perf_counter() - t0, objective)
         # Ctrl-C: Tune saved its state and returned, with trials not started or not finished
         summary["interrupted"] = summary["trials"] < explore.num_samples or summary["interrupted_trials"] > 0
+        summary["num_samples"] = sp.num_samples  # the confirmation's trials included
         confirmation = None
         if explore is not sp and not summary["interrupted"]:
             confirmation = confirming.after_exploring(summary, grid, sp, epochs, storage / name, uri, parent, t0,
@@ -217,7 +220,7 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
                 summary["optuna"]["warm_start"] = {"from": previous.study_name,
                                                    "trials": len(study.compatible(previous, sp.params))}
         summary["budget"] = "equal compute" if opts.equal_compute else "equal trials"
-        summary["resume_command"] = resume_cmd
+        summary["resume_command"], summary["runs"] = resume_cmd, before["runs"] + 1
         summary["tracking"] = record.record(grid, summary, sp, sp_cfg, uri, parent, storage / name,
                                             opts.register and not summary["interrupted"], opts.log_models, epochs,
                                             confirmation)
@@ -232,6 +235,16 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
     if shutting_down is not None:  # Tune's objects die with this frame: never while Ray is half shut down
         shutting_down.result()
     return summaries
+
+
+def _earlier_runs(path: Path) -> dict[str, float]:
+    """The wall time of a resumed search's earlier runs and how many there were, from the summary the last one
+    wrote (none after a ``kill -9``: its time is lost, the count starts again)."""
+    try:
+        s = json.loads((path / "summary.json").read_text())
+        return {"wall_time_s": float(s["wall_time_s"]), "runs": int(s.get("runs", 1))}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"wall_time_s": 0.0, "runs": 0}
 
 
 __all__ = ["DEFAULT_STORAGE", "METHOD_KNOBS", "Options", "method_slug", "method_space", "parse_method", "prepare",

@@ -97,11 +97,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     summaries = _run(space, args, ending=True)
     last = summaries[-1]
     if last["interrupted"]:
-        done = f"after {last['trials']} of {last['num_samples']} trials" if last.get("best") else \
-            "before any trial finished an epoch"
-        print(f"interrupted {done}; continue with: {last['resume_command']}", file=sys.stderr)
+        print(f"interrupted {interruption(last)}; continue with: {last['resume_command']}", file=sys.stderr)
         return 130
     return cli.EXIT_OK if all(s.get("best") for s in summaries) else cli.EXIT_FAILED
+
+
+def interruption(s: dict[str, object]) -> str:
+    """How far an interrupted search got: the trials that ended and those cut while training, apart."""
+    if not s.get("best"):
+        return "before any trial finished an epoch"
+    ended = sum(int(s.get(k, 0)) for k in ("completed", "stopped early", "failed", "collapsed"))
+    cut = int(s.get("interrupted_trials", 0))
+    return f"with {ended} of {s['num_samples']} trials ended" + (f" and {cut} cut while training" if cut else "")
 
 
 if __name__ == "__main__":

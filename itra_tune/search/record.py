@@ -93,6 +93,9 @@ def _record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: con
                                               row["status"], row if space.metric in row else None, files)
             if name in rank:
                 tracking.log_metrics(tracker.c, run_id, {tracking.RANK: rank[name]})
+            if cfg is not None and row.get("best_epoch") and row["status"] != "interrupted":
+                # the epoch this trial hands over, as its best configuration carries it (select.epoch)
+                tracking.log_param_once(tracker.c, run_id, "select.epoch", int(row["best_epoch"]))
             if data is None and name in with_model:
                 _log_checkpoint_files(tracker, run_id, res, row)
             if name == best_name:

@@ -154,7 +154,8 @@ RESULT_FILES = ("summary.json", "trials.csv", "best_config.yaml", confirming.ANS
 
 
 def print_summary(s: dict[str, Any], space: spaces.Space) -> None:
-    print(f"\n== {s['space']}: {s['trials']} trials in {s['wall_time_s']:.0f}s: {s['completed']} completed, "
+    runs = f" over {s['runs']} runs" if s.get("runs", 1) > 1 else ""  # --resume: the time of them all
+    print(f"\n== {s['space']}: {s['trials']} trials in {s['wall_time_s']:.0f}s{runs}: {s['completed']} completed, "
           f"{s['stopped early']} stopped early, {s['failed']} failed"
           + (f", {s['interrupted_trials']} interrupted" if s.get("interrupted_trials") else "")
           + (f", {s['collapsed']} collapsed" if s.get("collapsed") else ""))
@@ -197,8 +198,8 @@ def print_summary(s: dict[str, Any], space: spaces.Space) -> None:
         print(f"Optuna:  study {o['study']!r} in {o['storage']}"
               + (f", started from {warm['trials']} trials of {warm['from']!r}" if warm else ""))
         print(f"  browse: {o['dashboard']}")
-    if not s.get("interrupted"):  # an interrupted search says how to continue it on its last line
-        print(f"resume:  {s['resume_command']}")
+    if t.get("error") and not s.get("interrupted"):  # the resume back-fills MLflow; an interrupted search says
+        print(f"resume:  {s['resume_command']}")       # how to continue it on its last line, a finished one no more
 
 
 def _fmt(v: Any) -> str:

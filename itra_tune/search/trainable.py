@@ -50,8 +50,14 @@ def user_config(tune_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def trial_params(tune_config: dict[str, Any], user: bool = False) -> dict[str, Any]:
-    """A trial's whole configuration as dotted keys, as MLflow records it."""
-    return config_mod.dotted(user_config(tune_config)) if user else trial_config(tune_config).flat(written=True)
+    """A trial's whole configuration as dotted keys, as MLflow records it; the engine's without ``select.epoch``,
+    which a trial learns only when it ends (the epoch it hands over, recorded then)."""
+    if user:
+        return config_mod.dotted(user_config(tune_config))
+    params = trial_config(tune_config).flat(written=True)
+    if params.get("select.epoch") is None:
+        params.pop("select.epoch", None)
+    return params
 
 
 def train_trial(tune_config: dict[str, Any], metric: str = "val_acc", mode: str = "max",
