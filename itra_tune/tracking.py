@@ -325,15 +325,16 @@ class Tracker:
     def share_view(self, metric: str, params: Iterable[str]) -> str:
         """A shared view of the search for the UI's runs table: its trials alone (not folded under the parent),
         in the search's order (``RANK``: the answer first, as ``itra_tune.selection`` ranks them), with the rank,
-        the headline metrics, the searched parameters and the models as columns. MLflow keeps it as an experiment
+        the headline metrics, each trial's status (completed, stopped early, failed, ...), the searched parameters
+        and the models as columns. MLflow keeps it as an experiment
         tag ``mlflow.sharedViewState.<key>``, which a link opens with ``viewStateShareKey=<key>`` (``ui_link``).
         Returns the key."""
         headline = [RANK, f"best_{metric}"] + [f"best_{m}" for m in self.headline_metrics if m != metric] \
             + ["best_epoch"]
         state = {"searchFilter": f"tags.`{PARENT_TAG}` = '{self.parent}'", "orderByKey": f"metrics.`{RANK}`",
                  "orderByAsc": True,
-                 "selectedColumns": [f"metrics.`{m}`" for m in headline] + [f"params.`{p}`" for p in params]
-                 + ["attributes.`Models`"]}
+                 "selectedColumns": [f"metrics.`{m}`" for m in headline] + [f"tags.`{STATUS_TAG}`"]
+                 + [f"params.`{p}`" for p in params] + ["attributes.`Models`"]}
         text = json.dumps(state, separators=(",", ":"))
         key = hashlib.sha256(text.encode()).hexdigest()
         self.c.set_experiment_tag(self.exp_id, f"{SHARED_VIEW_TAG}{key}", text)

@@ -76,6 +76,11 @@ def test_search_tracks_to_a_server_and_best_config_round_trips(ray_local, mlflow
     assert c.get_run(best_run).info.run_name == summary["best"]["trial"]
     ranks = {child.info.run_name: child.data.metrics[tracking.RANK] for child in children}  # the view's order
     assert sorted(ranks.values()) == [1, 2, 3, 4] and ranks[summary["best"]["trial"]] == 1
+    # the link the summary prints opens the trials in that order, each trial's status a column beside its figures
+    key = summary["tracking"]["ui"].split("viewStateShareKey=")[1].split("&")[0]
+    view = json.loads(c.get_experiment_by_name("tracked").tags[tracking.SHARED_VIEW_TAG + key])
+    assert view["orderByKey"] == f"metrics.`{tracking.RANK}`" and view["orderByAsc"]
+    assert f"tags.`{tracking.STATUS_TAG}`" in view["selectedColumns"]
     assert parent.data.metrics["best_val_acc"] == pytest.approx(summary["best"]["val_acc"])
     assert parent.data.metrics["best_test_acc"] == pytest.approx(summary["best"]["test_acc"])
     # the best 3 trials' checkpoints are LoggedModels of their runs, at their selected epoch
