@@ -234,11 +234,18 @@ def phases(clock: dict) -> dict[str, float]:
     """A search's wall time cut into phases that add up to it."""
     m = clock["marks"]
     (ray0, ray1), = span(clock, "ray_start")
-    (tune0, tune1), = span(clock, "tune")
+    tunes = span(clock, "tune")  # the exploration, then the confirmation's own experiment when it runs one
+    tune0, tune1 = tunes[0][0], tunes[-1][1]
     (rec0, rec1), = span(clock, "record")
     trials = list(m.get("trials", {}).values())
     first = min(t["launched"] for t in trials)
     last = max(t["ended"] for t in trials)
+    # between the exploration's last trial and the confirmation's first: the one Tune ends, the other starts
+    between = 0.0
+    if len(tunes) > 1:
+        explored = max(t["ended"] for t in trials if t["ended"] <= tunes[0][1])
+        confirming = min(t["launched"] for t in trials if t["launched"] >= tunes[1][0])
+        between = confirming - explored
     study = total(clock, "optuna_study")
     out = {
         "interpreter start": m["child"] - m["start"],
@@ -265,6 +272,7 @@ def phases(clock: dict) -> dict[str, float]:
         "  record: figures": total(clock, "figures", within),
         "  record: t-SNE": total(clock, "tsne", within),
         "  record: parent run's files": total(clock, "finish_parent", within),
+        "  trials: from exploring to confirming (one Tune run ends, the next starts)": between,
         "  trials: each trial's own time (mean)": statistics.mean(t["own"] for t in trials),
         "  trials: each trial's training (mean)": statistics.mean(t["training"] for t in trials),
     })

@@ -116,9 +116,13 @@ def _check_batch(batch: Any) -> None:
     if isinstance(batch, Mapping):
         text = [k for k, v in batch.items() if isinstance(v, (list, tuple)) and v and isinstance(v[0], str)]
         if text:
-            raise ValueError(f"SecondBatch: the dataset's column {text[0]!r} holds strings; tokenize it first "
-                             f"(dataset.map(...)) and keep only the model's inputs and the label "
-                             f"(dataset.with_format('torch', columns=[...]))")
+            raise ValueError(_strings("SecondBatch", text[0]))
+
+
+def _strings(who: str, column: str) -> str:
+    return (f"{who}: the dataset's column {column!r} holds strings; tokenize it first (dataset.map(...)) and keep "
+            f"only the model's inputs and the label (dataset.with_format('torch', columns=[...]), or "
+            f"dataset.remove_columns([{column!r}]))")
 
 
 PAD_VALUES = {"labels": -100}  # columns padded with something other than the pad id or 0
@@ -132,6 +136,8 @@ def pad_collate(pad_id: int = 0) -> Any:
     def collate(examples: list[Mapping[str, Any]]) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         for key in examples[0]:
+            if isinstance(examples[0][key], str):
+                raise ValueError(_strings("pad_collate", key))
             values = [torch.as_tensor(e[key]) for e in examples]
             if values[0].dim() == 0:
                 out[key] = torch.stack(values)

@@ -59,6 +59,10 @@ def check(cfg: Config) -> None:
         wants = "a text model (e.g. model.name=minilm)" if data_modality == "text" else \
             "an image model (e.g. model.name=resnet18)"
         raise ConfigError(f"data.name {cfg.data.name!r} needs {wants}, not model.name {cfg.model.name!r}")
+    if data_modality == "text" and models.modality(cfg.model.name) == "any" and not cfg.data.tokenizer:
+        raise ConfigError(f"data.tokenizer: model.name {cfg.model.name!r} is a factory of yours, which brings no "
+                          f"tokenizer; set data.tokenizer to the Hugging Face tokenizer (a name or a folder) its "
+                          f"token ids come from")
 
 
 def check_available(cfg: Config) -> None:
@@ -216,7 +220,21 @@ def train_epoch(model: models.Classifier, loss_fn: nn.Module, optimizer: torch.o
     reason = getattr(loss_fn, "collapse", None)
     if parallel.mean(torch.tensor(float(reason is not None), device=device)).item() > 0:
         raise Collapsed(f"{reason or 'collapsed on another worker'} (lambda {loss_fn.lam}, form {loss_fn.form})")
-    return dict(zip(("train_loss", "train_ce", "match_loss", "center_loss"), means))
+    out = dict(zip(("train_loss", "train_ce", "match_loss", "center_loss"), means))
+    applied = loss_fn.applied_lam() if hasattr(loss_fn, "applied_lam") else None
+    if applied is not None:  # the gate's lambda, as the matching loss was weighted this epoch
+        out["lam_applied"] = parallel.mean(torch.tensor(applied, device=device)).item()
+    return out
+
+
+def unmatched(history: list[dict[str, float]], lam: float) -> str | None:
+    """Why a run whose configured lambda is positive trained as plain CE, or None: the lambda applied
+    (``lam_applied``, the gate's) was 0 in every epoch."""
+    applied = [row["lam_applied"] for row in history if "lam_applied" in row]
+    if lam > 0 and applied and max(applied) == 0:
+        return (f"lambda {lam:g} was applied as 0 in every epoch: the gated form holds the matching loss back "
+                f"while CE is at chance, and it never left chance; this run trained as plain CE")
+    return None
 
 
 @torch.no_grad()

@@ -242,6 +242,8 @@ class ITRA(nn.Module):
         self.sigma_ema = sigma_ema if bandwidth != "fixed" and sigma is None else 0.0
         self.lam_warmup_steps, self.steps = lam_warmup_steps, 0
         self.last: dict[str, Tensor] = {}  # the last training step's CE, matching loss and lambda, for a logger
+        self._lam_total: float | Tensor = 0.0  # the lambda applied (gate and warm-up included), summed over steps
+        self._lam_steps = 0
         self.register_buffer("sigma_avg", torch.full((), float("nan")))  # NaN until the first batch
         self.num_classes, self.lam, self.form = num_classes, lam, form
         self.bandwidth, self.sigma, self.class_conditional = bandwidth, sigma, class_conditional
@@ -306,10 +308,22 @@ class ITRA(nn.Module):
     def _count(self, ce: Tensor, match: Tensor, lam: float | Tensor, h1: Tensor) -> None:
         self.steps += 1
         self.last = {"ce": ce.detach(), "match": match.detach(), "lam": torch.as_tensor(lam).detach()}
+        self._lam_total = self._lam_total + (lam.detach() if isinstance(lam, Tensor) else lam)
+        self._lam_steps += 1
         if self.lam > 0 and self.watch.update(h1) is not None:
             self.on_collapse(self.watch.reason)
 
     _observe_outside, _count_outside = torch.compiler.disable(_observe), torch.compiler.disable(_count)
+
+    def applied_lam(self) -> float | None:
+        """The mean lambda the matching loss was weighted by over the training steps since the last call (under
+        ``gated``, 0 while CE is at chance, ``lam`` once learned); None when no step matched. Read once an epoch:
+        it waits for the device."""
+        if not self._lam_steps:
+            return None
+        mean = float(self._lam_total) / self._lam_steps
+        self._lam_total, self._lam_steps = 0.0, 0
+        return mean
 
     def on_collapse(self, reason: str) -> None:
         """Called once, when the watch first sees a collapse (the engine reads ``collapse`` after the epoch)."""

@@ -218,4 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     val = f"val_acc {100 * b['val_acc']:.2f}%  val_ce {b['val_ce']:.4f}  " if "val_acc" in b else ""
     print(f"handed over epoch {int(b['epoch'])} ({selection.describe(cfg.select, 'val_acc' in b)}): {val}"
           f"test_acc {100 * b['test_acc']:.2f}%  test_ce {b['test_ce']:.4f}; saved {out / 'best.pt'}")
+    note = engine.unmatched(result.history, cfg.loss.lam)
+    if note:
+        print(f"note: {note}")
     return cli.EXIT_OK

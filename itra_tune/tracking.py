@@ -39,13 +39,15 @@ PARENT_TAG = "mlflow.parentRunId"
 BEST_TAG = "itra_tune.best_run_id"
 BEST_MODEL_TAG = "itra_tune.best_model_id"
 STATUS_TAG = "itra_tune.status"
+UNMATCHED_TAG = "itra_tune.unmatched"  # on a trial whose lambda was applied as 0 in every epoch: why
 RANK = "rank"  # a trial's place in the search's order, 1 the answer (the shared view sorts by it)
 SHARED_VIEW_TAG = "mlflow.sharedViewState."  # + key: a view of the runs table the MLflow UI opens from a link
 SMOKE_TAG = "itra_tune.smoke"  # on a search's parent run: "true" for a --smoke search, which best_config skips
 ANSWER_ARTIFACT = "answer.json"  # on a search's parent run: the answer, mean ± spread over seeds (search.confirming)
 CONFIRMS_TAG = "itra_tune.confirms"  # on a confirmation's trial run: the exploring trial it re-trains on a new seed
 EPOCH_TAG = "itra_tune.epoch"  # on a LoggedModel: the epoch of the checkpoint it holds
-EPOCH_METRICS = ("train_ce", "val_acc", "val_ce", "test_acc", "test_ce", "match_loss", "compactness", "lr", "lam")
+EPOCH_METRICS = ("train_ce", "val_acc", "val_ce", "test_acc", "test_ce", "match_loss", "compactness", "lr", "lam",
+                 "lam_applied")  # lam: the configured lambda (PBT moves it); lam_applied: the gate's, the mean
 HEADLINE_METRICS = ("val_acc", "val_ce", "test_acc", "test_ce")  # logged as best_<name>: the selected epoch's
 # MLflow 3 opens an experiment in its GenAI view unless it says it holds model training.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}

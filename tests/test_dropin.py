@@ -376,6 +376,9 @@ def test_second_batch_says_so_when_a_column_still_holds_text():
     raw = datasets.Dataset.from_list([{"text": f"row {i}", "label": i % 2} for i in range(16)])
     with pytest.raises(ValueError, match=r"column 'text' holds strings; tokenize it first"):
         next(itra_tune.SecondBatch(raw, batch_size=4))
+    # the README's padding collate says the same where it meets the strings first
+    with pytest.raises(ValueError, match=r"pad_collate: the dataset's column 'text' holds strings; tokenize it first"):
+        next(itra_tune.SecondBatch(raw, batch_size=4, collate_fn=itra_tune.pad_collate(0)))
 
 
 @pytest.mark.slow

@@ -301,6 +301,24 @@ def test_bad_own_text_is_one_line_naming_the_key(tmp_path, data, message):
         engine.check_available(cfg)
 
 
+def test_an_empty_or_header_only_csv_and_a_text_factory_without_tokenizer_each_say_what_to_fix(tmp_path, factory):
+    (tmp_path / "empty.csv").write_text("")
+    cfg = text_config(tmp_path, name="csv", path=str(tmp_path / "empty.csv"))
+    with pytest.raises(ConfigError, match=r"empty.csv: empty, not even a header row; a CSV file starts with a header "
+                                          r"naming its columns \(topic and headline,body here"):
+        engine.check_available(cfg)
+    (tmp_path / "header.csv").write_text("headline,body,topic\n")
+    cfg = text_config(tmp_path, name="csv", path=str(tmp_path / "header.csv"))
+    with pytest.raises(ConfigError, match=r"header.csv': no examples, only its column names"):
+        engine.fit(cfg)
+    write_csv(tmp_path / "all.csv", topic_rows(20))
+    cfg = config.override(text_config(tmp_path, name="csv", path=str(tmp_path / "all.csv")),
+                          {"model.name": f"{factory}:mlp", "model.pretrained": False})
+    with pytest.raises(ConfigError, match=r"data.tokenizer: model.name 'userfactories:mlp' is a factory of yours, "
+                                          r"which brings no tokenizer; set data.tokenizer"):
+        engine.check(cfg)
+
+
 def test_a_test_label_the_training_split_lacks_is_named(tmp_path):
     rows = topic_rows(60)
     (tmp_path / "csv").mkdir()

@@ -41,6 +41,20 @@ def test_cli_run_writes_config_metrics_and_best_checkpoint(tmp_path, capsys):
     assert set(best["model"]) == set(checkpoint.load(out / "last.pt")["model"])
 
 
+def test_a_run_whose_gate_never_opened_says_it_trained_as_plain_ce(tmp_path, capsys):
+    # a rate too small to leave chance: the gated form applies lambda 0 throughout, and the run says so
+    still = tmp_path / "still"
+    assert main(["--config", str(_write(tmp_path, optim={"lr": 1e-7})), "--out", str(still), "--quiet"]) == 0
+    rows = [json.loads(line) for line in (still / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lam_applied"] for r in rows] == [0.0, 0.0]
+    assert "note: lambda 0.5 was applied as 0 in every epoch" in capsys.readouterr().out
+    # a run that learns lets the matching loss in: lambda applied between 0 and the configured 0.5, and no note
+    learns = tmp_path / "learns"
+    assert main(["--config", str(_write(tmp_path, optim={"lr": 0.05})), "--out", str(learns), "--quiet"]) == 0
+    rows = [json.loads(line) for line in (learns / "metrics.jsonl").read_text().splitlines()]
+    assert 0 < rows[-1]["lam_applied"] <= 0.5 and "note:" not in capsys.readouterr().out
+
+
 def test_resume_from_last_checkpoint(tmp_path):
     out = tmp_path / "out"
     assert main(["--config", str(_write(tmp_path)), "--out", str(out), "--quiet"]) == 0

@@ -80,6 +80,10 @@ def read_csv(path: Path, cfg: DataConfig) -> Rows:
 
 
 def _need(have: Sequence[str], cfg: DataConfig, where: str) -> None:
+    if not have:
+        raise ConfigError(f"{where}: empty, not even a header row; a CSV file starts with a header naming its "
+                          f"columns ({cfg.label_column} and {cfg.text_column} here: data.label_column, "
+                          f"data.text_column)")
     for key, col in [("data.label_column", cfg.label_column)] + [("data.text_column", c) for c in _columns(cfg)]:
         if col not in have:
             raise ConfigError(f"{where}: no column {col!r} ({key}); its columns are {', '.join(map(str, have))}")
@@ -124,6 +128,8 @@ def labels_of(raw: Sequence[Any]) -> list[Any]:
 def class_index(labels: Sequence[Any], where: str) -> dict[Any, int]:
     """Label -> class number: integers from 0 on as they are, any other labels numbered in sorted order."""
     values = set(labels)
+    if not values:
+        raise ConfigError(f"{where}: no examples, only its column names; a classifier needs labelled rows")
     if len(values) < 2:
         raise ConfigError(f"{where}: one class only ({next(iter(values), None)!r}); a classifier needs two or more")
     if all(isinstance(v, (int, np.integer)) for v in values) and min(values) == 0 \

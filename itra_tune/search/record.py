@@ -96,6 +96,10 @@ def _record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: con
             if cfg is not None and row.get("best_epoch") and row["status"] != "interrupted":
                 # the epoch this trial hands over, as its best configuration carries it (select.epoch)
                 tracking.log_param_once(tracker.c, run_id, "select.epoch", int(row["best_epoch"]))
+            note = engine.unmatched(histories[name], trial_config(res.config).loss.lam) \
+                if cfg is not None and res.config else None
+            if note:  # a trial that trained as plain CE, whatever its lambda says
+                tracker.c.set_tag(run_id, tracking.UNMATCHED_TAG, note)
             if data is None and name in with_model:
                 _log_checkpoint_files(tracker, run_id, res, row)
             if name == best_name:
