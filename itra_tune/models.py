@@ -368,7 +368,9 @@ def _factory(ref: str) -> Callable[..., Classifier]:
         kwargs = factory_kwargs(fn, ref, num_classes, input_shape, options)
         try:
             model = fn(**kwargs)
-        except TypeError as e:  # an argument the factory passes on (**kwargs) that the model does not take
+        except TypeError as e:  # an option the factory passes on (**kwargs) that the model does not take
+            if not options:  # the factory's own error: its traceback is what to read
+                raise
             raise ConfigError(f"model.name {ref!r} called with {', '.join(kwargs)}: {e}") from None
         if isinstance(model, Classifier):
             return model
