@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -238,9 +239,36 @@ def find_head(model: nn.Module) -> nn.Module:
     return linear
 
 
+def _guessed(model: nn.Module, head: nn.Module) -> bool:
+    """Whether ``find_head`` took ``head`` as the model's last linear layer, no name or timm telling it."""
+    get = getattr(model, "get_classifier", None)
+    if callable(get) and callable(getattr(model, "forward_head", None)):
+        return False
+    parts = [getattr(model, n, None) for n in HEAD_NAMES]
+    return not any(isinstance(p, nn.Module) and _last_linear(p) is head for p in parts)
+
+
 def _last_linear(module: nn.Module) -> nn.Module | None:
     found = [m for m in module.modules() if isinstance(m, nn.Linear)]
     return found[-1] if found else None
+
+
+def _head_name(model: nn.Module, head: nn.Module) -> str:
+    """The head's place in ``model`` and its shape, for a person: ``aux (Linear 32 -> 10)``."""
+    path = next((n for n, m in model.named_modules() if m is head), "") or type(head).__name__
+    shape = f" {head.in_features} -> {head.out_features}" if isinstance(head, nn.Linear) else ""
+    return f"{path} ({type(head).__name__}{shape})"
+
+
+def _logits(out: Any) -> Tensor | None:
+    """The tensor a model's output holds its logits in: the output itself, ``.logits`` (Hugging Face), or the
+    first of a tuple; None when there is no telling."""
+    if isinstance(out, Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    return out[0] if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor) else None
 
 
 class WithFeatures(nn.Module):
@@ -248,30 +276,72 @@ class WithFeatures(nn.Module):
 
     The features are the head's input, caught by a forward hook, flattened to (B, D): the penultimate layer the
     paper matches. The model itself is unchanged (``net.model``; its state is ``net``'s, under ``model.``): save,
-    export and serve it as before. Call ``remove()`` to take the hook off.
+    export and serve it as before. Call ``remove()`` to take the hooks off.
+
+    A head found rather than given (``find_head``) is checked on the first forward pass: it ran once and its output
+    is the model's output; else that pass raises, asking for ``head=``. A head found as the model's last linear layer
+    (no classifier, fc, head, ... attribute names it) is also named in a warning.
     """
 
-    def __init__(self, model: nn.Module, head: nn.Module | None = None) -> None:
+    def __init__(self, model: nn.Module, head: nn.Module | None = None, warn: bool = True) -> None:
         super().__init__()
         self.model = model
-        object.__setattr__(self, "head", find_head(model) if head is None else head)  # a part of model: not
-        self._caught: Tensor | None = None  # registered twice, so its weights are saved once
+        found = find_head(model) if head is None else head
+        object.__setattr__(self, "head", found)  # a part of model: not registered twice, so its weights save once
+        self._caught: Tensor | None = None
+        # until the first pass checked it: a found head's calls and output (then nothing more is counted, so that
+        # torch.compile sees no Python counter change from step to step)
+        self._checked = head is not None
+        self._guessed = warn and head is None and _guessed(model, found)
+        self._calls, self._out = 0, None
         self._hook = self.head.register_forward_pre_hook(self._catch)
+        self._post = self.head.register_forward_hook(self._record)
 
     def _catch(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self._caught = args[0]
+        if not self._checked:
+            self._calls += 1
+
+    def _record(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if not self._checked:
+            self._out = output
 
     def forward(self, *args: Any, **kwargs: Any) -> tuple[Any, Tensor]:
         self._caught = None
         out = self.model(*args, **kwargs)
         h, self._caught = self._caught, None
         if h is None:
-            raise RuntimeError(f"split_model: the head {type(self.head).__name__} did not run in the forward pass; "
-                               f"pass head=<the module that maps the features to the outputs>")
+            raise RuntimeError(f"split_model: the head {_head_name(self.model, self.head)} did not run in the "
+                               f"forward pass; pass head=<the module that maps the features to the outputs>")
+        if not self._checked:
+            self._check(out)
         return out, h.flatten(1) if h.dim() > 2 else h
+
+    def _check(self, out: Any) -> None:
+        name, calls, head_out = _head_name(self.model, self.head), self._calls, self._out
+        self._calls, self._out = 0, None
+        fix = "pass head=<the module that maps the features to the outputs>"
+        if calls > 1:
+            raise RuntimeError(f"split_model: the head {name} ran {calls} times in one forward pass, so which of its "
+                               f"inputs are the features is unclear; {fix}")
+        logits = _logits(out)
+        if logits is None:
+            raise RuntimeError(f"split_model: cannot tell the logits in the model's {type(out).__name__} output, so "
+                               f"whether {name} makes them is unchecked; {fix}")
+        same = logits is head_out or (isinstance(head_out, Tensor) and head_out.shape == logits.shape
+                                      and torch.equal(head_out.to(logits.dtype), logits))
+        if not same:
+            raise RuntimeError(f"split_model: the model's outputs are not what {name} returns (it is not the layer "
+                               f"that makes the logits, or they are changed after it), so its input is not the "
+                               f"penultimate features; {fix}")
+        if self._guessed:
+            warnings.warn(f"split_model: took {name}, the model's last linear layer, for the head (it makes the "
+                          f"outputs); pass head= to choose another", stacklevel=3)
+        self._checked = True
 
     def remove(self) -> None:
         self._hook.remove()
+        self._post.remove()
 
 
 def split_model(model: nn.Module, head: nn.Module | None = None) -> WithFeatures:
@@ -294,10 +364,8 @@ class Wrapped(Classifier):
 
     def __init__(self, model: nn.Module, num_classes: int, input_shape: InputShape,
                  head: nn.Module | None = None) -> None:
-        net = WithFeatures(model, head)
-        dim = getattr(net.head, "in_features", None)
-        if dim is None:  # a head of the user's own making: one forward pass tells the width
-            dim = _probe_width(net, input_shape)
+        net = WithFeatures(model, head, warn=False)  # a factory's user names no head: its check is the error
+        dim = _probe_width(net, input_shape)  # one forward pass: the features' width, and the head found checked
         super().__init__(net, int(dim), num_classes, fc=False)
 
     def features(self, x: Tensor) -> Tensor:
@@ -379,7 +447,7 @@ def _factory(ref: str) -> Callable[..., Classifier]:
                               f"model factory is called as factory(num_classes=...) and returns the model")
         try:
             return Wrapped(model, num_classes, input_shape)
-        except ValueError as e:
+        except (ValueError, RuntimeError) as e:
             raise ConfigError(f"model.name {ref!r}: {e}") from None
 
     return build

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,56 @@ def test_split_model_returns_the_heads_input_for_common_classifiers():
     assert not plain[-1]._forward_pre_hooks
     with pytest.raises(ValueError, match="found no linear layer"):
         itra_tune.split_model(nn.Sequential(nn.ReLU()))
+
+
+class WithAux(nn.Module):
+    """A classifier, then an auxiliary layer defined after it that reads the raw input: the last linear layer is not
+    the head."""
+
+    def __init__(self, twice: bool = False) -> None:
+        super().__init__()
+        self.body, self.classify, self.aux, self.twice = nn.Linear(4, 8), nn.Linear(8, 3), nn.Linear(4, 2), twice
+
+    def forward(self, x):
+        self.aux_out = self.aux(x)
+        if self.twice:
+            self.aux(x)
+        return self.classify(torch.relu(self.body(x)))
+
+
+class BareHead(nn.Module):
+    """A head applied as a bare parameter: no layer makes the logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.w = nn.Linear(4, 8), nn.Parameter(torch.randn(3, 8))
+
+    def forward(self, x):
+        return torch.relu(self.body(x)) @ self.w.t()
+
+
+def test_split_model_checks_the_head_it_found_and_says_which_layer_it_guessed():
+    x = torch.rand(5, 4)
+    with pytest.raises(RuntimeError, match=r"the model's outputs are not what aux \(Linear 4 -> 2\) returns.*pass "
+                                           r"head="):
+        itra_tune.split_model(WithAux())(x)
+    with pytest.raises(RuntimeError, match=r"the head aux \(Linear 4 -> 2\) ran 2 times in one forward pass"):
+        itra_tune.split_model(WithAux(twice=True))(x)
+    with pytest.raises(RuntimeError, match=r"not what body \(Linear 4 -> 8\) returns"):
+        itra_tune.split_model(BareHead())(x)
+    model = WithAux()  # named, the head is taken as given
+    out, h = itra_tune.split_model(model, head=model.classify)(x)
+    assert h.shape == (5, 8) and torch.allclose(model.classify(h), out)
+    plain = mlp(4, 3)  # a guess that checks out: a warning names the layer, once
+    net = itra_tune.split_model(plain)
+    with pytest.warns(UserWarning, match=r"took 4 \(Linear 32 -> 3\), the model's last linear layer, for the head"):
+        net(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net(x)  # checked once
+        import torchvision
+
+        itra_tune.split_model(torchvision.models.resnet18(num_classes=3).eval())(torch.rand(1, 3, 32, 32))  # fc
 
 
 def test_split_model_finds_a_hugging_face_classifiers_features():
