@@ -783,6 +783,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += pbt_rows(name, grid, args.pbt_reps, [int(b) for b in args.pbt_budgets.split(",")],
                              args.out / f"pbt-{name}.json")
         report[name] = {"command": command, "commit": commit, "loss_form": loss_form or "unrecorded",
+                        "selection_rule": spaces.DEFAULT_RULE,
                         "best": best, "epochs": grid.epochs, "noise": grid.noise, "itra_vs_ce": fair[SHIPPED_RULE],
                         "itra_vs_ce_by_rule": fair,
                         "every_point_once": ceiling, "rows": rows}

@@ -204,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     tracker = tracking.Tracker(uri, experiment, run_name=stem,
                                params={"protocol": proto["name"], "seeds": args.seeds, "methods": ",".join(methods),
                                        "rows": ",".join(Path(r).stem for r in rows), "command": command})
+    ran = settings(rows, proto)
     lines = [f"# {title}: reproduction", "",
+             f"Code `{ran['code_version']}`, loss form `{ran['loss_form']}`, selection rule "
+             f"`{ran['selection_rule']}`.", "",
              f"Protocol: **{proto['name']}**: epochs {proto['epochs']}, training subset {proto['subset']}, "
              f"{proto['trials_per_method']} trials per method, {args.seeds} retraining seeds. "
              f"Selection: {proto['selection']}.", "",
@@ -213,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
              f"Command: `{command}`", "",
              f"MLflow: experiment `{experiment}`, parent run `{tracker.parent}`.", ""]
     figs: dict[str, Any] = {}
-    report: dict[str, Any] = {"title": title, "protocol": proto, "command": command, "rows": {}}
+    report: dict[str, Any] = {"title": title, "protocol": proto, "command": command, **ran, "rows": {}}
     for row, paper in rows.items():
         print(f"== {Path(row).stem}: searching {', '.join(methods)}", flush=True)
         searched = search_row(row, methods, proto, args, stem, uri)
@@ -239,6 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     print(f"report: {out / 'report.md'}; MLflow parent run {tracker.parent} in {experiment!r} at {uri}")
     return 0
+
+
+def settings(rows: dict[str, Any], proto: dict[str, Any]) -> dict[str, str]:
+    """What a report must say it ran with, so that a changed default dates it (``tests/test_results.py``): the
+    code's version, and the loss form and selection rule of its rows' configurations."""
+    cfgs = [spaces.load(row).base_config(proto["overrides"]) for row in rows]
+    return {"code_version": config_mod.code_version(),
+            "loss_form": ",".join(sorted({c.loss.form for c in cfgs})),
+            "selection_rule": ",".join(sorted({c.select.rule for c in cfgs}))}
 
 
 if __name__ == "__main__":
