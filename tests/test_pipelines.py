@@ -36,7 +36,10 @@ def test_reproduce_reports_every_method_over_seeds_under_one_parent_run(ray_loca
     assert [r.split("|")[1].strip() for r in rows] == ["ce", "lsr", "center", "itra_c", "itra_c:memory"]
     assert "3 seeds" in report and "Protocol: **reduced**: epochs 1" in report
     assert "Command: `python pipelines/reproduce.py --space" in report
-    data = json.loads((out / "report.json").read_text())["rows"]["row"]
+    whole = json.loads((out / "report.json").read_text())  # what it ran with, for tests/test_results.py
+    assert (whole["loss_form"], whole["selection_rule"]) == ("gated", "one_se") and whole["code_version"]
+    assert "loss form `gated`, selection rule `one_se`" in report
+    data = whole["rows"]["row"]
     for method, r in data.items():
         accs = [s["acc"] for s in r["per_seed"]]
         assert len(accs) == 3
