@@ -278,8 +278,9 @@ class WithFeatures(nn.Module):
     paper matches. The model itself is unchanged (``net.model``; its state is ``net``'s, under ``model.``): save,
     export and serve it as before. Call ``remove()`` to take the hooks off.
 
-    A head found rather than given (``find_head``) is checked on the first forward pass: it ran once and its output
-    is the model's output; else that pass raises, asking for ``head=``. A head found as the model's last linear layer
+    A head found rather than given (``find_head``) is checked on the first forward pass run eagerly (not under
+    ``torch.compile``): it ran once and its output is the model's output; else that pass raises, asking for
+    ``head=``. A head found as the model's last linear layer
     (no classifier, fc, head, ... attribute names it) is also named in a warning.
     """
 
@@ -297,13 +298,14 @@ class WithFeatures(nn.Module):
         self._hook = self.head.register_forward_pre_hook(self._catch)
         self._post = self.head.register_forward_hook(self._record)
 
+    # the check runs eagerly: under torch.compile the flag is never read, so a step compiled once stays compiled
     def _catch(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self._caught = args[0]
-        if not self._checked:
+        if not torch.compiler.is_compiling() and not self._checked:
             self._calls += 1
 
     def _record(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if not self._checked:
+        if not torch.compiler.is_compiling() and not self._checked:
             self._out = output
 
     def forward(self, *args: Any, **kwargs: Any) -> tuple[Any, Tensor]:
@@ -313,7 +315,7 @@ class WithFeatures(nn.Module):
         if h is None:
             raise RuntimeError(f"split_model: the head {_head_name(self.model, self.head)} did not run in the "
                                f"forward pass; pass head=<the module that maps the features to the outputs>")
-        if not self._checked:
+        if not torch.compiler.is_compiling() and not self._checked:
             self._check(out)
         return out, h.flatten(1) if h.dim() > 2 else h
 

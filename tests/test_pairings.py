@@ -114,7 +114,7 @@ def test_class_conditional_loss_against_the_memory_equals_the_per_class_loop():
 
 @pytest.mark.parametrize("pairing", ["detached", "memory"])
 def test_training_resumes_bit_for_bit(tiny_config, pairing):
-    cfg = tiny_config(**{"data.pairing": pairing, "data.memory_batches": 3, "train.epochs": 3,
+    cfg = tiny_config(**{"data.pairing": pairing, "data.memory_batches": 3, "train.epochs": 2,
                          "model.name": "small_cnn"})
     full = engine.fit(cfg).history
     saved = {}
