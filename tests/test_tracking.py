@@ -137,6 +137,23 @@ def test_default_store_is_sqlite_in_the_working_folder(ray_local, space_file, tm
     assert itra_tune.best_config("local").loss.name == "itra_c"  # the same default, read back
 
 
+def test_a_trial_whose_gate_never_opened_is_tagged_as_trained_as_plain_ce(ray_local, space_file, tmp_path):
+    # a rate too small to leave chance: the gated form applies lambda 0 in every epoch of every trial
+    space = space_file(name="still", budget={"num_samples": 2, "max_concurrent": 2, "confirm_share": 0},
+                       base={"data": {"name": "synthetic", "batch_size": 32, "subset": 320}, "model": {"name": "mlp"},
+                             "loss": {"name": "itra_c", "lam": 0.5}, "optim": {"lr": 1e-7},
+                             "train": {"epochs": 2, "compactness_samples": 64}})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert cli.run(PROG, main, ["--space", str(space), "--storage-path", str(tmp_path / "st"), "--name", "s",
+                                "--tracking-uri", uri]) == 0
+    c = MlflowClient(uri)
+    _, children = _runs(c, "still")
+    assert len(children) == 2
+    for child in children:
+        assert [m.value for m in c.get_metric_history(child.info.run_id, "lam_applied")] == [0.0, 0.0]
+        assert "trained as plain CE" in child.data.tags[tracking.UNMATCHED_TAG]
+
+
 @pytest.mark.slow
 def test_two_searches_starting_together_create_the_default_store_once(tmp_path):
     """Two processes opening a new SQLite store at once: both get it (MLflow's first-use migration is locked)."""
