@@ -358,6 +358,28 @@ def test_the_readme_space_searches_a_factory_and_a_timm_model_from_the_users_fol
     assert {r.data.params["model.name"] for r in trials} <= {"mymodels:build", "timm:resnet18"}
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("model", [{"name": "torchvision:resnet18"},
+                                   {"name": "timm:vit_tiny_patch16_224", "options": {"patch_size": 4, "depth": 1}}])
+def test_a_space_file_searches_a_torchvision_resnet_and_a_timm_vit_of_patch_4(tmp_path, model):
+    # image models by name, with their own arguments (model.options), from a space file on the command line
+    import yaml
+
+    space = tmp_path / "named.yaml"
+    space.write_text(yaml.safe_dump({
+        "base": {"data": {"name": "synthetic", "batch_size": 32, "subset": 320}, "model": model,
+                 "loss": {"name": "itra_c", "lam": 0.5}, "train": {"epochs": 1, "compactness_samples": 32}},
+        "search": {"loss.lam": {"type": "float", "low": 0.1, "high": 1.0}},
+        "budget": {"num_samples": 2, "max_concurrent": 2, "confirm_share": 0}, "scheduler": {"name": "none"}}))
+    run = subprocess.run([sys.executable, "-m", "itra_tune.search", "--space", str(space), "--storage-path",
+                          str(tmp_path / "st"), "--name", "named", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    summary = json.loads((tmp_path / "st" / "named" / "summary.json").read_text())
+    assert summary["completed"] == 2 and summary["failed"] == 0, summary
+    assert summary["best_config"]["model"] == {"pretrained": False, "options": {}, **model}
+
+
 def test_a_space_naming_a_factory_that_does_not_import_is_refused_before_anything_is_written(tmp_path):
     space = write_readme_search(tmp_path)
     space.write_text(space.read_text().replace('"timm:resnet18"', '"mymodels:resnet"'))
