@@ -345,6 +345,9 @@ class Tracker:
     def set_parent_tag(self, key: str, value: str) -> None:
         self.c.set_tag(self.parent, key, value)
 
+    def set_run_tag(self, run_id: str, key: str, value: str) -> None:
+        self.c.set_tag(run_id, key, value)
+
     def log_artifact(self, path: Path) -> None:
         """Attach a file to the search's parent run."""
         self.c.log_artifact(self.parent, str(path))

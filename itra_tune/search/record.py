@@ -99,7 +99,7 @@ def _record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: con
             note = engine.unmatched(histories[name], trial_config(res.config).loss.lam) \
                 if cfg is not None and res.config else None
             if note:  # a trial that trained as plain CE, whatever its lambda says
-                tracker.c.set_tag(run_id, tracking.UNMATCHED_TAG, note)
+                tracker.set_run_tag(run_id, tracking.UNMATCHED_TAG, note)
             if data is None and name in with_model:
                 _log_checkpoint_files(tracker, run_id, res, row)
             if name == best_name:
