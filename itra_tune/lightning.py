@@ -11,7 +11,9 @@
 
 What the callback does: before every training step it draws the next S2 from a ``SecondBatch`` of its own
 (every DDP rank its own stream, reproducible from ``seed``) and moves it to the device through the module's own
-batch-transfer hooks; after it, it logs the parts of every ``ITRALoss`` in the module (``itra/ce``,
+batch-transfer hooks; under DDP every ``ITRALoss`` of the module matches the features of all ranks' batches,
+gathered with their gradients, as the search's data-parallel trials do (``gather=False``: each rank its own);
+after it, it logs the parts of every ``ITRALoss`` in the module (``itra/ce``,
 ``itra/match``, ``itra/lam``); S2's position goes into Lightning's checkpoints (the loss's own state is in the
 module's ``state_dict``), so ``fit(ckpt_path=...)`` continues the same S2 sequence; and when a loss sees its
 features collapse, training stops on every rank with the reason (``itra.collapse``), or raises
@@ -26,6 +28,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 
+from itra_tune import parallel
 from itra_tune.dropin import SecondBatch
 from itra_tune.losses import ITRA, CollapseError
 
@@ -38,21 +41,30 @@ class ITRACallback(pl.Callback):
         batch_size: m2, examples per S2.
         seed: S2's stream; pick one other than your loader's.
         attr: the module attribute S2 is put in before each training step.
+        gather: under DDP, match the features of every rank's S1 and S2 (gathered with their gradients; the gate
+            reads the global CE), so N ranks of m examples match as one process of N·m, as the search's
+            data-parallel trials do. ``False``: each rank matches its own m (no collective; a small per-rank batch
+            gives ITRA-c few same-class pairs). Every rank's batches must then be the same size, as Lightning's
+            ``DistributedSampler`` makes them.
         on_collapse: ``stop`` (end training on every rank, the reason in ``collapse``) or ``raise``.
         loader_kwargs: for ``SecondBatch``'s DataLoader (``collate_fn``, ``num_workers``, ...).
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int = 1, attr: str = "s2",
-                 on_collapse: str = "stop", **loader_kwargs: Any) -> None:
+                 on_collapse: str = "stop", gather: bool = True, **loader_kwargs: Any) -> None:
         if on_collapse not in ("stop", "raise"):
             raise ValueError(f"ITRACallback: on_collapse must be 'stop' or 'raise' but got {on_collapse!r}")
         self.dataset, self.batch_size, self.seed, self.attr = dataset, batch_size, seed, attr
+        self.gather = gather
         self.on_collapse, self.loader_kwargs = on_collapse, loader_kwargs
         self.second: SecondBatch | None = None
         self._restored: dict[str, int] | None = None
         self.collapse: str | None = None  # why training stopped, when a loss saw its features collapse
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for loss in pl_module.modules():
+            if isinstance(loss, ITRA):
+                loss.gather = parallel.gather if self.gather and trainer.world_size > 1 else None
         if stage == "fit" and self.second is None:
             self.second = SecondBatch(self.dataset, self.batch_size, seed=self.seed, rank=trainer.global_rank,
                                       **self.loader_kwargs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -223,6 +224,10 @@ class ITRA(nn.Module):
     Two departures from the paper, off by default: ``sigma_ema`` smooths the median (or mean) bandwidth over
     steps instead of taking each batch's (1.0 keeps the first batch's), and ``lam_warmup_steps`` ramps lambda
     up from 0. Their state (the smoothed bandwidth, the step count) is saved with the loss's.
+
+    ``gather``: None, or a function that concatenates a tensor from every data-parallel rank with its gradient
+    (``ITRACallback(gather=True)`` sets it). With it the loss matches the global batches' features and its gate
+    reads the global CE, so N ranks of m examples match as one process of N·m; the CE stays this rank's.
     """
 
     needs_second_batch = True
@@ -251,6 +256,7 @@ class ITRA(nn.Module):
             raise ValueError("ITRA with a memory needs feature_dim, the width of the features it keeps")
         self.memory = FeatureMemory(memory, feature_dim) if memory is not None else None
         self.watch = CollapseWatch(num_classes)
+        self.gather: Callable[[Tensor], Tensor] | None = None
 
     @property
     def collapse(self) -> str | None:
@@ -271,9 +277,14 @@ class ITRA(nn.Module):
             zero = ce.new_zeros(())
             return Parts(ce, ce, zero, zero)
         y1 = y if y1 is None else y1
+        seen = ce  # the CE the gate and the watch read: the global batch's when the features are gathered
+        if self.gather is not None:
+            h1, y1, seen = self.gather(h1), self.gather(y1), self.gather(ce.detach().reshape(1)).mean()
+            if h2 is not None and y2 is not None:
+                h2, y2 = self.gather(h2), self.gather(y2)
         compiling = torch.compiler.is_compiling()
-        warm = 1.0 if not self.training else self._observe_outside(ce, True) if compiling else self._observe(ce)
-        chance = self.watch.chance(ce)
+        warm = 1.0 if not self.training else self._observe_outside(seen, True) if compiling else self._observe(seen)
+        chance = self.watch.chance(seen)
         weight = chance if self.form in ("guarded", "gated") else float(self.form == "scale_invariant")
         if self.memory is not None:
             if h2 is not None:

@@ -103,3 +103,33 @@ def test_under_ddp_every_rank_draws_its_own_s2_and_a_resumed_run_continues_it(tm
         assert resumed[rank]["loss_steps"] == resumed[rank]["watch_steps"] == 8  # the loss's state resumed
         assert resumed[rank]["logged"] == ["itra/ce", "itra/lam", "itra/match"]
     assert L.__version__  # the lightning extra is what ran
+
+
+@pytest.mark.slow
+def test_under_ddp_the_loss_is_the_single_process_loss_of_the_global_batch(tmp_path):
+    """gather=True (the default): two ranks of 16 match as one process of 32, in value and in gradient."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import lightning_ddp
+
+    ddp(tmp_path / "run", "--devices", "2", "--max-steps", "1")
+    ranks = [torch.load(tmp_path / "run" / f"rank{r}.pt") for r in (0, 1)]
+    model = lightning_ddp.network()
+    net = itra_tune.split_model(model, head=model[2])
+    net.load_state_dict(ranks[0]["weights"])
+    x, y, x2, y2 = (torch.cat([rank[k] for rank in ranks]) for k in ("x", "y", "x2", "y2"))
+    logits, h1 = net(x)
+    _, h2 = net(x2)
+    one = lightning_ddp.loss()(logits, y, h1, h2, y2)
+    one.total.backward()
+    assert one.match > 0
+    for rank in ranks:  # every rank's matching loss is the global batch's, not its own half's
+        torch.testing.assert_close(rank["parts"][2], one.match.detach(), rtol=1e-5, atol=1e-6)
+        with torch.no_grad():
+            logits_r, h1_r = net(rank["x"])
+            own = lightning_ddp.loss()(logits_r, rank["y"], h1_r, net(rank["x2"])[1], rank["y2"])
+        assert abs(float(own.match) - float(one.match.detach())) > 1e-3  # what gather=False would have matched
+    mean_total = sum(rank["parts"][0] for rank in ranks) / 2  # each rank's CE is its half's; their mean the global
+    torch.testing.assert_close(mean_total, one.total.detach(), rtol=1e-5, atol=1e-6)
+    for name, p in net.named_parameters():  # DistributedDataParallel's averaged gradients are the single process's
+        for rank in ranks:
+            torch.testing.assert_close(rank["grads"][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
