@@ -372,6 +372,7 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
                 "model": model.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "data": data.state_dict(), "rng": torch.get_rng_state(),
                 "history": history, "epoch": epoch + 1, "config": config.to_dict(),
+                "labels": list(model.labels or []),  # the class names, by class number ([]: unnamed)
                 "kept": {e: w for e, w in kept.items() if e != epoch + 1},  # this epoch's weights are "model"
             })
     return FitResult(model, history, selection.handed_over(history, config.select))
@@ -415,6 +416,7 @@ def build_training(config: Config, data_cfg: DataConfig, device: torch.device,
     data = data_mod.build(data_cfg, device, config.seed, paired=paired, model_name=config.model.name)
     model = models.build(config.model.name, data.num_classes, data.input_shape, config.model.pretrained,
                          data.normalization, config.model.options).to(device)
+    model.labels = data.labels
     if channels_last and len(data.input_shape) == 3:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = losses.build(config.loss, data.num_classes, model.feature_dim,

@@ -6,7 +6,8 @@ program where the model exports.
     program = torch.export.load("exports/fmnist/model.pt2").module()   # torch alone, no itra_tune
 
 Both take what the handed-over model takes: image models float32 pixels in [0, 1], (B, C, H, W), normalized
-inside the model; text models int64 token ids, right-padded with -1. Both return logits (B, K). The weights are
+inside the model; text models int64 token ids, right-padded with -1. Both return logits (B, K); the class names,
+when the data named its classes, are in meta.json's ``labels`` and the loaded model's ``labels``. The weights are
 read with ``weights_only=True``. The folder is written beside its final place and renamed into it, so a crash
 leaves no half-made export.
 """
@@ -59,7 +60,8 @@ def save(model: models.Classifier, cfg: Config, out: str | Path, example: Tensor
                 "input_dtype": str(example.dtype).removeprefix("torch."),
                 "input": "token ids (B, L), padded with -1" if example.dtype == torch.long else
                          "float32 pixels in [0, 1], (B, C, H, W); normalized inside the model",
-                "output": "logits (B, K)", "standalone": program,
+                "output": "logits (B, K)", "labels": list(model.labels) if model.labels else None,
+                "standalone": program,
                 "code_version": config_mod.code_version(), "metrics": metrics or {}}
         (tmp / META).write_text(json.dumps(meta, indent=2))
         if out.exists():
@@ -91,8 +93,22 @@ def _program(model: nn.Module, example: Tensor, path: Path, modality: str) -> st
         return f"not written: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
+def predictions(model: models.Classifier, x: Tensor) -> dict[str, Any]:
+    """What a served model answers for inputs ``x``, as numpy arrays: ``logits`` (B, K), ``probabilities`` (B, K),
+    ``class`` (B,) and, when its classes have names, ``label`` (B,), the predicted class's name."""
+    import numpy as np
+
+    with torch.no_grad():
+        logits = model(x).float()
+    out = {"logits": logits.numpy(), "probabilities": logits.softmax(1).numpy(), "class": logits.argmax(1).numpy()}
+    if model.labels:
+        out["label"] = np.asarray(model.labels, dtype=object)[out["class"]]
+    return out
+
+
 def json_meta(path: str | Path) -> dict[str, Any]:
-    """The export's meta.json: classes, input shape and dtype, the standalone program (or why not), metrics."""
+    """The export's meta.json: classes and their names, input shape and dtype, the standalone program (or why not),
+    metrics."""
     return json.loads((Path(path) / META).read_text())
 
 
@@ -107,4 +123,5 @@ def load(path: str | Path, device: str = "cpu") -> models.Classifier:
     model = models.build(cfg.model.name, meta["num_classes"], tuple(meta["input_shape"]), pretrained=False,
                          options=cfg.model.options)
     model.load_state_dict(checkpoint.load(path / WEIGHTS)["model"])
+    model.labels = tuple(meta["labels"]) if meta.get("labels") else None
     return model.to(device).eval()

@@ -52,7 +52,9 @@ class Normalize(nn.Module):
 
 class Classifier(nn.Module):
     """``preprocess`` (x -> the network's input), a feature extractor ``body`` ((B, D)) and a linear ``fc`` head
-    (D -> K). ``forward`` returns logits."""
+    (D -> K). ``forward`` returns logits; ``labels`` names its classes, by class number, when its data did."""
+
+    labels: tuple[str, ...] | None = None
 
     def __init__(self, body: nn.Module, feature_dim: int, num_classes: int, fc: bool = True) -> None:
         super().__init__()

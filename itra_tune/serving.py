@@ -6,7 +6,7 @@ object is executed. This file is MLflow's to load; the package never imports it.
 
 Input: image models take float32 pixels in [0, 1], shape (B, C, H, W) (the digits: raw value / 16); text models
 take int64 token ids (B, L), right-padded with -1. Output: ``logits`` (B, K), ``probabilities`` (B, K, softmax
-of the logits) and ``class`` (B,).
+of the logits), ``class`` (B,) and, when the training data named its classes, ``label`` (B,), the class's name.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from mlflow.pyfunc import PythonModel
 
 
 class ITRAClassifier(PythonModel):
-    """Logits, class probabilities and the predicted class of a trained itra_tune classifier."""
+    """Logits, class probabilities, the predicted class and its name of a trained itra_tune classifier."""
 
     # The signature logged with the model describes its tensors; MLflow's type-hint validation, which would
     # otherwise warn at every load that predict has no hints, expects lists of records and does not apply.
@@ -31,11 +31,9 @@ class ITRAClassifier(PythonModel):
         import numpy as np
         import torch
 
-        x = torch.as_tensor(np.asarray(model_input))
-        with torch.no_grad():
-            logits = self.model(x).float()
-        return {"logits": logits.numpy(), "probabilities": logits.softmax(1).numpy(),
-                "class": logits.argmax(1).numpy()}
+        from itra_tune import export
+
+        return export.predictions(self.model, torch.as_tensor(np.asarray(model_input)))
 
 
 mlflow.models.set_model(ITRAClassifier())

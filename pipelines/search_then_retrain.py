@@ -71,12 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     exported = export.save(model, config.override(cfg, {"data.val_fraction": 0.0}), out / "export", example,
                            metrics)
 
-    with torch.no_grad():
-        logits = model.eval()(example).float()
-    outputs = {"logits": logits.numpy(), "probabilities": logits.softmax(1).numpy(), "class": logits.argmax(1).numpy()}
     run_id, model_id, registered = tracking.log_production(
         uri, space, f"{name}-production", params=cfg.flat(written=True) | {"seeds": args.seeds}, metrics=metrics,
-        model=tracking.ModelFiles(exported, example.numpy(), outputs, int(last["epoch"])),
+        model=tracking.ModelFiles(exported, example.numpy(), export.predictions(model.eval(), example),
+                                  int(last["epoch"])),
         register_as=None if args.no_register else f"itra-{space}")
     print(f"full training set, epoch {int(last['epoch'])}, {args.seeds} seeds: test_acc {100 * acc:.2f} ± "
           f"{100 * acc_sd:.2f}%  test_ce {ce:.4f} ± {ce_sd:.4f}")

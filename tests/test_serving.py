@@ -51,7 +51,8 @@ def test_the_best_logged_model_classifies_raw_pixels_as_the_search_reported(ray_
         filter_string=f"source_run_id = '{summary['tracking']['best_run_id']}'")
     pyfunc = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
     out = pyfunc.predict(x)
-    assert set(out) == {"logits", "probabilities", "class"}
+    assert set(out) == {"logits", "probabilities", "class", "label"}
+    assert list(out["label"]) == [str(c) for c in out["class"]]  # the digits' classes are named "0" to "9"
     np.testing.assert_allclose(out["probabilities"].sum(1), 1.0, rtol=1e-5)
     assert abs(_accuracy(out["class"], y) - summary["best"]["test_acc"]) <= 0.005
     assert abs(_accuracy(out["logits"].argmax(1), y) - summary["best"]["test_acc"]) <= 0.005
@@ -127,6 +128,7 @@ def test_mlflow_models_serve_answers_raw_pixels_with_the_right_classes(productio
             predictions = json.loads(r.read())["predictions"]
         reported = export.json_meta(production / "export")["metrics"]["test_acc"]
         assert abs(_accuracy(predictions["class"], y) - reported) <= 0.005
+        assert predictions["label"] == [str(c) for c in predictions["class"]]  # the classes' names, "0" to "9"
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=60)

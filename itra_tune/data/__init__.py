@@ -53,6 +53,7 @@ class Data:
     generators: dict[str, torch.Generator]
     num_train: int
     sample_index: Callable[[str, int], Tensor]
+    labels: tuple[str, ...] | None = None  # the class names, by class number; None when the data names none
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {k: g.get_state() for k, g in self.generators.items()}
@@ -137,9 +138,13 @@ def build(cfg: DataConfig, device: torch.device, seed: int, paired: bool = True,
         return held(split).sample_index(n, seed)
 
     num_classes = src.num_classes or max(train_full.num_classes, test.num_classes)
+    labels = src.labels or getattr(train_full, "labels", None)
+    if labels is not None and len(labels) != num_classes:
+        raise ConfigError(f"data.name {cfg.name!r}: {len(labels)} class names for {num_classes} classes "
+                          f"(labels 0 to {num_classes - 1}); name every class, or none")
     return Data(num_classes, tuple(train.input_shape), train.normalization, build_pairs(cfg, train, gens, paired),
                 val.batches(cfg.eval_batch_size) if val is not None else None, test.batches(cfg.eval_batch_size),
-                sample, gens, len(train), sample_index)
+                sample, gens, len(train), sample_index, labels)
 
 
 __all__ = [

@@ -30,12 +30,15 @@ class Source:
         check: ``(cfg, root) -> None``; raises DatasetMissing naming the files and the fix; reads no data.
         modality: ``image`` or ``text``: which models can read it.
         num_classes: when the dataset's definition fixes it; None counts the labels.
+        labels: the class names, by class number, when the dataset's definition fixes them; None reads them from
+            the loaded training set's ``labels`` (your files' string labels, a folder's class names), if any.
     """
 
     load: Callable[[DataConfig, Path, str | None], tuple[Any, Any]]
     check: Callable[[DataConfig, Path], None]
     modality: str = "image"
     num_classes: int | None = None
+    labels: tuple[str, ...] | None = None
 
 
 def no_files(cfg: DataConfig, root: Path) -> None:
@@ -47,6 +50,7 @@ class Held:
     ``input_shape``; ``join`` puts two batches into one forward pass (images: cat)."""
 
     y: Tensor
+    labels: tuple[str, ...] | None = None  # the class names, by class number, when the data names its classes
 
     def __len__(self) -> int:
         return self.y.shape[0]

@@ -39,6 +39,10 @@ class Folder:
         return len(self.plain.classes)
 
     @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.plain.classes)  # the class folders' names
+
+    @property
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return IMAGENET_MEAN, IMAGENET_STD
 

@@ -9,7 +9,7 @@ import gzip
 import io
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +197,7 @@ def _torchvision_set(folder: str, tv_class: str, mean: tuple[float, ...], std: t
             labels = ds.labels if tv_class == "STL10" else ds.targets
             y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
             sets.append(Images(x.contiguous(), y, mean, std, crop_pad=crop_pad, flip=True))
+        sets[0].labels = tuple(ds.classes)  # torchvision's class names, from the dataset's own files
         return sets[0], sets[1]
 
     return Source(load, check)
@@ -252,10 +253,12 @@ def _synthetic(cfg: DataConfig, root: Path, model_name: str | None = None) -> tu
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 SOURCES: dict[str, Source] = {
-    "digits": Source(_digits, _sklearn),
+    "digits": Source(_digits, _sklearn, labels=tuple("0123456789")),
     "synthetic": Source(_synthetic, no_files),
-    "fmnist": _mnist_like("fashion_mnist", "FashionMNIST", 0.2860, 0.3530, flip=True),
-    "kmnist": _mnist_like("kmnist", "KMNIST", 0.1918, 0.3483, flip=False),
+    "fmnist": replace(_mnist_like("fashion_mnist", "FashionMNIST", 0.2860, 0.3530, flip=True), labels=(
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")),
+    "kmnist": replace(_mnist_like("kmnist", "KMNIST", 0.1918, 0.3483, flip=False),
+                      labels=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")),
     "cifar10": _torchvision_set("cifar10", "CIFAR10", CIFAR_MEAN, CIFAR_STD, 4, "cifar-10-batches-py"),
     "cifar100": _torchvision_set("cifar100", "CIFAR100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 4,
                                  "cifar-100-python"),

@@ -10,9 +10,10 @@
   PIL images.
 
 Classes are read from the data: integer labels are kept as they are when they run from 0, any other labels (names,
-or integers with gaps) are numbered in sorted order. The validation split is cut from the training split as for
-every dataset (``data.val_fraction``), and S2 is paired the same way. Text is tokenized once, by the model's own
-tokenizer, and cached as the paper's datasets are.
+or integers with gaps) are numbered in sorted order and keep their names (``Data.labels``, then the model's,
+its export's and its MLflow model's), as do a saved dataset's ``ClassLabel`` names and a factory's ``classes``.
+The validation split is cut from the training split as for every dataset (``data.val_fraction``), and S2 is
+paired the same way. Text is tokenized once, by the model's own tokenizer, and cached as the paper's datasets are.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from itra_tune.data.images import Images
 from itra_tune.data.text import CACHE_FORMAT, TEST_FOLD, Texts, Tokens, _cache_dir, tokenize
 
 Rows = tuple[list[str], list[Any]]  # texts, raw labels
+NAMES = "class_names"  # the token cache's entry of the class names, beside its splits
 
 
 # --- reading --------------------------------------------------------------------------------------------
@@ -118,6 +120,12 @@ def read_hf(ds: Any, cfg: DataConfig) -> Rows:
     return texts, list(ds[cfg.label_column])
 
 
+def declared_names(ds: Any, cfg: DataConfig) -> tuple[str, ...] | None:
+    """The class names a saved dataset declares for its label column (a ``ClassLabel``), by class number."""
+    names = getattr(getattr(ds, "features", {}).get(cfg.label_column), "names", None)
+    return tuple(map(str, names)) if names else None
+
+
 def labels_of(raw: Sequence[Any]) -> list[Any]:
     """Labels as the data holds them, with integers written as text (a CSV file's) read as integers."""
     if all(isinstance(v, str) and v.strip().lstrip("-").isdigit() for v in raw):
@@ -136,6 +144,14 @@ def class_index(labels: Sequence[Any], where: str) -> dict[Any, int]:
             and max(values) == len(values) - 1:
         return {v: int(v) for v in values}
     return {v: i for i, v in enumerate(sorted(values, key=lambda v: (isinstance(v, str), v)))}
+
+
+def class_names(index: dict[Any, int]) -> tuple[str, ...] | None:
+    """The names of the classes ``class_index`` numbered, by class number; None when the labels are the class
+    numbers themselves (integers from 0)."""
+    if all(isinstance(v, (int, np.integer)) and v == i for v, i in index.items()):
+        return None
+    return tuple(str(v) for v, _ in sorted(index.items(), key=lambda kv: kv[1]))
 
 
 def _numbered(labels: Sequence[Any], index: dict[Any, int], where: str) -> list[int]:
@@ -158,14 +174,20 @@ def _fingerprint(files: Sequence[Path], cfg: DataConfig, tokenizer: Any) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _tokens(splits: dict[str, Rows], cfg: DataConfig, tokenizer: Any, files: Sequence[Path]) -> dict[str, Tokens]:
-    """The splits' tokens, from the cache when present (keyed on the files, the columns and the tokenizer)."""
+def _tokens(splits: dict[str, Rows], cfg: DataConfig, tokenizer: Any, files: Sequence[Path],
+            declared: tuple[str, ...] | None = None) -> tuple[dict[str, Tokens], tuple[str, ...] | None]:
+    """The splits' tokens and the class names, from the cache when present (keyed on the files, the columns and
+    the tokenizer). ``declared``: the names the data declares for its integer labels (a ``ClassLabel``)."""
     cache = _cache_dir(cfg) / f"{cfg.name}-{_fingerprint(files, cfg, tokenizer)}.pt"
     if cache.is_file():
         state = torch.load(cache, weights_only=True)
-        return {s: Tokens(t["ids"], t["offsets"], t["y"]) for s, t in state.items()}
+        names = state.pop(NAMES, None)
+        return {s: Tokens(t["ids"], t["offsets"], t["y"]) for s, t in state.items()}, \
+            tuple(names) if names else None
     splits = {s: (texts, labels_of(labels)) for s, (texts, labels) in splits.items()}
     index = class_index(splits["train" if "train" in splits else "all"][1], f"data.path {cfg.path!r}")
+    names = declared if declared and len(declared) == len(index) and class_names(index) is None else \
+        class_names(index)
     out = {}
     for split, (texts, labels) in splits.items():
         print(f"tokenizing {len(texts):,} texts of {cfg.path} ({split}, max_length {cfg.max_length}) once; cache: "
@@ -173,11 +195,12 @@ def _tokens(splits: dict[str, Rows], cfg: DataConfig, tokenizer: Any, files: Seq
         out[split] = tokenize(texts, _numbered(labels, index, f"data.path {cfg.path!r}"), tokenizer, cfg.max_length)
     cache.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    torch.save({s: {"ids": t.ids, "offsets": t.offsets, "y": t.y} for s, t in out.items()}, buf)
+    torch.save({s: {"ids": t.ids, "offsets": t.offsets, "y": t.y} for s, t in out.items()}
+               | ({NAMES: list(names)} if names else {}), buf)
     tmp = cache.with_suffix(f".tmp{os.getpid()}")
     tmp.write_bytes(buf.getvalue())
     os.replace(tmp, cache)
-    return out
+    return out, names
 
 
 def _held(tokens: dict[str, Tokens], max_length: int) -> tuple[Texts, Texts]:
@@ -189,12 +212,15 @@ def _held(tokens: dict[str, Tokens], max_length: int) -> tuple[Texts, Texts]:
     return Texts(t, perm[n_test:], max_length), Texts(t, perm[:n_test], max_length)
 
 
-def _text_source(read: Callable[[DataConfig], tuple[dict[str, Rows], list[Path]]],
+def _text_source(read: Callable[[DataConfig], tuple[dict[str, Rows], list[Path], tuple[str, ...] | None]],
                  check: Callable[[DataConfig], None]) -> Source:
     def load(cfg: DataConfig, root: Path, model_name: str | None = None) -> tuple[Texts, Texts]:
         tokenizer = hf.load_tokenizer(cfg.tokenizer or model_name or "")
-        splits, files = read(cfg)
-        return _held(_tokens(splits, cfg, tokenizer, files), cfg.max_length)
+        splits, files, declared = read(cfg)
+        tokens, names = _tokens(splits, cfg, tokenizer, files, declared)
+        train, test = _held(tokens, cfg.max_length)
+        train.labels = names
+        return train, test
 
     def check_files(cfg: DataConfig, root: Path) -> None:
         check(cfg)
@@ -204,9 +230,9 @@ def _text_source(read: Callable[[DataConfig], tuple[dict[str, Rows], list[Path]]
     return Source(load, check_files, modality="text")
 
 
-def _read_csv(cfg: DataConfig) -> tuple[dict[str, Rows], list[Path]]:
+def _read_csv(cfg: DataConfig) -> tuple[dict[str, Rows], list[Path], None]:
     files = csv_files(cfg)
-    return {s: read_csv(p, cfg) for s, p in files.items()}, list(files.values())
+    return {s: read_csv(p, cfg) for s, p in files.items()}, list(files.values()), None
 
 
 def _check_csv(cfg: DataConfig) -> None:
@@ -216,10 +242,11 @@ def _check_csv(cfg: DataConfig) -> None:
             _need(next(csv.reader(f), []), cfg, str(path))
 
 
-def _read_hf(cfg: DataConfig) -> tuple[dict[str, Rows], list[Path]]:
+def _read_hf(cfg: DataConfig) -> tuple[dict[str, Rows], list[Path], tuple[str, ...] | None]:
     splits = hf_splits(cfg)
     files = sorted(Path(f["filename"]) for ds in splits.values() for f in ds.cache_files)
-    return {s: read_hf(ds, cfg) for s, ds in splits.items()}, files
+    declared = declared_names(splits["train" if "train" in splits else "all"], cfg)
+    return {s: read_hf(ds, cfg) for s, ds in splits.items()}, files, declared
 
 
 def _check_hf(cfg: DataConfig) -> None:
@@ -269,7 +296,11 @@ def image_factory(ref: str) -> Source:
         scaled = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         mean = tuple(scaled.mean((0, 2, 3)).tolist())
         std = tuple(max(s, 1e-3) for s in scaled.std((0, 2, 3)).tolist())
-        return Images(x, y, mean, std), Images(xt, yt, mean, std)
+        train = Images(x, y, mean, std)
+        classes = getattr(made[0], "classes", None)  # torchvision's datasets and ImageFolder name their classes
+        if isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes):
+            train.labels = tuple(classes)
+        return train, Images(xt, yt, mean, std)
 
     def check(cfg: DataConfig, root: Path) -> None:
         import_callable(ref, "data.name")

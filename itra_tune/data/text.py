@@ -27,24 +27,32 @@ from itra_tune.config import ConfigError, DataConfig
 from itra_tune.data.base import Batch, DatasetMissing, Held, Source
 
 PAD = hf.PAD
-CACHE_FORMAT = 1  # bump when the cached layout changes
+CACHE_FORMAT = 2  # bump when the cached layout changes (2: a CSV's class names kept beside its tokens)
 
 
 @dataclass(frozen=True)
 class TextDataset:
     folders: tuple[str, ...]  # folder names tried under data.root, e.g. Zhang's "ag_news_csv"
-    num_classes: int
+    labels: tuple[str, ...]  # the class names, by class number (the dataset's classes.txt)
     test_folds: bool = False  # only test.csv exists: cut train and test folds out of its rows
 
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
 
+
+AG_NEWS = ("World", "Sports", "Business", "Sci/Tech")
+STARS = ("1", "2", "3", "4", "5")
 DATASETS: dict[str, TextDataset] = {
-    "ag_news": TextDataset(("ag_news", "ag_news_csv"), 4),
-    "amazon_full": TextDataset(("amazon_full", "amazon_review_full_csv"), 5),
-    "yahoo_answers": TextDataset(("yahoo_answers", "yahoo_answers_csv"), 10),
-    "yelp_full": TextDataset(("yelp_full", "yelp_review_full_csv"), 5),
+    "ag_news": TextDataset(("ag_news", "ag_news_csv"), AG_NEWS),
+    "amazon_full": TextDataset(("amazon_full", "amazon_review_full_csv"), STARS),
+    "yahoo_answers": TextDataset(("yahoo_answers", "yahoo_answers_csv"), (
+        "Society & Culture", "Science & Mathematics", "Health", "Education & Reference", "Computers & Internet",
+        "Sports", "Business & Finance", "Entertainment & Music", "Family & Relationships", "Politics & Government")),
+    "yelp_full": TextDataset(("yelp_full", "yelp_review_full_csv"), STARS),
     # The official AG News test split alone (7,600 rows), when train.csv is not at hand: 80% of its rows
     # (seeded) become the training pool, from which the validation split is taken; 20% are the test fold.
-    "ag_news_test_folds": TextDataset(("ag_news", "ag_news_csv"), 4, test_folds=True),
+    "ag_news_test_folds": TextDataset(("ag_news", "ag_news_csv"), AG_NEWS, test_folds=True),
 }
 TEST_FOLD = 0.2
 
@@ -244,7 +252,7 @@ def _source(name: str) -> Source:
         if cfg.tokenizer:
             hf.check(cfg.tokenizer)
 
-    return Source(load, check, modality="text", num_classes=DATASETS[name].num_classes)
+    return Source(load, check, modality="text", num_classes=DATASETS[name].num_classes, labels=DATASETS[name].labels)
 
 
 SOURCES = {name: _source(name) for name in DATASETS}

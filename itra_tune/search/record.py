@@ -211,6 +211,7 @@ def _checkpoint_model(result: Any, row: dict[str, Any], data: data_mod.Data) -> 
             cfg = trial_config(result.config)
             model = models.build(cfg.model.name, data.num_classes, data.input_shape, options=cfg.model.options)
             model.load_state_dict(weights)
+            model.labels = data.labels
             return model.eval()
     return None
 
@@ -222,11 +223,7 @@ def _model_files(model: models.Classifier, cfg: config_mod.Config, data: data_mo
     x = data.sample("test", 4)[0]
     metrics = {k: row[k] for k in tracking.HEADLINE_METRICS if k in row}
     folder = export.save(model, cfg, tmp / "export", x, metrics=metrics, standalone=False)
-    with torch.no_grad():
-        logits = model(x).float()
-    outputs = {"logits": logits.numpy(), "probabilities": logits.softmax(1).numpy(),
-               "class": logits.argmax(1).numpy()}
-    return tracking.ModelFiles(folder, x.numpy(), outputs, int(row.get("best_epoch", 0)))
+    return tracking.ModelFiles(folder, x.numpy(), export.predictions(model, x), int(row.get("best_epoch", 0)))
 
 
 def _figures(rows: list[dict[str, Any]], histories: dict[str, list[dict[str, Any]]],
