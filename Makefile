@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SEARCH := $(VENV)/.installed-search
 DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test test-all test-slow bench lint clean
+.PHONY: demo test test-all test-slow bench lint docs docs-build clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -39,6 +39,13 @@ test-all: $(DEV)
 test-slow: $(DEV)
 	$(PY) -m pytest -q --durations=25 -n 2 --dist loadgroup -m "slow or real_data" $(PYTEST_ARGS)
 
+# the documentation site (mkdocs.yml): served with live reload at http://127.0.0.1:8000, or built strictly into site/
+docs: $(DEV)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
+docs-build: $(DEV)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 bench: $(DEV)
 	$(PY) -m benchmarks.bench
 
@@ -46,4 +53,4 @@ lint: $(DEV)
 	$(PY) -m ruff check itra_tune tests pipelines benchmarks
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

@@ -122,6 +122,9 @@ def check_bandwidth(scheme: str, sigma: float | None, key: str = "loss") -> None
 
 @dataclass(frozen=True)
 class DataConfig:
+    # a bundled or paper dataset (digits, synthetic, fmnist, kmnist, cifar10, cifar100, stl10, imagenet; text:
+    # ag_news, amazon_full, yahoo_answers, yelp_full, ag_news_test_folds), your own text (csv, hf_disk), or
+    # package.module:callable returning your (train, test) image datasets
     name: str = "digits"
     root: str | None = None  # folder holding the dataset; None: $ITRA_TUNE_DATA or ~/.cache/itra_tune/data
     download: bool = False  # let torchvision download a missing dataset (needs network)
@@ -136,7 +139,7 @@ class DataConfig:
     pairing: str = "independent"
     memory_batches: int = 4  # memory: how many past S1 batches S2 holds
     augment: bool = True  # the dataset's usual augmentation (crop, flip), done on the device
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 1024  # examples per batch when evaluating the validation and test splits
     num_workers: int = 2  # loader workers, for folder-of-images data only
     max_length: int = 128  # text: tokens per example after truncation (batches are padded to their longest)
     tokenizer: str | None = None  # text: tokenizer name or folder; None uses the model's own
@@ -144,11 +147,14 @@ class DataConfig:
     # your own text (data.name csv or hf_disk): the CSV file or folder, or the save_to_disk folder, and its columns
     path: str | None = None
     text_column: str = "text"  # one or several, comma-separated (joined by a space)
-    label_column: str = "label"
+    label_column: str = "label"  # strings are numbered in sorted order and keep their names (Data.labels)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    # resnet18, resnet101, vgg13, mobilenet_v2 (CIFAR-style), resnet18_imagenet, resnet50_imagenet, small_cnn,
+    # mlp; text: bert-base-uncased, distilbert-base-uncased, xlnet-base-cased, minilm, hf:NAME, org/NAME or a
+    # checkpoint folder; timm:NAME; torchvision:NAME; package.module:callable, a factory of yours
     name: str = "small_cnn"
     pretrained: bool = False  # torchvision ImageNet weights, or a Hugging Face checkpoint's own weights
     # keyword arguments of the model's builder: timm's create_model (timm:NAME), torchvision's get_model
@@ -161,7 +167,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    name: str = "itra_c"
+    name: str = "itra_c"  # ce | lsr (label smoothing) | center (center loss) | itra (Eq. 4) | itra_c (Eq. 6)
     lam: float = 0.6  # lambda: weight of the matching loss (Eq. 4, 6) or of the center loss
     bandwidth: str = "median"  # kernel bandwidth scheme of the MMD
     sigma: float | None = None  # bandwidth for 'fixed', base scale for 'multiscale', in squared feature units
@@ -182,21 +188,21 @@ LOSS_READS = {"ce": (), "lsr": ("eps",), "center": ("lam", "center_lr"), "itra":
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = "sgd"
+    name: str = "sgd"  # sgd (with momentum) | adamw
     lr: float = 0.05  # peak learning rate
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
+    momentum: float = 0.9  # sgd's momentum (adamw's beta1 stays torch's)
+    nesterov: bool = True  # sgd: Nesterov momentum
+    weight_decay: float = 5e-4  # L2 for sgd, decoupled for adamw
     schedule: str = "cosine"  # cosine | step | none (per epoch, after warmup_epochs) | linear (per step)
     milestones: tuple[int, ...] = ()  # epochs at which 'step' multiplies the rate by gamma
-    gamma: float = 0.1
+    gamma: float = 0.1  # 'step': the rate's factor at each milestone
     warmup_epochs: int = 0  # cosine, step, none: linear warm-up from lr / 10 over this many epochs
     warmup_fraction: float = 0.0  # linear: share of all steps spent warming up from 0, then linear decay to 0
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 10  # passes over the training split; the schedule spans them
     amp: bool = True  # bfloat16 autocast, on CUDA only
     channels_last: bool = True  # on CUDA only
     compactness_samples: int = 512  # test examples per batch for the compactness metric
@@ -237,7 +243,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
-    seed: int = 0
+    seed: int = 0  # drives initialization, shuffling, augmentation and S2 (the split has data.split_seed)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 
 import pytest
+import readme
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,9 +21,12 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def readme_loop() -> str:
-    """The first Python block of the README's "Your loop" section, as written there."""
-    section = README.read_text().split("### Your loop", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    """The loop of the guide's "Your loop" section, as written there (the README shows the same block)."""
+    return readme.block("Your loop")
+
+
+def test_the_readme_shows_the_guides_loop_as_written():
+    assert readme.block("ITRA in your own training") == readme_loop()
 
 
 def mixture(n: int, held: int = 0) -> tuple[TensorDataset, TensorDataset]:

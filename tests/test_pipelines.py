@@ -75,9 +75,9 @@ def test_reproduce_refuses_an_unknown_row_before_anything_runs(tmp_path, capsys)
     assert not (tmp_path / "out").exists()
 
 
-def test_the_readme_names_the_folder_the_pipeline_exports_to():
+def test_the_guide_names_the_folder_the_pipeline_exports_to():
     module = _load("search_then_retrain")
-    readme = (ROOT / "README.md").read_text()
-    assert f"`{module.DEFAULT_OUT}/export`" in readme and module.DEFAULT_OUT in module.parser().format_help()
+    guide = (ROOT / "docs" / "guide" / "production.md").read_text()
+    assert f"`{module.DEFAULT_OUT}/export`" in guide and module.DEFAULT_OUT in module.parser().format_help()
     name = "demo-20261201-120000"
     assert module.DEFAULT_OUT.replace("<space>-<time>", name) == f"runs/prod/{name}"
