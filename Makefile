@@ -50,7 +50,7 @@ bench: $(DEV)
 	$(PY) -m benchmarks.bench
 
 lint: $(DEV)
-	$(PY) -m ruff check itra_tune tests pipelines benchmarks
+	$(PY) -m ruff check itra_tune tests pipelines benchmarks docs
 
 clean:
 	rm -rf $(VENV) runs site .pytest_cache
