@@ -49,12 +49,13 @@ class FitResult:
         return f"FitResult({type(self.model).__name__}, {len(self.history)} epochs, best={best})"
 
 
-def check(cfg: Config) -> None:
-    """Raise ConfigError for names no registry knows, before any data is loaded or file written."""
+def check(cfg: Config, here: bool = True) -> None:
+    """Raise ConfigError for names no registry knows, before any data is loaded or file written. ``here``: the
+    configuration trains on this machine, whose devices are checked too (a search's trials open theirs)."""
     data_modality = data_mod.modality(cfg.data.name)
     models.check_name(cfg.model.name)
     losses.check_name(cfg.loss.name)
-    resolve_device(cfg.device)
+    resolve_device(cfg.device) if here else parse_device(cfg.device)
     if models.modality(cfg.model.name) not in (data_modality, "any"):
         wants = "a text model (e.g. model.name=minilm)" if data_modality == "text" else \
             "an image model (e.g. model.name=resnet18)"
@@ -72,13 +73,21 @@ def check_available(cfg: Config) -> None:
     data_mod.check_available(cfg.data)
 
 
-def resolve_device(name: str) -> torch.device:
+def parse_device(name: str) -> torch.device | None:
+    """``device`` as torch names it (None for ``auto``), without asking whether it is here: a search checks the
+    name on its driver, which may have no GPU, and each trial opens the device where it runs."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return None
     try:
-        device = torch.device(name)
+        return torch.device(name)
     except RuntimeError:
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N (device)") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    device = parse_device(name)
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for but no CUDA GPU is visible; use device=auto or cpu")
     return device

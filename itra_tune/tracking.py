@@ -40,6 +40,7 @@ BEST_TAG = "itra_tune.best_run_id"
 BEST_MODEL_TAG = "itra_tune.best_model_id"
 STATUS_TAG = "itra_tune.status"
 UNMATCHED_TAG = "itra_tune.unmatched"  # on a trial whose lambda was applied as 0 in every epoch: why
+PLACEMENT_TAG = "itra_tune.{}"  # a trial's node, gpu_ids and device (search.trainable.PLACEMENT)
 RANK = "rank"  # a trial's place in the search's order, 1 the answer (the shared view sorts by it)
 SHARED_VIEW_TAG = "mlflow.sharedViewState."  # + key: a view of the runs table the MLflow UI opens from a link
 SMOKE_TAG = "itra_tune.smoke"  # on a search's parent run: "true" for a --smoke search, which best_config skips
@@ -347,6 +348,13 @@ class Tracker:
 
     def set_run_tag(self, run_id: str, key: str, value: str) -> None:
         self.c.set_tag(run_id, key, value)
+
+    def set_run_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        """Several tags of a run in one request."""
+        from mlflow.entities import RunTag
+
+        if tags:
+            self.c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def log_artifact(self, path: Path) -> None:
         """Attach a file to the search's parent run."""

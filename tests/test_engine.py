@@ -198,3 +198,15 @@ def test_a_run_keeps_the_weights_of_every_epoch_it_may_still_hand_over(tiny_conf
     model = models.build(cfg.model.name, d.num_classes, d.input_shape)
     model.load_state_dict(best["model"])
     assert engine.evaluate(model, d.val, torch.device("cpu")) == (result.best["val_acc"], result.best["val_ce"])
+
+
+def test_a_search_checks_the_device_name_on_its_driver_and_the_trial_opens_it(tiny_config):
+    """A driver without a GPU searches a GPU cluster with device: cuda; a name torch does not know is refused."""
+    cuda = tiny_config(device="cuda")
+    engine.check(cuda, here=False)  # the trials open it where they run
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU is visible"):
+            engine.check(cuda)
+    for here in (True, False):
+        with pytest.raises(ConfigError, match="unknown device 'gpu0'"):
+            engine.check(tiny_config(device="gpu0"), here=here)

@@ -82,7 +82,7 @@ def prepare(space: str | Path, opts: Options) -> tuple[spaces.Space, config_mod.
         if cfg.flat()[key] is not None:
             cfg = config_mod.override(cfg, {key: str(Path(cfg.flat()[key]).expanduser().resolve())})
     sp = replace(sp, base=cfg.to_dict())
-    engine.check(cfg)
+    engine.check(cfg, here=False)  # the trials open their device where they run (a GPU node, not the driver's)
     engine.check_available(cfg)
     for m in opts.methods:
         method_space(sp, m)

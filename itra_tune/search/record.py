@@ -17,7 +17,7 @@ from itra_tune import config as config_mod
 from itra_tune import data as data_mod
 from itra_tune.search import confirming
 from itra_tune.search.results import is_nan, ranked, row_metrics, started, trial_rows
-from itra_tune.search.trainable import SELECTION, STATE_FILE, epoch_of, trial_config, trial_params
+from itra_tune.search.trainable import PLACEMENT, SELECTION, STATE_FILE, epoch_of, trial_config, trial_params
 
 
 def record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: config_mod.Config | None, uri: str,
@@ -100,6 +100,7 @@ def _record(results: Any, summary: dict[str, Any], space: spaces.Space, cfg: con
                 if cfg is not None and res.config else None
             if note:  # a trial that trained as plain CE, whatever its lambda says
                 tracker.set_run_tag(run_id, tracking.UNMATCHED_TAG, note)
+            tracker.set_run_tags(run_id, {tracking.PLACEMENT_TAG.format(k): row[k] for k in PLACEMENT if k in row})
             if data is None and name in with_model:
                 _log_checkpoint_files(tracker, run_id, res, row)
             if name == best_name:

@@ -16,7 +16,7 @@ import yaml
 from itra_tune import cli, engine, selection, spaces
 from itra_tune.config import UNRANKED
 from itra_tune.search import confirming
-from itra_tune.search.trainable import epoch_of, reported, trial_config, user_config
+from itra_tune.search.trainable import PLACEMENT, epoch_of, reported, trial_config, user_config
 
 
 def trial_rows(results: Any, space: spaces.Space, epochs: int) -> list[dict[str, Any]]:
@@ -41,6 +41,8 @@ def trial_rows(results: Any, space: spaces.Space, epochs: int) -> list[dict[str,
         else:
             row["status"] = "stopped early"
         row["epochs"] = epoch_of(history[-1]) if history else 0
+        if history:  # where it trained (trainable.PLACEMENT): node, the GPU ids Ray gave it, the torch device
+            row.update({k: history[-1][k] for k in PLACEMENT if isinstance(history[-1].get(k), str)})
         best = selection.best(history, space.select)
         if best is not None:
             row.update({k: best[k] for k in metric_names(best, space)}, best_epoch=epoch_of(best))
@@ -119,6 +121,8 @@ def summarize(results: Any, space: spaces.Space, epochs: int, path: Path, wall: 
     # Ctrl-C also cuts trials that were training but had not reported yet: they have a folder and no row
     unreported = {n for n in interrupted_trials(results) if (path / n).is_dir()} - {r["trial"] for r in rows}
     counts["interrupted_trials"] = sum(r["status"] == "interrupted" for r in rows) + len(unreported)
+    # trials Ray gave GPUs that CUDA could not open there (logical GPUs, no driver): they trained on the CPU
+    counts["gpus_unopened"] = sum(bool(r.get("gpu_ids")) and r.get("device") == "cpu" for r in rows)
     summary: dict[str, Any] = {"space": space.name, "metric": space.metric, "mode": space.mode,
                                "experiment_path": str(path), "wall_time_s": round(wall, 1), "trials": len(rows),
                                "num_samples": space.num_samples, **counts, "best": best}
@@ -159,6 +163,10 @@ def print_summary(s: dict[str, Any], space: spaces.Space) -> None:
           f"{s['stopped early']} stopped early, {s['failed']} failed"
           + (f", {s['interrupted_trials']} interrupted" if s.get("interrupted_trials") else "")
           + (f", {s['collapsed']} collapsed" if s.get("collapsed") else ""))
+    if s.get("gpus_unopened"):
+        print(f"note: {s['gpus_unopened']} trials were given GPUs by Ray that CUDA could not open on their node (a "
+              f"cluster declaring logical GPUs, or no driver); they trained on the CPU (--set device=cuda makes "
+              f"this an error)")
     b = s.get("best")
     if b is None and s.get("interrupted"):
         print("interrupted before any trial finished an epoch; nothing failed")

@@ -60,6 +60,29 @@ def trial_params(tune_config: dict[str, Any], user: bool = False) -> dict[str, A
     return params
 
 
+# Reported by every trial with each epoch: where it trains. The Ray node, the GPU ids Ray assigned it (all its
+# workers', "0,1"; "" for none) and the torch device it trains on; the record puts them on the trial's MLflow run.
+PLACEMENT = ("node", "gpu_ids", "device")
+
+
+def placement(device: str, gpu_ids: list[list[Any]] | None = None) -> dict[str, str]:
+    """This process's Ray node, the GPU ids Ray gave it (or each worker's, ``gpu_ids``) and ``device``.
+
+    A trial given GPU ids that CUDA cannot open (a cluster declaring logical GPUs, a node without a driver) says
+    so in one line on its error stream and trains on the CPU under ``device: auto``; ``device: cuda`` makes it
+    an error instead, raised by ``engine.resolve_device``.
+    """
+    import ray
+
+    ids = gpu_ids if gpu_ids is not None else [ray.get_gpu_ids()]
+    flat = [str(i) for worker in ids for i in worker]
+    resolved = str(engine.resolve_device(device))
+    if flat and not resolved.startswith("cuda"):
+        print(f"itra_tune: Ray gave this trial GPU {','.join(flat)}, which CUDA cannot open here (torch sees no "
+              f"CUDA device); training on the CPU (device: cuda makes this an error)", file=sys.stderr)
+    return {"node": ray.get_runtime_context().get_node_id(), "gpu_ids": ",".join(flat), "device": resolved}
+
+
 def train_trial(tune_config: dict[str, Any], metric: str = "val_acc", mode: str = "max",
                 worker_resources: dict[str, float] | None = None, storage: str | None = None) -> None:
     """Tune function trainable: ``engine.fit`` with a report and checkpoint after every epoch.
@@ -74,7 +97,7 @@ def train_trial(tune_config: dict[str, Any], metric: str = "val_acc", mode: str 
         train_workers(cfg, metric, mode, worker_resources or {"CPU": 1.0}, storage)
         return
     resume = _load(tune.get_checkpoint())
-    on_epoch = _reporter(cfg, metric, mode, tune.report, tune.Checkpoint)
+    on_epoch = _reporter(cfg, metric, mode, tune.report, tune.Checkpoint, extra=placement(cfg.device))
     if resume is not None and int(resume["epoch"]) >= cfg.train.epochs:
         # population based training can hand a lagging trial a finished trial's last checkpoint: nothing is left
         # to train, so the trial reports that epoch and ends where its checkpoint did (not one epoch short)
@@ -123,13 +146,17 @@ WORKERS_GROUP = "workers_placement_group"
 def worker_loop(loop_config: dict[str, Any]) -> None:
     """What each Ray Train worker runs: ``engine.fit`` in the workers' process group (``itra_tune.parallel``),
     resumed from the run's latest checkpoint; rank 0 reports the checkpoints."""
+    import ray
+    import torch.distributed as dist
     from ray import train
     from ray.util import get_current_placement_group
 
     cfg = config_mod.from_dict(loop_config["config"], "trial")
     rank = train.get_context().get_world_rank()
     group = get_current_placement_group()  # the workers' resources, which the search frees when the trial ends
-    extra = {WORKERS_GROUP: group.id.hex()} if group is not None else None
+    ids: list[Any] = [None] * train.get_context().get_world_size()  # every worker's GPU ids, in rank order
+    dist.all_gather_object(ids, ray.get_gpu_ids())
+    extra = {**placement(cfg.device, ids), **({WORKERS_GROUP: group.id.hex()} if group is not None else {})}
     on_epoch = _reporter(cfg, loop_config["metric"], loop_config["mode"], train.report, train.Checkpoint,
                          keep=rank == 0, extra=extra)
     resume = _load(train.get_checkpoint())
@@ -156,7 +183,8 @@ def train_workers(cfg: config_mod.Config, metric: str, mode: str, resources: dic
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={"config": cfg.to_dict(), "metric": metric, "mode": mode},
-        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
+        # NCCL where the GPUs open; on GPUs CUDA cannot open (logical ones) the workers train on CPUs, with gloo
+        torch_config=TorchConfig(backend="nccl" if gpus and _cuda() else "gloo"),
         scaling_config=train.ScalingConfig(num_workers=cfg.train.workers_per_trial, use_gpu=gpus > 0,
                                            resources_per_worker=resources),
         run_config=train.RunConfig(
@@ -166,6 +194,12 @@ def train_workers(cfg: config_mod.Config, metric: str, mode: str, resources: dic
                                                      checkpoint_score_order="max")),
     )
     trainer.fit()
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 # --- a user's own training function ----------------------------------------------------------------------
