@@ -124,7 +124,8 @@ def _isolated_tracking(tmp_path_factory):
 
 
 def start_mlflow_server(db: str, artifacts: str, port: int):
-    """A real `mlflow server` on 127.0.0.1; returns the process once /health answers."""
+    """A real `mlflow server` on 127.0.0.1; returns the process once /health answers. ``db``: a SQLite file, or
+    a database URL (``postgresql://...``) for its backend store."""
     import subprocess
     import sys
     import time
@@ -134,7 +135,7 @@ def start_mlflow_server(db: str, artifacts: str, port: int):
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     mlflow_bin = Path(sys.executable).parent / "mlflow"
-    proc = subprocess.Popen([str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{db}",
+    proc = subprocess.Popen([str(mlflow_bin), "server", "--backend-store-uri", db if "://" in db else f"sqlite:///{db}",
                              "--artifacts-destination", artifacts, "--host", "127.0.0.1", "--port", str(port),
                              "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                             start_new_session=True)

@@ -214,8 +214,9 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
         if after_tune is not None and i == len(plan) - 1:
             shutting_down = after_tune()
         if stored is not None:
-            stored.record_all(grid)
-            summary["optuna"] = {"storage": stored.url, "study": name, "dashboard": study.dashboard_command(stored.url)}
+            unrecorded = stored.record_all(grid, float(os.environ.get("ITRA_TUNE_DB_WAIT", 60)))
+            summary["optuna"] = {"storage": stored.url, "study": name, "dashboard": study.dashboard_command(stored.url),
+                                 **({"error": unrecorded} if unrecorded else {})}
             if previous is not None:
                 summary["optuna"]["warm_start"] = {"from": previous.study_name,
                                                    "trials": len(study.compatible(previous, sp.params))}

@@ -206,8 +206,12 @@ def print_summary(s: dict[str, Any], space: spaces.Space) -> None:
         print(f"Optuna:  study {o['study']!r} in {o['storage']}"
               + (f", started from {warm['trials']} trials of {warm['from']!r}" if warm else ""))
         print(f"  browse: {o['dashboard']}")
-    if t.get("error") and not s.get("interrupted"):  # the resume back-fills MLflow; an interrupted search says
-        print(f"resume:  {s['resume_command']}")       # how to continue it on its last line, a finished one no more
+        if o.get("error"):
+            print(f"Optuna: not recorded ({o['error']}); the results above are safe, and the resume command below "
+                  f"records the study once the database answers")
+    # the resume back-fills MLflow and the study; an interrupted search says how to continue it on its last line
+    if (t.get("error") or (o or {}).get("error")) and not s.get("interrupted"):
+        print(f"resume:  {s['resume_command']}")
 
 
 def _fmt(v: Any) -> str:

@@ -35,12 +35,19 @@ def dashboard_command(url: str) -> str:
 
 
 def storage(url: str) -> optuna.storages.RDBStorage:
-    """An RDB storage (SQLite, PostgreSQL, MySQL: whatever SQLAlchemy reaches); ConfigError when it cannot open."""
+    """An RDB storage (SQLite, PostgreSQL, MySQL: whatever SQLAlchemy reaches); ConfigError when it cannot open.
+    A server's pooled connections are checked before use, so a database restarted mid-search is simply reconnected
+    to."""
     try:
-        return optuna.storages.RDBStorage(url)
+        return optuna.storages.RDBStorage(url, engine_kwargs=None if url.startswith("sqlite") else
+                                          {"pool_pre_ping": True})
     except Exception as e:  # a malformed URL, a missing driver, an unreachable server
+        driver = isinstance(e, ModuleNotFoundError) or "No module named" in str(e)
+        fix = "pip install 'itra_tune[postgres]' for PostgreSQL's drivers" if driver else \
+            "check that its server answers, or give another database URL (postgresql://user@host:5432/db, " \
+            "sqlite:///search.db)"
         raise ConfigError(f"--optuna-storage {url!r} cannot be opened ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0]}); give a database URL like sqlite:///search.db") from None
+                          f"{str(e).splitlines()[0]}); {fix}") from None
 
 
 def objective_of(metric: str | Sequence[str], mode: str | Sequence[str]) -> str:

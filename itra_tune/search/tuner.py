@@ -8,6 +8,7 @@ import os
 import secrets
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -351,11 +352,27 @@ class StudyRecord(tune.Callback):
         except Exception:  # noqa: BLE001 - the database is away: the end of the search records every trial
             self._study = None
 
-    def record_all(self, grid: Any) -> None:
-        """Every trial of a finished (or interrupted) search, for those whose end the live callback missed."""
-        for r in grid:
-            if r.config and r.metrics:
-                self.record(r.config, r.metrics, r.metrics.get("trial_id", Path(r.path).name), r.error is not None)
+    def record_all(self, grid: Any, wait: float = 60.0) -> str | None:
+        """Every trial of a finished (or interrupted) search, for those whose end the live callback missed. A
+        database that is away (restarting) is waited for, ``wait`` seconds at most; returns None, or why the study
+        could not be recorded (``--resume`` records it later: a trial is recorded once, whenever)."""
+        deadline, told = time.monotonic() + wait, False
+        while True:
+            try:
+                for r in grid:
+                    if r.config and r.metrics:
+                        self.record(r.config, r.metrics, r.metrics.get("trial_id", Path(r.path).name),
+                                    r.error is not None)
+                return None
+            except Exception as e:  # noqa: BLE001 - the database is away, or its pooled connection went stale
+                self._study = None  # a new connection next time
+                why = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+                if time.monotonic() >= deadline:
+                    return why
+                if not told:
+                    print(f"waiting up to {wait:.0f}s for the Optuna database ({why})", file=sys.stderr, flush=True)
+                    told = True
+                time.sleep(2.0)
 
 
 class FreeWorkers(tune.Callback):
