@@ -20,6 +20,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import fields
@@ -96,6 +97,7 @@ def _run(space: str | Path, options: dict[str, Any], ending: bool = False) -> li
     storage = Path(opts.storage_path or DEFAULT_STORAGE).expanduser().resolve()
     uri = tracking.resolve_uri(opts.tracking_uri)
     tracking.check_reachable(uri)
+    _warn_if_ephemeral(storage, uri)
     plan = [(method_space(prepared, m), m) for m in opts.methods] or [(prepared, None)]
     code_folders(plan)  # every factory a trial may draw imports, before anything is written
     if opts.equal_compute and not opts.resume:
@@ -236,6 +238,23 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
     if shutting_down is not None:  # Tune's objects die with this frame: never while Ray is half shut down
         shutting_down.result()
     return summaries
+
+
+RAY_JOB_FOLDER = "/runtime_resources/working_dir_files/"  # where `ray job submit --working-dir` unpacks a folder
+
+
+def _warn_if_ephemeral(storage: Path, uri: str) -> None:
+    """Under ``ray job submit --working-dir``, the search runs in Ray's temporary copy of that folder: results or
+    an MLflow store left in it are deleted with the job's session. Say so, once, before anything is written."""
+    here = str(Path.cwd().resolve())
+    if RAY_JOB_FOLDER not in here + "/":
+        return
+    inside = [what for what, path in (("--storage-path", str(storage)), ("--tracking-uri", uri))
+              if here in path or (what == "--tracking-uri" and path.startswith("file:"))]
+    if inside:
+        print(f"note: this search runs in Ray's temporary copy of its working folder ({here}), which goes with the "
+              f"job's session; give {' and '.join(inside)} a place that stays (a shared file system, a tracking "
+              f"server)", file=sys.stderr)
 
 
 def _earlier_runs(path: Path) -> dict[str, float]:
