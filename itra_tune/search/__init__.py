@@ -195,7 +195,7 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
         t0 = time.perf_counter() - before["wall_time_s"]
         grid = tuner.run_experiment(explore, epochs, name, storage,
                                     tuner.TrackingCallback(uri, sp.name, parent, user=user_fn is not None),
-                                    objective=objective, seed=opts.seed, max_failures=opts.max_failures,
+                                    objective=objective, seed=opts.seed, max_failures=opts.retries,
                                     resume=opts.resume, user_fn=user_fn, study=stored, previous=previous,
                                     progress=view)
         summary = results.summarize(grid, explore, epochs, storage / name, time.perf_counter() - t0, objective)
@@ -205,7 +205,7 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
         confirmation = None
         if explore is not sp and not summary["interrupted"]:
             confirmation = confirming.after_exploring(summary, grid, sp, epochs, storage / name, uri, parent, t0,
-                                                      seed=opts.seed, max_failures=opts.max_failures,
+                                                      seed=opts.seed, max_failures=opts.retries,
                                                       resume=opts.resume, verbose=opts.verbose)
         elif objective == "single" and summary["best"] is not None:  # the answer on its one seed, and why
             summary["answer"] = confirming.answer(sp, results.ranked(results.trial_rows(grid, sp, epochs), sp), None,

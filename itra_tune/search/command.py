@@ -75,7 +75,9 @@ def parser() -> cli.Parser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the base configuration, e.g. loss.lam=0.1; repeat it for more keys")
     p.add_argument("--smoke", action="store_true", help="a handful of short trials, to try a space")
-    p.add_argument("--max-failures", type=int, default=0, help="retries of a failing trial from its checkpoint")
+    p.add_argument("--max-failures", type=int,
+                   help="retries of a failing trial from its checkpoint (default: 2 with --address, where a lost "
+                        "node's trials continue on another; else 0)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     p.add_argument("--register", action="store_true", help="register the best model as itra-<space> in MLflow")
     p.add_argument("--verbose", action="store_true",

@@ -55,7 +55,13 @@ class Options:
     warm_start: str | None = None  # an earlier search's name: its trials seed the sampler, its best runs first
     overrides: tuple[str, ...] = ()  # key=value overrides of the base configuration
     smoke: bool = False  # the space's smoke settings: a handful of short trials
-    max_failures: int = 0  # retries of a failing trial from its latest checkpoint
+    # retries of a failing trial from its latest checkpoint; None: 2 on a cluster joined with address (a lost node's
+    # trials continue on another), 0 on a local one (where a failure would only fail again)
+    max_failures: int | None = None
+
+    @property
+    def retries(self) -> int:
+        return self.max_failures if self.max_failures is not None else (2 if self.address else 0)
     tracking_uri: str | None = None  # MLflow; default $MLFLOW_TRACKING_URI, else ./mlflow.db
     register: bool = False  # register the best model as itra-<space>
     log_models: int | None = 3  # the best k trials' checkpoints become LoggedModels; None: every trial's
