@@ -17,6 +17,7 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,8 @@ def placement(device: str, gpu_ids: list[list[Any]] | None = None) -> dict[str, 
     if flat and not resolved.startswith("cuda"):
         print(f"itra_tune: Ray gave this trial GPU {','.join(flat)}, which CUDA cannot open here (torch sees no "
               f"CUDA device); training on the CPU (device: cuda makes this an error)", file=sys.stderr)
-    return {"node": ray.get_runtime_context().get_node_id(), "gpu_ids": ",".join(flat), "device": resolved}
+    return {"node": ray.get_runtime_context().get_node_id(), "gpu_ids": ",".join(flat), "device": resolved,
+            "started": time.time()}  # when it started here: with time_total_s, when it held the device
 
 
 def train_trial(tune_config: dict[str, Any], metric: str = "val_acc", mode: str = "max",
