@@ -5,6 +5,8 @@ beside the paper's own.
     python pipelines/reproduce.py --table 1 --rows fmnist --reduced     # one row, CPU-sized protocol
     python pipelines/reproduce.py --table 2                              # every row, the spaces' protocol
     python pipelines/reproduce.py --space my_space.yaml --seeds 3         # a row of your own
+    python pipelines/reproduce.py --list                                 # the published reports, their commands
+    python pipelines/reproduce.py --only pairings-digits                 # one of them regenerated in place
 
 Writes ``report.md``, ``report.json`` and the plots to ``--out``, and logs everything to MLflow under one
 parent run in the experiment ``reproduce-table<N>``: a child run per retrained seed (metrics per epoch) and a
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import statistics
 import sys
 import time
@@ -30,6 +34,10 @@ from itra_tune.config import ConfigError
 
 HERE = Path(__file__).resolve().parent
 TABLES = HERE / "paper_tables.yaml"
+RESULTS = HERE.parent / "docs" / "results"  # the published reports, a folder each
+# a recorded command's options that name the machine it ran on: --only takes them from its own command line (or the
+# defaults) instead, and the data's root from $ITRA_TUNE_DATA
+LOCAL = ("--tracking-uri", "--storage-path", "--out")
 METHODS = ("ce", "lsr", "center", "itra_c")
 REDUCED = {"epochs": 5, "subset": 12000, "num_samples": 4}  # defaults of --reduced, each its own flag too
 
@@ -39,6 +47,10 @@ def parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--table", type=int, choices=(1, 2, 3, 4), help="a table of the paper")
     src.add_argument("--space", help="one row of your own: a space name or YAML file (no paper numbers)")
+    src.add_argument("--list", action="store_true", help="the published reports: each one's name, whether it ran "
+                                                         "with today's defaults, and the command that made it")
+    src.add_argument("--only", metavar="NAME", help="regenerate the published report NAME (see --list) in place, "
+                                                    "by the command that made it")
     p.add_argument("--rows", help="comma-separated rows of the table (default all), e.g. fmnist")
     p.add_argument("--methods", default=",".join(METHODS), help=f"default {','.join(METHODS)}")
     p.add_argument("--seeds", type=int, default=3, help="retraining seeds per method (at least 3 for a report)")
@@ -186,8 +198,57 @@ def figures(row: str, results: dict[str, Any], paper: dict[str, Any] | None) -> 
                 {m: r["histories"] for m, r in results.items()}, "compactness")}
 
 
+def published() -> dict[str, dict[str, Any]]:
+    """The committed reports this script made, by folder name."""
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*/report.json"))}
+
+
+def recipe(name: str, command: str) -> list[str]:
+    """The arguments that regenerate report ``name`` from its recorded ``command``: the options naming the machine
+    it ran on dropped (MLflow, storage, ``--set data.root=``), the report written back to its own folder."""
+    words = shlex.split(command)
+    start = next(i for i, w in enumerate(words) if w.endswith(("reproduce.py", "pipelines.reproduce"))) + 1
+    args, rest = [], iter(words[start:])
+    for word in rest:
+        key = word.split("=", 1)[0]
+        if key in LOCAL:
+            if "=" not in word:
+                next(rest, None)
+        elif word == "--set" and (value := next(rest, "")).startswith("data.root="):
+            continue
+        else:
+            args += [word, value] if word == "--set" else [word]
+    return args + ["--out", os.path.relpath(RESULTS / name)]
+
+
+def list_reports() -> int:
+    for name, report in published().items():
+        stale = report.get("stale")
+        state = (f"stale since {stale['since']}" if stale else
+                 f"{report.get('loss_form')}, {report.get('selection_rule')} at {report.get('code_version')}")
+        minutes = f", {report['wall_time_s'] / 60:.0f} min" if report.get("wall_time_s") else ""
+        print(f"{name}  ({state}{minutes})\n    python pipelines/reproduce.py "
+              f"{shlex.join(recipe(name, report['command']))}")
+    print(f"\nThe benchmark studies beside them give their commands in their pages: "
+          f"{', '.join(sorted(p.name for p in RESULTS.glob('*.md')))} in {os.path.relpath(RESULTS)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.list:
+        return list_reports()
+    if args.only:
+        reports = published()
+        if args.only not in reports:
+            raise ConfigError(f"--only: no published report {args.only!r}; choose from {', '.join(reports)}")
+        again = recipe(args.only, reports[args.only]["command"])
+        for option in ("--tracking-uri", "--storage-path"):
+            value = getattr(args, option[2:].replace("-", "_"))
+            if value and (option != "--storage-path" or value != str(search.DEFAULT_STORAGE)):
+                again += [option, value]
+        print(f"regenerating {args.only}: python pipelines/reproduce.py {shlex.join(again)}", flush=True)
+        return main(again)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
         search.parse_method(m)  # loss or loss:pairing, e.g. itra_c:memory

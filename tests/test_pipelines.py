@@ -75,6 +75,39 @@ def test_reproduce_refuses_an_unknown_row_before_anything_runs(tmp_path, capsys)
     assert not (tmp_path / "out").exists()
 
 
+def test_every_published_report_is_listed_with_the_command_that_regenerates_it_here(capsys):
+    module = _load("reproduce")
+    assert module.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for name, report in module.published().items():
+        assert f"{name}  (" in out
+        again = module.recipe(name, report["command"])
+        assert again[-2:] == ["--out", f"docs/results/{name}"] or again[-1].endswith(f"docs/results/{name}")
+        assert module.parser().parse_args(again).out  # a command the script takes as it stands
+    # what names the machine it ran on is dropped: MLflow, storage and the data's root come from the user's
+    again = module.recipe("t1", "python pipelines/reproduce.py --table 1 --rows fmnist --set model.name=mlp "
+                                "--set data.root=/data --tracking-uri sqlite:////tmp/m.db --storage-path=/tmp/st "
+                                "--out /tmp/x --seeds 3")
+    assert again[:-1] == ["--table", "1", "--rows", "fmnist", "--set", "model.name=mlp", "--seeds", "3", "--out"]
+
+
+def test_only_runs_the_reports_recorded_command_and_names_one_it_does_not_know(tmp_path, capsys, monkeypatch):
+    from itra_tune import cli
+
+    module = _load("reproduce")
+    (tmp_path / "old").mkdir()
+    # the recorded command is checked as if typed: its unknown row stops it before anything runs
+    (tmp_path / "old" / "report.json").write_text(json.dumps(
+        {"command": "python pipelines/reproduce.py --table 1 --rows mnist --out elsewhere"}))
+    monkeypatch.setattr(module, "RESULTS", tmp_path)
+    assert cli.run("python pipelines/reproduce.py", module.main, ["--only", "old"]) == 2
+    out, err = capsys.readouterr()
+    assert "regenerating old: python pipelines/reproduce.py --table 1 --rows mnist --out " in out
+    assert "'mnist' is not a row of Table 1" in err
+    assert cli.run("python pipelines/reproduce.py", module.main, ["--only", "new"]) == 2
+    assert "--only: no published report 'new'; choose from old" in capsys.readouterr().err
+
+
 def test_the_guide_names_the_folder_the_pipeline_exports_to():
     module = _load("search_then_retrain")
     guide = (ROOT / "docs" / "guide" / "production.md").read_text()

@@ -320,12 +320,19 @@ def test_resume_after_the_driver_is_killed(space_file, tmp_path):
     exp = tmp_path / "st" / "killed"
     # the first run narrows the space's budget; the resume names neither setting and must keep both
     proc = _start_and_wait(base + ["--num-samples", "3", "--set", "train.epochs=5"], exp)
+    deadline = time.time() + 60  # the driver keeps a whole copy of Tune's snapshot once a second
+    while not list(exp.glob(".experiment_state-*.json.whole")) and time.time() < deadline:
+        time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = {d.name: [r["epoch"] for r in _progress(d)] for d in exp.glob("trial_*")}
+    # the kill landed while Ray was writing its snapshot (in place, not atomically): the file is cut short
+    [state] = exp.glob("experiment_state-*.json")
+    state.write_text(state.read_text()[:100])
 
     resumed = subprocess.run(base + ["--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"{state.name} was cut short when the driver stopped: its previous version put back" in resumed.stderr
     summary = json.loads((exp / "summary.json").read_text())
     statuses = {row["trial"]: row["status"] for row in _trials(exp)}
     assert summary["trials"] == 3 and summary["completed"] == 3, (statuses, resumed.stdout[-3000:])

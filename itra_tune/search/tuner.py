@@ -18,6 +18,7 @@ from ray import tune
 
 from itra_tune import spaces, tracking
 from itra_tune.config import ConfigError
+from itra_tune.search import snapshots
 from itra_tune.search import study as study_mod
 from itra_tune.search.trainable import (
     SELECTION,
@@ -397,6 +398,34 @@ class FreeWorkers(tune.Callback):
                 pass
 
 
+class KeepSnapshots(tune.Callback):
+    """Keeps, once a second, a whole copy of each of the experiment's snapshots (``snapshots.Keeper``): what a
+    resume puts back when the driver was killed while Ray wrote one. The experiment folder is the trials' own, so a
+    restored search keeps the folder it was restored from."""
+
+    def __init__(self, every: float = 1.0) -> None:
+        self.every, self._last, self._keeper = every, 0.0, snapshots.Keeper()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"every": self.every}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every or not trials:
+            return
+        self._last = now
+        experiment = Path(trials[0].storage.experiment_fs_path)
+        if experiment.is_dir():  # a local (or mounted) storage path; a bucket keeps its own versions
+            self._keeper.keep(experiment)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:  # after Tune's last snapshot
+        self._last = 0.0
+        self.on_step_end(0, trials)
+
+
 # --- one experiment -------------------------------------------------------------------------------------
 
 
@@ -468,7 +497,10 @@ def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, c
     else:
         fn = tune.with_parameters(train_trial, metric=space.metric, mode=space.mode)
     trainable = tune.with_resources(fn, resources)
-    if resume and (points is None or tune.Tuner.can_restore(str(storage / name))):
+    if resume:
+        snapshots.mend(storage / name)
+    # a killed driver may leave no snapshot at all (stopped before its first one): the experiment starts over
+    if resume and tune.Tuner.can_restore(str(storage / name)):
         repair_checkpoints(storage / name)
         return tune.Tuner.restore(str(storage / name), trainable=trainable, resume_unfinished=True,
                                   resume_errored=max_failures > 0).fit()
@@ -483,8 +515,8 @@ def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, c
                                                 checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=max_failures),
         progress_reporter=_reporter(space) if progress is None else None,
-        callbacks=[callback] + ([FreeWorkers()] if space.workers_per_trial > 1 else []) + ([study] if study else [])
-        + ([progress] if progress else []),
+        callbacks=[callback, KeepSnapshots()] + ([FreeWorkers()] if space.workers_per_trial > 1 else [])
+        + ([study] if study else []) + ([progress] if progress else []),
         verbose=1 if progress is None else 0,
     )
     pbt = space.scheduler["name"] == "pbt"
