@@ -180,7 +180,29 @@ def report_table(row: str, results: dict[str, Any], paper: dict[str, Any] | None
             f"| {r['compactness'][0]:.3f} ± {r['compactness'][1]:.3f} | {r['seconds_per_epoch']:.1f} "
             f"| {_cell(p_lam, '.3g')} | {_cell(p_acc, '.2f')} | {_cell(p_ce, '.3f')} "
             f"| {_cell(gap_acc, '+.2f')} | {_cell(gap_ce, '+.3f')} |")
-    return lines + [""]
+    return lines + [""] + against_ce(results, seeds)
+
+
+def against_ce(results: dict[str, Any], seeds: int) -> list[str]:
+    """Each method against CE under the same selection, in words: its gain in accuracy and in test CE, and whether
+    that gain is beyond the noise (more than twice the standard error of the difference of two means over
+    ``seeds`` seeds) or within it."""
+    if "ce" not in results or seeds < 2:
+        return []
+
+    def verdict(key: str, better: int, fmt: str) -> str:
+        (m, s), (m0, s0) = results[method][key], results["ce"][key]
+        diff, se = m - m0, ((s * s + s0 * s0) / seeds) ** 0.5
+        word = "within the noise" if abs(diff) <= 2 * se else "better" if better * diff > 0 else "worse"
+        return f"{diff:+{fmt}}, {word} (2 SE {2 * se:{fmt}})"
+
+    lines = []
+    for method in results:
+        if method != "ce":
+            lines.append(f"- {method} against CE: accuracy (points) {verdict('acc', 1, '.2f')}; "
+                         f"test CE {verdict('ce', -1, '.3f')}")
+    return [f"Against CE under the same selection, over {seeds} seeds (a gain beyond twice the standard error of "
+            "the difference of the means is called better or worse):", "", *lines, ""]
 
 
 def figures(row: str, results: dict[str, Any], paper: dict[str, Any] | None) -> dict[str, Any]:
