@@ -140,3 +140,40 @@ def test_a_database_away_at_the_end_is_one_line_and_resume_records_the_study(pos
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     trials = optuna.load_study(study_name="away", storage=url).trials
     assert len(trials) == 2 and len({t.user_attrs["itra_tune.trial_id"] for t in trials}) == 2
+
+
+def test_two_drivers_sharing_one_study_sample_from_each_others_trials_and_record_each_once(postgres, space_file,
+                                                                                          tmp_path):
+    import csv
+
+    import optuna
+
+    url = postgres.database("optuna")
+    space = space_file(name="both", budget={"num_samples": 3, "max_concurrent": 1})
+
+    def driver(name: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "itra_tune.search", "--space", str(space), "--name", name, "--storage-path",
+             str(tmp_path / "st"), "--optuna-storage", url, "--optuna-study", "shared", "--seed", name[-1],
+             "--tracking-uri", f"sqlite:///{tmp_path / name}.db"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def finished() -> int:
+        try:
+            return len(optuna.load_study(study_name="shared", storage=url).get_trials(
+                states=(optuna.trial.TrialState.COMPLETE,)))
+        except KeyError:  # not created yet
+            return 0
+
+    first = driver("a1")
+    _wait(lambda: finished() >= 1, first)  # the second driver starts once the study holds a finished trial
+    second = driver("b2")
+    outs = {name: proc.communicate(timeout=600) for name, proc in (("a1", first), ("b2", second))}
+    for name, proc in (("a1", first), ("b2", second)):
+        assert proc.returncode == 0, outs[name][0][-2000:] + outs[name][1][-2000:]
+    assert "the sampler learned" in outs["b2"][1] and "in the Optuna study 'shared'" in outs["b2"][1]
+    # one study: every trial of both drivers once, none other
+    keys = [t.user_attrs["itra_tune.trial_id"] for t in optuna.load_study(study_name="shared", storage=url).trials]
+    ids = {row["trial"].removeprefix("trial_") for name in ("a1", "b2")
+           for row in csv.DictReader((tmp_path / "st" / name / "trials.csv").open())}
+    assert len(keys) == 6 and set(keys) == ids

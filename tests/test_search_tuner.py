@@ -101,6 +101,39 @@ def test_searcher_is_seeded_optuna_behind_a_concurrency_limit(space_file):
     assert objectives(space, "acc_ce") == (["val_acc", "val_ce"], ["max", "min"])
 
 
+def test_a_shared_studys_sampler_learns_what_other_drivers_finished_once_before_it_suggests(space_file, tmp_path,
+                                                                                            capsys):
+    from itra_tune.search import study as study_mod
+
+    space = spaces.load(space_file())
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    stored = study_mod.create(url, "shared", "val_ce", "min")
+    dists = {p.key: p.distribution() for p in space.params}
+    for key, lam in (("other_00000", 0.2), ("other_00001", 0.3)):  # another driver's finished trials
+        study_mod.record(stored, key, {"loss.lam": lam, "loss.bandwidth": "median"}, dists, [0.5 + lam])
+    study_mod.record(stored, "other_00002", {"loss.lam": 0.4, "loss.bandwidth": "median"}, dists, None)  # failed
+    searcher = build_searcher(space, "single", seed=3, shared=(url, "shared"))
+    assert searcher.max_concurrent == 2
+    config = searcher.suggest("mine_00000")
+    sampler = searcher.searcher._ot_study
+    learned = [t for t in sampler.trials if study_mod.LEARNED_ATTR in t.user_attrs]
+    assert sorted(t.user_attrs[study_mod.LEARNED_ATTR] for t in learned) == ["other_00000", "other_00001"]
+    assert sorted(t.params["loss.lam"] for t in learned) == [0.2, 0.3] and 0.1 <= config["loss.lam"] <= 1.0
+    err = capsys.readouterr().err
+    assert "learned 2 trial(s) other drivers finished in the Optuna study 'shared' (2 in all)" in err
+    # this driver's own trial, once recorded, is not learned back; another driver's new one is, once
+    searcher.on_trial_complete("mine_00000", {"val_ce": 0.9, **config})
+    study_mod.record(stored, "mine_00000", {k: config[k] for k in dists}, dists, [0.9])
+    study_mod.record(stored, "other_00003", {"loss.lam": 0.5, "loss.bandwidth": "multiscale"}, dists, [0.6])
+    searcher.suggest("mine_00001")
+    searcher.suggest("mine_00002")
+    keys = [t.user_attrs.get(study_mod.LEARNED_ATTR) for t in sampler.trials]
+    assert sorted(k for k in keys if k) == ["other_00000", "other_00001", "other_00003"]
+    # a study ranked by another objective is refused with the fix
+    with pytest.raises(ConfigError, match="ranks by .* name another study"):
+        study_mod.create(url, "shared", "val_acc", "max")
+
+
 def test_settings_round_trip_restores_the_prepared_space(space_file, tmp_path):
     space, _ = prepare(space_file(), Options(num_samples=3, overrides=("loss.lam=0.9",)))
     save_settings(space, "acc_ce", tmp_path / "exp", "run123")

@@ -44,6 +44,7 @@ from itra_tune.search.planning import (
     record_threads,
     resume_command,
     search_params,
+    study_name,
 )
 
 DEFAULT_STORAGE = Path("runs") / "search"
@@ -167,7 +168,7 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
     from itra_tune.search import confirming, progress, record, results, study, trainable, tuner
 
     summaries, shutting_down = [], None
-    for i, ((sp, _method), name, previous) in enumerate(zip(plan, names, warm)):
+    for i, ((sp, method), name, previous) in enumerate(zip(plan, names, warm)):
         user_fn = trainable.resolve_trainable(opts.trainable or sp.trainable) if sp.trainable else None
         sp = tuner.fit_resources(sp, available)
         if user_fn is None:
@@ -183,8 +184,9 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
         stored = None
         if sp.scheduler["name"] != "pbt":  # population based training samples without Optuna
             url = study.storage_url(opts.optuna_storage, storage / name)
-            study.create(url, name, *tuner.objectives(sp, objective), previous, sp.params)
-            stored = tuner.StudyRecord(sp, objective, url, name)
+            shared = study_name(opts, name, method)
+            study.create(url, shared, *tuner.objectives(sp, objective), previous, sp.params)
+            stored = tuner.StudyRecord(sp, objective, url, shared)
         explore = confirming.exploring(sp, objective)  # the budget less the confirmation's trainings
         view = None if opts.verbose else progress.Progress(explore, epochs, total=sp.num_samples)
         if view is not None:
@@ -217,7 +219,8 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
             shutting_down = after_tune()
         if stored is not None:
             unrecorded = stored.record_all(grid, float(os.environ.get("ITRA_TUNE_DB_WAIT", 60)))
-            summary["optuna"] = {"storage": stored.url, "study": name, "dashboard": study.dashboard_command(stored.url),
+            summary["optuna"] = {"storage": stored.url, "study": stored.name,
+                                 "dashboard": study.dashboard_command(stored.url),
                                  **({"error": unrecorded} if unrecorded else {})}
             if previous is not None:
                 summary["optuna"]["warm_start"] = {"from": previous.study_name,

@@ -70,6 +70,9 @@ def parser() -> cli.Parser:
     p.add_argument("--optuna-storage", metavar="URL",
                    help="database of the Optuna study, e.g. postgresql://host/db for a cluster (default: "
                         "optuna.db in the experiment's folder)")
+    p.add_argument("--optuna-study", metavar="NAME",
+                   help="name of the stored Optuna study (default: the experiment's); drivers naming one study in "
+                        "one --optuna-storage share it, each sampling from every driver's finished trials")
     p.add_argument("--warm-start", metavar="NAME",
                    help="start from the earlier search NAME: its trials seed the sampler, its best runs first")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -52,6 +52,8 @@ class Options:
     resume: bool = False  # continue the experiment ``name`` as it was started
     seed: int = 0  # the Optuna sampler's seed
     optuna_storage: str | None = None  # the Optuna study's database URL (default a SQLite file in the experiment)
+    # the stored study's name (default the experiment's); drivers naming one study in one database share it
+    optuna_study: str | None = None
     warm_start: str | None = None  # an earlier search's name: its trials seed the sampler, its best runs first
     overrides: tuple[str, ...] = ()  # key=value overrides of the base configuration
     smoke: bool = False  # the space's smoke settings: a handful of short trials
@@ -186,6 +188,7 @@ def resume_command(space: str | Path, stem: str, opts: Options) -> str:
                     + (["--methods", ",".join(opts.methods)] if opts.methods else [])
                     + (["--storage-path", opts.storage_path] if opts.storage_path else [])
                     + (["--optuna-storage", opts.optuna_storage] if opts.optuna_storage else [])
+                    + (["--optuna-study", opts.optuna_study] if opts.optuna_study else [])
                     + (["--tracking-uri", opts.tracking_uri] if opts.tracking_uri else []))
 
 
@@ -212,6 +215,14 @@ def equal_compute(plan: list[tuple[spaces.Space, str | None]]) -> list[tuple[spa
         print(f"equal compute: {method} {1000 * c:.1f} ms a step ({c / min(cost):.2f}x), {trials} trials")
         out.append((replace(sp, num_samples=trials), method))
     return out
+
+
+def study_name(opts: Options, experiment: str, method: str | None) -> str:
+    """The stored Optuna study of ``experiment``: ``--optuna-study`` (one per method, as the experiments are), else
+    the experiment's own name."""
+    if opts.optuna_study is None:
+        return experiment
+    return f"{opts.optuna_study}-{method_slug(method)}" if method else opts.optuna_study
 
 
 def check_warm_start(plan: list[tuple[spaces.Space, str | None]], storage: Path, opts: Options) -> list[Any]:

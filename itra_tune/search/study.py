@@ -5,10 +5,13 @@ configuration is the first one evaluated.
 
 The sampler itself works on an in-memory study that Tune saves with its experiment state, so that a resumed search
 (after Ctrl-C or a killed driver) continues from one consistent snapshot; every finished trial is copied into the
-stored study as it ends (``record``), once, whatever restarts in between."""
+stored study as it ends (``record``), once, whatever restarts in between. Drivers that name one stored study share
+it (distributed Optuna): before each suggestion a driver's sampler learns the trials the others finished
+(``learn``)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +25,7 @@ from itra_tune.config import ConfigError
 DB_FILE = "optuna.db"
 OBJECTIVE_ATTR = "itra_tune.objective"  # the metric(s) and mode(s) a stored study ranks by
 TRIAL_ATTR = "itra_tune.trial_id"  # on a stored trial: Tune's id of the trial it records
+LEARNED_ATTR = "itra_tune.learned_from"  # on a sampler's trial: the stored trial (another driver's) it copies
 
 
 def storage_url(url: str | None, experiment: Path) -> str:
@@ -60,6 +64,10 @@ def create(url: str, name: str, metric: str | Sequence[str], mode: str | Sequenc
     ``previous`` holds the trials it started from too, marked ``warm_start_from``."""
     directions = [("minimize" if m == "min" else "maximize") for m in ([mode] if isinstance(mode, str) else mode)]
     study = optuna.create_study(storage=storage(url), study_name=name, directions=directions, load_if_exists=True)
+    ranked = study.user_attrs.get(OBJECTIVE_ATTR)
+    if ranked is not None and json.loads(ranked) != json.loads(objective_of(metric, mode)):
+        raise ConfigError(f"the Optuna study {name!r} in {url} ranks by {ranked}, this search by "
+                          f"{objective_of(metric, mode)}: name another study (--optuna-study)")
     study.set_user_attr(OBJECTIVE_ATTR, objective_of(metric, mode))
     if previous is not None and not study.trials:
         dists = {p.key: p.distribution() for p in params}
@@ -83,6 +91,30 @@ def record(study: optuna.Study, key: str, params: dict[str, Any], dists: dict[st
         params=params, distributions=dists, values=list(values) if ok else None, user_attrs={TRIAL_ATTR: key},
         state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL))
     return True
+
+
+@functools.cache
+def stored(url: str, name: str) -> optuna.Study:
+    """The stored study ``name``, opened once per driver (its pooled connections reconnect after a restart)."""
+    return optuna.load_study(study_name=name, storage=storage(url))
+
+
+def learn(sampler: optuna.Study, shared: optuna.Study, own: set[str], params: Sequence[spaces.Param]) -> list[str]:
+    """Copy into ``sampler`` (a driver's in-memory study) the trials of the stored study ``shared`` that other
+    drivers finished: not among ``own`` (this driver's Tune trial ids), not learned before (the sampler's copies
+    say so, and are restored with it), and points of this search's space. Returns their keys."""
+    dists = {p.key: p.distribution() for p in params}
+    known = own | {t.user_attrs.get(LEARNED_ATTR) for t in sampler.get_trials(deepcopy=False)} | {None}
+    new = [(t.user_attrs[TRIAL_ATTR], t) for t in compatible(shared, params)
+           if t.user_attrs.get(TRIAL_ATTR) not in known]
+    sampler.add_trials([optuna.trial.create_trial(params=t.params, distributions=dists, values=t.values,
+                                                  user_attrs={LEARNED_ATTR: key}) for key, t in new])
+    return [key for key, _ in new]
+
+
+def learned(sampler: optuna.Study) -> int:
+    """How many trials of other drivers ``sampler`` has learned."""
+    return sum(LEARNED_ATTR in t.user_attrs for t in sampler.get_trials(deepcopy=False))
 
 
 def load_previous(url: str, name: str, metric: str | Sequence[str], mode: str | Sequence[str]) -> optuna.Study:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
+from ray.tune.search import ConcurrencyLimiter
 
 from itra_tune import spaces, tracking
 from itra_tune.config import ConfigError
@@ -145,9 +146,11 @@ def objectives(space: spaces.Space, objective: str) -> tuple[Any, Any]:
     return space.metric, space.mode
 
 
-def build_searcher(space: spaces.Space, objective: str, seed: int, previous: Any = None) -> Any:
+def build_searcher(space: spaces.Space, objective: str, seed: int, previous: Any = None,
+                   shared: tuple[str, str] | None = None) -> Any:
     """Optuna's TPE (seeded) over the space's parameters, at most ``max_concurrent`` trials in flight;
-    ``previous``: an earlier search's stored study, whose trials seed the sampler (``--warm-start``).
+    ``previous``: an earlier search's stored study, whose trials seed the sampler (``--warm-start``); ``shared``:
+    the stored study (database URL, name) whose trials other drivers finish the sampler learns as it goes.
 
     Under population based training, which takes no searcher, Tune's random sampling of the same space
     (``param_space``) draws the first population.
@@ -163,7 +166,35 @@ def build_searcher(space: spaces.Space, objective: str, seed: int, previous: Any
     searcher = OptunaSearch(space=DefineByRun(space.params), metric=metric, mode=mode, sampler=sampler)
     if previous is not None:
         study_mod.seed(searcher._ot_study, previous, space.params)  # its in-memory study, saved with Tune's state
+    if shared is not None:
+        return SharedStudy(searcher, space.max_concurrent, *shared, space.params)
     return ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent)
+
+
+class SharedStudy(ConcurrencyLimiter):
+    """At most ``max_concurrent`` trials in flight, and before each suggestion the OptunaSearch it wraps learns the
+    trials other drivers finished in the stored study ``study`` at ``url`` (``study.learn``): drivers naming one
+    study sample as one search. Plain data only (it pickles with the Tuner); what it learned lives in the sampler's
+    study, which Tune saves with its experiment state, so a resumed driver does not learn a trial twice."""
+
+    def __init__(self, searcher: Any, max_concurrent: int, url: str, study: str,
+                 params: Sequence[spaces.Param]) -> None:
+        super().__init__(searcher, max_concurrent=max_concurrent)
+        self.url, self.study, self.params = url, study, tuple(params)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if len(self.live_trials) < self.max_concurrent:  # a suggestion is made: learn first
+            sampler = self.searcher._ot_study
+            try:
+                new = study_mod.learn(sampler, study_mod.stored(self.url, self.study), set(self.searcher._ot_trials),
+                                      self.params)
+            except Exception:  # noqa: BLE001 - the database is away: sample from what this driver knows
+                study_mod.stored.cache_clear()
+                new = []
+            if new:
+                print(f"note: the sampler learned {len(new)} trial(s) other drivers finished in the Optuna study "
+                      f"{self.study!r} ({study_mod.learned(sampler)} in all)", file=sys.stderr, flush=True)
+        return super().suggest(trial_id)
 
 
 def tune_domain(p: spaces.Param) -> Any:
@@ -525,7 +556,8 @@ def run_experiment(space: spaces.Space, epochs: int, name: str, storage: Path, c
         trainable,
         param_space={"base": space.base, **sampled},
         tune_config=tune.TuneConfig(search_alg=fixed(points, space.max_concurrent) if points else
-                                    build_searcher(space, objective, seed, previous),
+                                    build_searcher(space, objective, seed, previous,
+                                                   (study.url, study.name) if study else None),
                                     scheduler=build_scheduler(space, epochs),
                                     num_samples=space.num_samples,
                                     # Ray 2.60: under PBT a reused actor ended exploited trials an epoch or two
