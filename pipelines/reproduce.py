@@ -35,9 +35,9 @@ from itra_tune.config import ConfigError
 HERE = Path(__file__).resolve().parent
 TABLES = HERE / "paper_tables.yaml"
 RESULTS = HERE.parent / "docs" / "results"  # the published reports, a folder each
-# a recorded command's options that name the machine it ran on: --only takes them from its own command line (or the
-# defaults) instead, and the data's root from $ITRA_TUNE_DATA
-LOCAL = ("--tracking-uri", "--storage-path", "--out")
+# options that name the machine a report was made on: not recorded in its command, which --only runs with this
+# machine's (its own command line, the defaults, $ITRA_TUNE_DATA for the data's root)
+MACHINE = ("--tracking-uri", "--storage-path")
 METHODS = ("ce", "lsr", "center", "itra_c")
 REDUCED = {"epochs": 5, "subset": 12000, "num_samples": 4}  # defaults of --reduced, each its own flag too
 
@@ -225,21 +225,30 @@ def published() -> dict[str, dict[str, Any]]:
     return {p.parent.name: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*/report.json"))}
 
 
-def recipe(name: str, command: str) -> list[str]:
-    """The arguments that regenerate report ``name`` from its recorded ``command``: the options naming the machine
-    it ran on dropped (MLflow, storage, ``--set data.root=``), the report written back to its own folder."""
-    words = shlex.split(command)
-    start = next(i for i, w in enumerate(words) if w.endswith(("reproduce.py", "pipelines.reproduce"))) + 1
-    args, rest = [], iter(words[start:])
+def portable(args: list[str]) -> list[str]:
+    """``args`` without the options that name the machine they ran on: MLflow's URI, the storage path and
+    ``--set data.root=`` (a user's own come from their command line, the defaults or ``$ITRA_TUNE_DATA``)."""
+    kept, rest = [], iter(args)
     for word in rest:
-        key = word.split("=", 1)[0]
-        if key in LOCAL:
+        if word.split("=", 1)[0] in MACHINE:
             if "=" not in word:
                 next(rest, None)
         elif word == "--set" and (value := next(rest, "")).startswith("data.root="):
             continue
         else:
-            args += [word, value] if word == "--set" else [word]
+            kept += [word, value] if word == "--set" else [word]
+    return kept
+
+
+def recipe(name: str, command: str) -> list[str]:
+    """The arguments that regenerate report ``name`` from its recorded ``command`` here, written back to its own
+    folder."""
+    words = shlex.split(command)
+    start = next(i for i, w in enumerate(words) if w.endswith(("reproduce.py", "pipelines.reproduce"))) + 1
+    args = portable(words[start:])
+    if "--out" in args:
+        del args[args.index("--out"):args.index("--out") + 2]
+    args = [a for a in args if not a.startswith("--out=")]
     return args + ["--out", os.path.relpath(RESULTS / name)]
 
 
@@ -283,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = f"{experiment.removeprefix('reproduce-')}-{time.strftime('%Y%m%d-%H%M%S')}"
     t0 = time.perf_counter()
     out = Path(args.out or Path("runs") / "reproduce" / stem)
-    command = "python pipelines/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python pipelines/reproduce.py " + shlex.join(portable(list(argv if argv is not None else sys.argv[1:])))
     tracker = tracking.Tracker(uri, experiment, run_name=stem,
                                params={"protocol": proto["name"], "seeds": args.seeds, "methods": ",".join(methods),
                                        "rows": ",".join(Path(r).stem for r in rows), "command": command})

@@ -36,6 +36,11 @@ def test_reproduce_reports_every_method_over_seeds_under_one_parent_run(ray_loca
     assert [r.split("|")[1].strip() for r in rows] == ["ce", "lsr", "center", "itra_c", "itra_c:memory"]
     assert "3 seeds" in report and "Protocol: **reduced**: epochs 1" in report
     assert "Command: `python pipelines/reproduce.py --space" in report
+    assert "--storage-path" not in report  # the machine's paths are not the recipe's
+    # each method against CE under the same selection, in words
+    verdicts = [line for line in report.splitlines() if line.startswith("- ") and "against CE" in line]
+    assert [v.split()[1] for v in verdicts] == ["lsr", "center", "itra_c", "itra_c:memory"]
+    assert all(any(w in v for w in ("within the noise", "better", "worse")) for v in verdicts)
     whole = json.loads((out / "report.json").read_text())  # what it ran with, for tests/test_results.py
     assert (whole["loss_form"], whole["selection_rule"]) == ("gated", "one_se") and whole["code_version"]
     assert "loss form `gated`, selection rule `one_se`" in report
