@@ -472,8 +472,12 @@ __all__ = [
 ]
 
 
+CODE_PATHS = ("itra_tune", "search_spaces", "pipelines", "benchmarks", "pyproject.toml")
+
+
 def code_version() -> str:
-    """The package version and, inside a git checkout, the commit (with '+dirty' for local changes)."""
+    """The package version and, inside a git checkout, the commit (with '.dirty' for local changes to the code: the
+    package, the spaces, the pipelines and the benchmarks; not to the documentation or the results it holds)."""
     import subprocess
 
     from itra_tune import __version__
@@ -482,8 +486,8 @@ def code_version() -> str:
     try:
         sha = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here.parent), "status", "--porcelain", "--untracked-files=no",
+                                "--", *CODE_PATHS], capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha, dirty = "", ""
     return f"{__version__}+{sha}{'.dirty' if dirty else ''}" if sha else __version__
