@@ -199,8 +199,9 @@ def against_ce(results: dict[str, Any], seeds: int) -> list[str]:
     lines = []
     for method in results:
         if method != "ce":
+            plain = " (its search chose λ 0: it trained as plain CE)" if results[method]["lam"] == 0 else ""
             lines.append(f"- {method} against CE: accuracy (points) {verdict('acc', 1, '.2f')}; "
-                         f"test CE {verdict('ce', -1, '.3f')}")
+                         f"test CE {verdict('ce', -1, '.3f')}{plain}")
     return [f"Against CE under the same selection, over {seeds} seeds (a gain beyond twice the standard error of "
             "the difference of the means is called better or worse):", "", *lines, ""]
 
