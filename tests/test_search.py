@@ -283,6 +283,20 @@ def test_existing_experiment_needs_resume(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+def test_a_shared_study_ranked_by_another_objective_is_one_line_before_anything_is_written(tmp_path, capsys):
+    from itra_tune.search import study
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study.create(url, "shared", "val_acc", "max")  # another driver's search, ranked on accuracy
+    capsys.readouterr()
+    code = _search(["--space", "demo", "--storage-path", tmp_path / "st", "--optuna-storage", url,
+                    "--optuna-study", "shared", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the Optuna study 'shared'" in err[0] and "name another study (--optuna-study)" in err[0]
+    assert not (tmp_path / "st").exists()
+
+
 def test_unreachable_cluster_address_is_bad_input(tmp_path):
     env = {**os.environ, "RAY_gcs_rpc_server_connect_timeout_s": "3"}
     proc = subprocess.run([sys.executable, "-m", "itra_tune.search", "--space", "demo", "--address", "127.0.0.1:1",

@@ -116,6 +116,11 @@ def _run(space: str | Path, options: dict[str, Any], ending: bool = False) -> li
         from itra_tune.search import study
 
         study.storage(opts.optuna_storage)  # answers, or one line before Ray starts
+        if opts.optuna_study is not None and not opts.resume:  # a shared study ranks as this search does
+            for (sp, method), n in zip(plan, names):
+                metric, mode = (["val_acc", "val_ce"], ["max", "min"]) if opts.objective == "acc_ce" else \
+                    (sp.metric, sp.mode)
+                study.check_objective(opts.optuna_storage, study_name(opts, n, method), metric, mode)
     warm = check_warm_start(plan, storage, opts)
     for i, n in enumerate(names):
         exists = (storage / n).is_dir()

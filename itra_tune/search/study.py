@@ -63,16 +63,24 @@ def create(url: str, name: str, metric: str | Sequence[str], mode: str | Sequenc
     """The stored study of a search (created, or found when the search resumes); a new one warm-started from
     ``previous`` holds the trials it started from too, marked ``warm_start_from``."""
     directions = [("minimize" if m == "min" else "maximize") for m in ([mode] if isinstance(mode, str) else mode)]
+    check_objective(url, name, metric, mode)
     study = optuna.create_study(storage=storage(url), study_name=name, directions=directions, load_if_exists=True)
-    ranked = study.user_attrs.get(OBJECTIVE_ATTR)
-    if ranked is not None and json.loads(ranked) != json.loads(objective_of(metric, mode)):
-        raise ConfigError(f"the Optuna study {name!r} in {url} ranks by {ranked}, this search by "
-                          f"{objective_of(metric, mode)}: name another study (--optuna-study)")
     study.set_user_attr(OBJECTIVE_ATTR, objective_of(metric, mode))
     if previous is not None and not study.trials:
         dists = {p.key: p.distribution() for p in params}
         study.add_trials([_copy(t, dists, previous.study_name) for t in compatible(previous, params)])
     return study
+
+
+def check_objective(url: str, name: str, metric: str | Sequence[str], mode: str | Sequence[str]) -> None:
+    """ConfigError when the stored study ``name`` exists and ranks by another objective than this search's."""
+    try:
+        ranked = optuna.load_study(study_name=name, storage=storage(url)).user_attrs.get(OBJECTIVE_ATTR)
+    except KeyError:  # no such study yet
+        return
+    if ranked is not None and json.loads(ranked) != json.loads(objective_of(metric, mode)):
+        raise ConfigError(f"the Optuna study {name!r} in {url} ranks by {ranked}, this search by "
+                          f"{objective_of(metric, mode)}: name another study (--optuna-study)")
 
 
 def _copy(trial: Any, dists: dict[str, Any], source: str) -> Any:
