@@ -55,11 +55,11 @@ def small_resnet() -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
 
 
-def vit(patch: int) -> Callable[[], nn.Module]:
+def vit(patch: int, depth: int = 12) -> Callable[[], nn.Module]:
     def build() -> nn.Module:  # timm's ViT-tiny on 28x28 grey images: LayerNorm before the features, attention
         import timm
         return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=28, patch_size=patch,
-                                 in_chans=1, num_classes=10)
+                                 in_chans=1, num_classes=10, depth=depth)
     return build
 
 
@@ -96,6 +96,7 @@ MODELS: dict[str, Callable[[], nn.Module]] = {  # name -> builder; the comment s
     "small_resnet": small_resnet,  # BatchNorm
     "vit_p4": vit(4),  # timm ViT-tiny, 49 patches: LayerNorm, attention
     "vit_p7": vit(7),  # timm ViT-tiny, 16 patches
+    "vit_p7_d6": vit(7, depth=6),  # its first 6 blocks of 12: half the time; the test's fast run of the study
     "encoder": SmallEncoder,  # a small transformer encoder: LayerNorm, attention
 }
 

@@ -12,6 +12,12 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # other pytest-xdist worker's own training, a busy CI machine) a trial gets a few percent of a core (measured:
 # epochs 43x slower beside two CPU-bound processes). The tests' trials run at the priority of the tests' own code.
 os.environ.setdefault("RAY_worker_niceness", "0")
+# Torch's threads sleep while they wait (OpenMP's passive policy), in the tests and in every process they start (the
+# variable is inherited): several torch processes share the machine's cores (a search's trials, pytest-xdist's two
+# workers, a busy CI machine), where threads that spin waiting on a thread that is not running starve the rest.
+# Measured on 2 cores, tests/test_engine.py: quiet 14.3 s spinning, 17.5 s sleeping; beside two CPU-bound processes
+# 52.8 s spinning, 31.1 s sleeping (one thread: 19.7 s and 34.3 s).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Real datasets (Fashion-MNIST, the AG News test split) reach the tests the way they reach users: through
 # $ITRA_TUNE_DATA. CI sets it; a checkout with the project's shared data beside it finds it there.
 _BESIDE = Path(__file__).resolve().parents[2] / "shared" / "data"

