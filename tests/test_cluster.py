@@ -68,13 +68,16 @@ def test_the_rayjob_manifest_runs_a_valid_search_on_gpu_workers_with_shared_stor
 @pytest.mark.xdist_group("ray_head")
 def test_ray_job_submit_runs_a_search_on_the_cluster(space_file, cluster_env, tmp_path):
     """`ray job submit --working-dir . -- python -m itra_tune.search ...` against a head with its dashboard."""
-    port, dashboard = free_port(), free_port()
+    port, dashboard, agent, client = free_port(), free_port(), free_port(), free_port()
     temp = Path(tempfile.mkdtemp(prefix="rj", dir="/tmp"))  # Ray's unix sockets need a short path
     ray_bin = str(Path(sys.executable).parent / "ray")
     env = {**cluster_env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("MLFLOW_TRACKING_URI", None)  # MLflow's default store: the job's folder
     head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
                              "--num-cpus=2", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                             # the job runs through the head's dashboard agent, whose HTTP port defaults to 52365:
+                             # a local Ray of another test may hold that one (a submission then reached its agent)
+                             f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
                              f"--temp-dir={temp}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         deadline = time.time() + 120
