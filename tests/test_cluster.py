@@ -76,7 +76,7 @@ def test_ray_job_submit_runs_a_search_on_the_cluster(space_file, cluster_env, tm
     head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
                              "--num-cpus=2", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
                              # the job runs through the head's dashboard agent, whose HTTP port defaults to 52365:
-                             # a local Ray of another test may hold that one (a submission then reached its agent)
+                             # a local Ray of another test may hold that one (then: "No available agent to submit job")
                              f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
                              f"--temp-dir={temp}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
