@@ -29,6 +29,22 @@ def test_a_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
 
 
+def test_a_text_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A search's result files (best_config.yaml, trials.csv, summary.json): a write cut before its rename (here
+    at the flush to disk, where a kill would leave a half-written file behind a plain write) keeps the old one."""
+    path = checkpoint.write_text(tmp_path / "best_config.yaml", "loss:\n  lam: 0.5\n")
+    assert path.read_text() == "loss:\n  lam: 0.5\n"
+
+    def killed(_fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.os, "fsync", killed)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.write_text(path, "loss:\n  lam: 3.0\n" + "#" * 100_000)
+    assert path.read_text() == "loss:\n  lam: 0.5\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["best_config.yaml"]
+
+
 def test_load_refuses_pickled_objects(tmp_path):
     torch.save({"payload": Payload()}, tmp_path / "evil.pt")
     with pytest.raises(pickle.UnpicklingError):

@@ -27,8 +27,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from itra_tune import checkpoint, extras, spaces, tracking
 from itra_tune import config as config_mod
-from itra_tune import extras, spaces, tracking
 from itra_tune.config import ConfigError
 from itra_tune.search.planning import (
     METHOD_KNOBS,
@@ -235,7 +235,7 @@ def _run_searches(plan: list[tuple[spaces.Space, str | None]], names: list[str],
         summary["tracking"] = record.record(grid, summary, sp, sp_cfg, uri, parent, storage / name,
                                             opts.register and not summary["interrupted"], opts.log_models, epochs,
                                             confirmation)
-        (storage / name / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        checkpoint.write_text(storage / name / "summary.json", json.dumps(summary, indent=2, default=str))
         results.print_summary(summary, sp)
         summaries.append(summary)
         if summary["interrupted"]:

@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from itra_tune import selection, spaces, tracking
+from itra_tune import checkpoint, selection, spaces, tracking
 from itra_tune.config import UNRANKED
 
 PLAN_FILE = "confirmation.json"
@@ -95,10 +95,7 @@ def plan(ranking: list[dict[str, Any]], space: spaces.Space, path: Path) -> dict
         points.append({"candidate": c["trial"], SEED_KEY: base_seed + 1 + i,
                        "params": {p.key: c[p.key] for p in space.params if p.key in c}})
     out = {"candidates": [c["trial"] for c in candidates], "base_seed": base_seed, "points": points}
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = saved.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2, default=str))
-    tmp.replace(saved)
+    checkpoint.write_text(saved, json.dumps(out, indent=2, default=str))
     return out
 
 
@@ -224,9 +221,7 @@ def save_answer(ans: dict[str, Any], path: Path) -> None:
     if not ans:
         out.unlink(missing_ok=True)
         return
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(ans, indent=2, default=str))
-    tmp.replace(out)
+    checkpoint.write_text(out, json.dumps(ans, indent=2, default=str))
 
 
 def _candidate(name: str, seeds: list[tuple[int, dict[str, Any]]], space: spaces.Space) -> dict[str, Any]:

@@ -7,13 +7,14 @@ Everything here reads Tune's ResultGrid after ``fit`` returns; nothing here driv
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from itra_tune import cli, engine, selection, spaces
+from itra_tune import checkpoint, cli, engine, selection, spaces
 from itra_tune.config import UNRANKED
 from itra_tune.search import confirming
 from itra_tune.search.trainable import PLACEMENT, epoch_of, reported, trial_config, user_config
@@ -142,15 +143,16 @@ def write_best(summary: dict[str, Any], best: dict[str, Any], space: spaces.Spac
     best_cfg = user_config(tune_config) if space.trainable else \
         trial_config({**tune_config, "select.epoch": best["best_epoch"]}).written()
     summary["best"], summary["best_config"] = best, best_cfg
-    (path / "best_config.yaml").write_text(yaml.safe_dump(best_cfg, sort_keys=False))
+    checkpoint.write_text(path / "best_config.yaml", yaml.safe_dump(best_cfg, sort_keys=False))
 
 
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    out = io.StringIO(newline="")
+    w = csv.DictWriter(out, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    checkpoint.write_text(path, out.getvalue())
 
 
 # what a search writes beside Tune's state

@@ -17,7 +17,7 @@ from typing import Any
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 
-from itra_tune import spaces, tracking
+from itra_tune import checkpoint, spaces, tracking
 from itra_tune.config import ConfigError
 from itra_tune.search import snapshots
 from itra_tune.search import study as study_mod
@@ -277,11 +277,8 @@ def save_settings(space: spaces.Space, objective: str, path: Path, parent_run_id
     """Record the prepared search beside Tune's state, so --resume continues exactly this search."""
     raw = asdict(space)
     raw["path"] = str(space.path)
-    path.mkdir(parents=True, exist_ok=True)
-    out = path / SETTINGS_FILE
-    out.write_text(json.dumps({"space": raw, "objective": objective, "mlflow_parent_run_id": parent_run_id},
-                              indent=2))
-    return out
+    return checkpoint.write_text(path / SETTINGS_FILE, json.dumps(
+        {"space": raw, "objective": objective, "mlflow_parent_run_id": parent_run_id}, indent=2))
 
 
 def load_settings(path: Path) -> tuple[spaces.Space, str, str]:
