@@ -118,20 +118,24 @@ def check(folder: Path, name: str, trials: int, epochs: int) -> tuple[int, int, 
     return finished, wrong, lost
 
 
-def kill_a_worker(cmd: list[str], exp: Path, log: Path, epochs: int) -> int:
+def kill_a_worker(cmd: list[str], exp: Path, log: Path, epochs: int) -> tuple[int, bool]:
     """Kill the worker process of a trial in mid-training (2 epochs reported, 2 or more to go); the search's exit
-    code. A finished trial's process is not chosen: Tune reuses it for the next trial, whose end would be lost."""
+    code, and whether a worker was killed (a search that ran past every trial's middle unseen is a failed check,
+    not a pass). A finished trial's process is not chosen: Tune reuses it for the next trial, whose end would be
+    lost."""
     proc = start(cmd, log)
     deadline = time.time() + 300
+    killed = False
     while time.time() < deadline and proc.poll() is None:
         latest = [rows[-1] for rows in map(progress, exp.glob("trial_*")) if rows]
         mid = [r for r in latest if 2 <= r["epoch"] <= epochs - 2]
         if mid:
             os.kill(mid[0]["pid"], signal.SIGKILL)
             print(f"  killed worker {mid[0]['pid']} of trial {mid[0]['trial_id']}", flush=True)
+            killed = True
             break
         time.sleep(0.2)
-    return proc.wait(timeout=600)
+    return proc.wait(timeout=600), killed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,13 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{resumed}/{made} kills resumed, {finished}/{args.trials} trials finished, {wrong} duplicated or "
           f"missing epochs, {lost} lost trials (final run exit {final}; "
           f"{(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
-    code = kill_a_worker(command(sp, folder, "worker", "--max-failures", "1"), folder / "st" / "worker", log,
-                         args.epochs)
+    code, killed = kill_a_worker(command(sp, folder, "worker", "--max-failures", "1"), folder / "st" / "worker",
+                                 log, args.epochs)
     w_finished, w_wrong, w_lost = check(folder, "worker", args.trials, args.epochs)
-    print(f"worker killed: exit {code}, {w_finished}/{args.trials} trials finished, {w_wrong} duplicated or "
-          f"missing epochs, {w_lost} lost trials; logs in {log}", flush=True)
+    print(f"worker {'killed' if killed else 'NOT killed (no trial was seen in its middle epochs)'}: exit {code}, "
+          f"{w_finished}/{args.trials} trials finished, {w_wrong} duplicated or missing epochs, {w_lost} lost "
+          f"trials; logs in {log}", flush=True)
     ok = resumed == made and finished == args.trials and not wrong and not lost and final == 0
-    return 0 if ok and code == 0 and w_finished == args.trials and not w_wrong and not w_lost else 1
+    return 0 if ok and killed and code == 0 and w_finished == args.trials and not w_wrong and not w_lost else 1
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ grids of ``benchmarks.oracle``, scored by what production gets from the hand-off
         [--oracle docs/results/search-quality/oracle.json] [--out docs/results/search-quality]
 
 A strategy runs as the platform runs it, with ``max_concurrent`` trials side by side advancing an epoch at a time;
-a trial of a grid point sees the validation figures of one of the point's 3 seeds, drawn at random, and costs the
-epochs (and the seconds) that seed took. At every epoch of compute the search's pick is the trial whose selected
-epoch is best, as ``itra_tune.search`` ranks them (``itra_tune.selection``; failed and collapsed trials never).
+a trial of a grid point sees the validation figures of one of the point's seeds (8; the digits' 3), drawn at
+random, and costs the epochs (and the seconds) that seed took. At every epoch of compute the search's pick is the
+trial whose selected epoch is best, as ``itra_tune.search`` ranks them (``itra_tune.selection``; failed and
+collapsed trials never).
 
 The pick's **production figure** is what the hand-off gives: retraining its configuration selects an epoch by the
 same rule (``itra_tune.train``), so it is the test figure at each seed's selected epoch, mean over the seeds (the
@@ -76,6 +77,7 @@ class Grid:
     epochs: int
     points: list[dict[str, Any]]
     curves: list[list[dict[str, list[float]]]]  # [point][seed] -> figure -> per-epoch values
+    seeds: int  # how many seeds each point was trained with
     failed: list[list[bool]]
     full: list[list[dict[str, list[float]]]] | None = None  # the full-train grid's curves, when it was run
     full_failed: list[list[bool]] | None = None
@@ -95,16 +97,16 @@ class Grid:
         points = task.points()
         curves, failed, full, full_failed = [], [], [], []
         for p in points:
-            rs = [runs.get(oracle.run_key(name, p, s)) for s in oracle.SEEDS]
+            rs = [runs.get(oracle.run_key(name, p, s)) for s in task.seeds]
             if any(r is None for r in rs):
                 raise SystemExit(f"the oracle has no run of {name} {oracle.point_key(p)}; run benchmarks.oracle")
             curves.append([r["curves"] for r in rs])
             failed.append([r["status"] != "ok" for r in rs])
-            fs = [full_runs.get(oracle.run_key(name, p, s)) for s in oracle.SEEDS]
+            fs = [full_runs.get(oracle.run_key(name, p, s)) for s in task.seeds]
             full.append([f["curves"] if f else None for f in fs])
             full_failed.append([f is not None and f["status"] != "ok" for f in fs])
         has_full = all(c is not None for cs in full for c in cs)
-        g = cls(name, task.epochs, points, curves, failed, full if has_full else None,
+        g = cls(name, task.epochs, points, curves, len(task.seeds), failed, full if has_full else None,
                 full_failed if has_full else None)
         for fig in FIGURES:
             g.last[fig] = np.array([[WORST[fig] if f else c[fig][-1] for c, f in zip(cs, fs)]
@@ -269,7 +271,7 @@ def run_trials(grid: Grid, sampler: Sampler, scheduler: ASHA | None, metric: str
     while spent < budget:
         while len(running) < workers:
             point, handle = sampler.ask()
-            running.append(Trial(point, int(rng.integers(len(oracle.SEEDS))), optuna_trial=handle))
+            running.append(Trial(point, int(rng.integers(grid.seeds)), optuna_trial=handle))
         for t in list(running):
             if spent >= budget:
                 break
@@ -304,7 +306,7 @@ def confirmed(grid: Grid, trials: list[Trial], rule: str, trainings: int, candid
     ``candidates`` distinct points among the completed trials (all ended ones when none completed), ``trainings``
     full trainings of them in turn from the top, each on a seed it has not had, and the pick the candidate whose
     validation figures, each seed at its selected epoch, are best on average (``rule``: the space's, or ``tie``
-    on the means). The oracle holds 3 seeds a point: trainings beyond a candidate's third seed are paid for and
+    on the means). The oracle holds a few seeds a point (8; the digits 3): trainings beyond them are paid for and
     not used. Returns the pick and the seconds of the confirmation's trainings."""
     full = [t for t in trials if t.epoch >= grid.epochs] or trials
     rows = []
@@ -325,7 +327,7 @@ def confirmed(grid: Grid, trials: list[Trial], rule: str, trainings: int, candid
     seconds = 0.0
     for i in range(trainings):
         point = top[i % len(top)]["point"]
-        unused = [s for s in range(len(oracle.SEEDS)) if s not in seeds[point]]
+        unused = [s for s in range(grid.seeds) if s not in seeds[point]]
         s = int(rng.choice(unused)) if unused else None
         cost_seed = s if s is not None else seeds[point][0]
         seconds += sum(grid.seconds(point, cost_seed, e) for e in range(1, grid.epochs + 1))
@@ -350,7 +352,7 @@ def top_k(grid: Grid, metric: str, budget: int, rng: np.random.Generator) -> tup
     sign = 1.0 if SELECT[metric] == "max" else -1.0
     k = max(1, budget // 2 // grid.epochs)
     n = max(k, budget - k * (grid.epochs - 1))  # the K finalists' first epoch is part of the screening
-    screened = [(int(rng.integers(len(grid.points))), int(rng.integers(len(oracle.SEEDS)))) for _ in range(n)]
+    screened = [(int(rng.integers(len(grid.points))), int(rng.integers(grid.seeds))) for _ in range(n)]
     first = [sign * grid.curves[p][s][metric][0] if grid.curves[p][s][metric] else -math.inf for p, s in screened]
     finalists = sorted(range(n), key=lambda i: -first[i])[:k]
     done = [(max(sign * v for v in grid.curves[p][s][metric]), p) for p, s in (screened[i] for i in finalists)
@@ -470,7 +472,7 @@ def pbt(name: str, population: int, metric: str, rng: np.random.Generator) -> di
     epochs = task.epochs
     interval = max(1, epochs // 10)
     sign = 1.0 if SELECT[metric] == "max" else -1.0
-    members = [{"point": dict(points[int(rng.integers(len(points)))]), "seed": int(rng.integers(len(oracle.SEEDS))),
+    members = [{"point": dict(points[int(rng.integers(len(points)))]), "seed": int(rng.integers(len(task.seeds))),
                 "state": None, "alive": True, "best": -math.inf} for _ in range(population)]
     for start in range(0, epochs, interval):
         until = min(epochs, start + interval)
@@ -567,7 +569,7 @@ def every_point(grid: Grid, rule: str, reps: int) -> dict[str, float]:
     out: dict[str, list[float]] = {fig: [] for fig in FIGURES}
     for rep in range(reps):
         rng = np.random.default_rng([rep, zlib.crc32(rule.encode())])
-        trials = [Trial(p, int(rng.integers(len(oracle.SEEDS)))) for p in range(len(grid.points))]
+        trials = [Trial(p, int(rng.integers(grid.seeds))) for p in range(len(grid.points))]
         ended = [t for t in trials if not grid.failed[t.point][t.seed]]
         for t in ended:
             t.epoch = len(grid.curves[t.point][t.seed]["val_ce"])
@@ -745,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
         task = oracle.TASKS[name]
         grid = Grid.load(name, runs, full_runs)
         space = spaces.load(task.space)
-        print(f"\n== {name}: {len(grid.points)} points x {len(oracle.SEEDS)} seeds, {grid.epochs} epochs"
+        print(f"\n== {name}: {len(grid.points)} points x {grid.seeds} seeds, {grid.epochs} epochs"
               + ("" if grid.full is not None else " (no full-train grid: run benchmarks.oracle --full-train)"),
               flush=True)
         best = {}

@@ -23,4 +23,5 @@ def test_killed_and_resumed_searches_lose_nothing(tmp_path):
     kills = re.search(r"(\d+)/(\d+) kills resumed, (\d+)/3 trials finished, (\d+) duplicated or missing epochs, "
                       r"(\d+) lost trials", run.stdout)
     assert kills and kills[1] == kills[2] and int(kills[2]) >= 1 and kills[3] == "3" and kills[4] == kills[5] == "0"
+    assert re.search(r"  killed worker \d+ of trial \w+", run.stdout)
     assert "worker killed: exit 0, 3/3 trials finished, 0 duplicated or missing epochs, 0 lost trials" in run.stdout
