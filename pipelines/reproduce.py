@@ -288,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--seeds must be at least 1 but got {args.seeds}")
     experiment, title, rows = plan(args)
     proto = protocol(args)
+    for row in rows:  # before anything is written: two methods that would run one search are refused
+        search.check_methods(spaces.load(row), methods)
     uri = tracking.resolve_uri(args.tracking_uri)
     tracking.check_reachable(uri)
     stem = f"{experiment.removeprefix('reproduce-')}-{time.strftime('%Y%m%d-%H%M%S')}"

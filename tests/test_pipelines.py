@@ -69,6 +69,20 @@ def test_reproduce_reports_every_method_over_seeds_under_one_parent_run(ray_loca
                for m in ("ce", "center", "itra_c", "itra_c-memory"))
 
 
+def test_reproduce_refuses_two_methods_that_run_one_search_before_anything_runs(tmp_path, capsys):
+    """ag_news_minilm draws S2 from a memory: its itra_c beside itra_c:memory would be two identical rows."""
+    from itra_tune import cli
+
+    module = _load("reproduce")
+    argv = ["--space", "ag_news_minilm", "--methods", "ce,itra_c,itra_c:memory", "--out", str(tmp_path / "out"),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    assert cli.run("python pipelines/reproduce.py", module.main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'itra_c' and 'itra_c:memory' are the same search on ag_news_minilm (its S2 pairing " \
+        "is memory)" in err[0]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+
+
 def test_reproduce_refuses_an_unknown_row_before_anything_runs(tmp_path, capsys):
     from itra_tune import cli
 

@@ -34,6 +34,7 @@ from itra_tune.search.planning import (
     METHOD_KNOBS,
     OBJECTIVES,
     Options,
+    check_methods,
     check_warm_start,
     code_folders,
     equal_compute,
@@ -275,5 +276,5 @@ def _earlier_runs(path: Path) -> dict[str, float]:
         return {"wall_time_s": 0.0, "runs": 0}
 
 
-__all__ = ["DEFAULT_STORAGE", "METHOD_KNOBS", "Options", "method_slug", "method_space", "parse_method", "prepare",
-           "run"]
+__all__ = ["DEFAULT_STORAGE", "METHOD_KNOBS", "Options", "check_methods", "method_slug", "method_space", "parse_method",
+           "prepare", "run"]

@@ -92,8 +92,7 @@ def prepare(space: str | Path, opts: Options) -> tuple[spaces.Space, config_mod.
     sp = replace(sp, base=cfg.to_dict())
     engine.check(cfg, here=False)  # the trials open their device where they run (a GPU node, not the driver's)
     engine.check_available(cfg)
-    for m in opts.methods:
-        method_space(sp, m)
+    check_methods(sp, opts.methods)
     return sp, cfg
 
 
@@ -180,6 +179,25 @@ def method_space(space: spaces.Space, method: str) -> spaces.Space:
         own = [METHOD_KNOBS[loss]]
     base = config_mod.apply_overrides(space.base, [f"loss.name={loss}"] + ([f"data.pairing={pairing}"] * bool(pairing)))
     return replace(space, name=f"{space.name}-{method_slug(method)}", base=base, params=tuple(shared + own))
+
+
+def check_methods(space: spaces.Space, methods: tuple[str, ...] | list[str]) -> None:
+    """Each method's space builds, and no two methods run the same search: ``itra_c`` on a space whose S2 pairing
+    is ``memory`` beside ``itra_c:memory`` would make two identical rows labelled as a comparison of pairings."""
+    seen: dict[tuple[str, str | None], str] = {}
+    for m in methods:
+        ms = method_space(space, m)
+        loss, _ = parse_method(m)
+        pairing = None
+        if loss.startswith("itra"):
+            searched = any(p.key == "data.pairing" for p in ms.params)
+            pairing = "searched" if searched else ms.base_config().data.pairing
+        if (loss, pairing) in seen:
+            raise ConfigError(f"--methods: {seen[loss, pairing]!r} and {m!r} are the same search on {space.name}"
+                              + (f" (its S2 pairing is {pairing})" if pairing else "")
+                              + f"; name each pairing compared, e.g. {loss}:independent,{loss}:memory"
+                              * bool(pairing))
+        seen[loss, pairing] = m
 
 
 def resume_command(space: str | Path, stem: str, opts: Options) -> str:
