@@ -158,9 +158,13 @@ def test_two_drivers_sharing_one_study_sample_from_each_others_trials_and_record
              "--tracking-uri", f"sqlite:///{tmp_path / name}.db"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
+    # one storage, one pool, for every poll: a storage per poll leaves its connections open until collected, and
+    # the polls of a slow first trial took every one the server allows (FATAL: sorry, too many clients already)
+    storage = optuna.storages.RDBStorage(url)
+
     def finished() -> int:
         try:
-            return len(optuna.load_study(study_name="shared", storage=url).get_trials(
+            return len(optuna.load_study(study_name="shared", storage=storage).get_trials(
                 states=(optuna.trial.TrialState.COMPLETE,)))
         except KeyError:  # not created yet
             return 0
@@ -173,7 +177,7 @@ def test_two_drivers_sharing_one_study_sample_from_each_others_trials_and_record
         assert proc.returncode == 0, outs[name][0][-2000:] + outs[name][1][-2000:]
     assert "the sampler learned" in outs["b2"][1] and "in the Optuna study 'shared'" in outs["b2"][1]
     # one study: every trial of both drivers once, none other
-    keys = [t.user_attrs["itra_tune.trial_id"] for t in optuna.load_study(study_name="shared", storage=url).trials]
+    keys = [t.user_attrs["itra_tune.trial_id"] for t in optuna.load_study(study_name="shared", storage=storage).trials]
     ids = {row["trial"].removeprefix("trial_") for name in ("a1", "b2")
            for row in csv.DictReader((tmp_path / "st" / name / "trials.csv").open())}
     assert len(keys) == 6 and set(keys) == ids
