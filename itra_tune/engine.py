@@ -13,7 +13,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -246,15 +246,25 @@ def unmatched(history: list[dict[str, float]], lam: float) -> str | None:
     return None
 
 
+class Evaluation(NamedTuple):
+    """The figures of one pass over a split."""
+
+    acc: float
+    ce: float  # the mean cross-entropy
+    ce_se: float  # its standard error: the per-example CE's standard deviation over sqrt(n)
+    features: Tensor | None = None  # those of ``evaluate``'s ``keep`` rows, in its order
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Any, device: torch.device, amp: bool = False,
-             keep: Tensor | None = None) -> Any:
-    """Accuracy and mean cross-entropy over all examples of ``batches``; with ``keep`` (rows of the examples, in
-    the order ``batches`` yields them), also the features of those rows, in ``keep``'s order, from the same
-    forward pass (what ``compactness`` measures, without a pass of its own)."""
+             keep: Tensor | None = None) -> Evaluation:
+    """Accuracy, mean cross-entropy and its standard error over all examples of ``batches``; with ``keep`` (rows of
+    the examples, in the order ``batches`` yields them), also the features of those rows, in ``keep``'s order, from
+    the same forward pass (what ``compactness`` measures, without a pass of its own)."""
     model.eval()
     correct = torch.zeros((), device=device)
     ce = torch.zeros((), device=device, dtype=torch.float64)
+    ce_sq = torch.zeros((), device=device, dtype=torch.float64)
     n = 0
     kept: list[Tensor] = []
     if keep is not None:
@@ -269,16 +279,20 @@ def evaluate(model: nn.Module, batches: Any, device: torch.device, amp: bool = F
                 logits = model.head(h).float()
                 places = slot[n:n + y.shape[0]]
                 kept.append((places[places >= 0], h[: places.numel()][places >= 0].float()))
-        ce += F.cross_entropy(logits, y, reduction="sum").double()
+        per = F.cross_entropy(logits, y, reduction="none").double()
+        ce += per.sum()
+        ce_sq += per.square().sum()
         correct += (logits.argmax(1) == y).sum()
         n += y.shape[0]
     acc, mean_ce = (correct / max(n, 1)).item(), (ce / max(n, 1)).item()
+    var = (ce_sq.item() - n * mean_ce ** 2) / (n - 1) if n > 1 else 0.0
+    se = math.sqrt(max(var, 0.0) / n) if n > 1 else math.nan
     if keep is None:
-        return acc, mean_ce
+        return Evaluation(acc, mean_ce, se)
     features = torch.empty(keep.numel(), model.feature_dim, device=device)
     for places, h in kept:
         features[places] = h
-    return acc, mean_ce, features
+    return Evaluation(acc, mean_ce, se, features)
 
 
 @torch.no_grad()
@@ -369,10 +383,12 @@ def _fit(config: Config, device: torch.device, report: Report | None, resume: di
         if not per_step:
             schedule.step()
         if data.val is not None:  # without a validation split nothing is selected: no val_* metrics at all
-            row["val_acc"], row["val_ce"] = evaluate(model, data.val, device, amp)
+            val = evaluate(model, data.val, device, amp)
+            row["val_acc"], row["val_ce"], row["val_ce_se"] = val.acc, val.ce, val.ce_se
             row["val_count"] = val_count  # what the one_se rule's standard error is of
-        row["test_acc"], row["test_ce"], h_c = evaluate(model, data.test, device, amp, keep=rows_c)
-        row["compactness"] = compactness(model, None, y_c, features=h_c)
+        test = evaluate(model, data.test, device, amp, keep=rows_c)
+        row["test_acc"], row["test_ce"] = test.acc, test.ce
+        row["compactness"] = compactness(model, None, y_c, features=test.features)
         row.update(epoch=epoch + 1, lr=lr, epoch_time=time.perf_counter() - t0)
         history.append(row)
         kept = keep_contenders(kept, history, config.select, model)

@@ -47,8 +47,9 @@ SMOKE_TAG = "itra_tune.smoke"  # on a search's parent run: "true" for a --smoke 
 ANSWER_ARTIFACT = "answer.json"  # on a search's parent run: the answer, mean ± spread over seeds (search.confirming)
 CONFIRMS_TAG = "itra_tune.confirms"  # on a confirmation's trial run: the exploring trial it re-trains on a new seed
 EPOCH_TAG = "itra_tune.epoch"  # on a LoggedModel: the epoch of the checkpoint it holds
-EPOCH_METRICS = ("train_ce", "val_acc", "val_ce", "test_acc", "test_ce", "match_loss", "compactness", "lr", "lam",
-                 "lam_applied")  # lam: the configured lambda (PBT moves it); lam_applied: the gate's, the mean
+# lam: the configured lambda (PBT moves it); lam_applied: the gate's, the mean
+EPOCH_METRICS = ("train_ce", "val_acc", "val_ce", "val_ce_se", "test_acc", "test_ce", "match_loss", "compactness",
+                 "lr", "lam", "lam_applied")
 HEADLINE_METRICS = ("val_acc", "val_ce", "test_acc", "test_ce")  # logged as best_<name>: the selected epoch's
 # MLflow 3 opens an experiment in its GenAI view unless it says it holds model training.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}

@@ -157,6 +157,23 @@ def test_unknown_device_is_bad_input(tiny_config):
         engine.fit(tiny_config(device="tpu"))
 
 
+def test_evaluation_gives_the_mean_ce_with_its_standard_error_over_the_examples(tiny_config):
+    # val_ce_se: how precisely one validation split measures the CE, the per-example CE's spread over sqrt(n)
+    from itra_tune import data as data_mod
+
+    cfg = tiny_config(**{"model.name": "small_cnn", "train.epochs": 1, "data.val_fraction": 0.2})
+    result = engine.fit(cfg)
+    d = data_mod.build(cfg.data, torch.device("cpu"), cfg.seed, paired=False)
+    model = result.model.eval()
+    with torch.no_grad():
+        per = torch.cat([torch.nn.functional.cross_entropy(model(x), y, reduction="none") for x, y in d.val]).double()
+    figures = engine.evaluate(model, d.val, torch.device("cpu"))
+    assert figures.ce == pytest.approx(per.mean().item(), rel=1e-5)
+    assert figures.ce_se == pytest.approx((per.std() / per.numel() ** 0.5).item(), rel=1e-4)
+    assert 0 < figures.ce_se < figures.ce
+    assert all(r["val_ce_se"] > 0 for r in result.history)  # every epoch reports it beside val_ce
+
+
 def test_compactness_from_the_test_pass_equals_its_own_pass(tiny_config):
     # the engine takes the compactness sample's features from the test evaluation's forward pass
     from itra_tune import data as data_mod
@@ -165,9 +182,9 @@ def test_compactness_from_the_test_pass_equals_its_own_pass(tiny_config):
     model = engine.fit(cfg).model
     d = data_mod.build(cfg.data, torch.device("cpu"), cfg.seed, paired=False)
     x, y = d.sample("test", 2 * cfg.train.compactness_samples)
-    acc, ce, h = engine.evaluate(model, d.test, torch.device("cpu"),
-                                 keep=d.sample_index("test", 2 * cfg.train.compactness_samples))
-    assert (acc, ce) == engine.evaluate(model, d.test, torch.device("cpu"))
+    acc, ce, se, h = engine.evaluate(model, d.test, torch.device("cpu"),
+                                     keep=d.sample_index("test", 2 * cfg.train.compactness_samples))
+    assert (acc, ce, se, None) == engine.evaluate(model, d.test, torch.device("cpu"))
     torch.testing.assert_close(h, model.eval().features(x))
     assert engine.compactness(model, None, y, features=h) == pytest.approx(engine.compactness(model, x, y))
 
@@ -197,7 +214,8 @@ def test_a_run_keeps_the_weights_of_every_epoch_it_may_still_hand_over(tiny_conf
     assert best["metrics"]["epoch"] == result.best["epoch"]
     model = models.build(cfg.model.name, d.num_classes, d.input_shape)
     model.load_state_dict(best["model"])
-    assert engine.evaluate(model, d.val, torch.device("cpu")) == (result.best["val_acc"], result.best["val_ce"])
+    assert engine.evaluate(model, d.val, torch.device("cpu"))[:3] == \
+        (result.best["val_acc"], result.best["val_ce"], result.best["val_ce_se"])
 
 
 def test_a_search_checks_the_device_name_on_its_driver_and_the_trial_opens_it(tiny_config):
