@@ -45,9 +45,10 @@ from itra_tune.config import SelectConfig
 
 BUDGETS = (1, 2, 4, 8, 16, 32)  # compute, in full trainings (epochs / the task's epochs)
 SELECT = {"val_acc": "max", "val_ce": "min"}
-RULES = ("val_ce", "val_acc", "tie")  # how a trial's epoch and the search's pick are chosen (``selected_epoch``)
+TIE_RULES = {"tie": "one_se", "tie_ce": "one_se_ce"}  # the benchmark's names of the windowed rules
+RULES = ("val_ce", "val_acc", "tie", "tie_ce")  # how a trial's epoch and the search's pick are chosen
 DEFAULT_RULE = "val_ce"  # whose seed spread is the noise the regrets are read against (as before one_se shipped)
-SHIPPED_RULE = "tie" if spaces.DEFAULT_RULE == "one_se" else spaces.DEFAULT_METRIC  # the rule a search ships with
+SHIPPED_RULE = {"one_se": "tie", "one_se_ce": "tie_ce"}.get(spaces.DEFAULT_RULE, spaces.DEFAULT_METRIC)  # shipped
 VAL_SIZE = {"fmnist_overfit": 6000, "fmnist_cosine": 6000, "digits": 270, "fmnist_adamw": 6000,  # validation
             "digits_adamw": 270}  # examples
 FIGURES = ("test_acc", "test_ce")
@@ -56,17 +57,26 @@ WORST = {"test_acc": 0.1, "test_ce": math.log(10)}  # a failed run's figure: cha
 
 def rule_of(rule: str) -> SelectConfig:
     """``itra_tune.selection``'s rule by the benchmark's name for it: ``val_ce`` and ``val_acc`` select by that
-    metric alone, ``tie`` is the one-standard-error rule (the shipped default, ranked as a search ranks it)."""
-    if rule == "tie":
-        return SelectConfig(rule="one_se")
+    metric alone, ``tie`` is the one-standard-error rule (the shipped default, ranked as a search ranks it),
+    ``tie_ce`` the same guarded in CE (``one_se_ce``)."""
+    if rule in TIE_RULES:
+        return SelectConfig(rule=TIE_RULES[rule])
     return SelectConfig(rule="metric", metric=rule, mode=SELECT[rule])
+
+
+def val_row(curves: dict[str, list[float]], epoch: int, val_size: int) -> dict[str, Any]:
+    """What a run reports of its validation at ``epoch`` (from 1): accuracy, CE, the count, and the CE's standard
+    error where the oracle recorded it (runs cached before the engine reported it have none)."""
+    row = {"epoch": epoch, "val_acc": curves["val_acc"][epoch - 1], "val_ce": curves["val_ce"][epoch - 1],
+           selection.COUNT: val_size}
+    if selection.CE_SE in curves:
+        row[selection.CE_SE] = curves[selection.CE_SE][epoch - 1]
+    return row
 
 
 def selected_epoch(curves: dict[str, list[float]], upto: int, rule: str, val_size: int) -> int:
     """The epoch (from 1) a run of ``upto`` epochs hands over, by ``itra_tune.selection``'s rule."""
-    rows = [{"epoch": e + 1, "val_acc": curves["val_acc"][e], "val_ce": curves["val_ce"][e],
-             selection.COUNT: val_size} for e in range(upto)]
-    return selection.best(rows, rule_of(rule))["epoch"]
+    return selection.best([val_row(curves, e, val_size) for e in range(1, upto + 1)], rule_of(rule))["epoch"]
 
 
 @dataclass
@@ -246,8 +256,7 @@ def choose(grid: Grid, trials: list[Trial], rule: str) -> int | None:
     for t in trials:
         c = grid.curves[t.point][t.seed]
         e = selected_epoch(c, t.epoch, rule, VAL_SIZE[grid.name])
-        rows.append({"val_acc": c["val_acc"][e - 1], "val_ce": c["val_ce"][e - 1], "point": t.point,
-                     selection.COUNT: VAL_SIZE[grid.name]})
+        rows.append({**val_row(c, e, VAL_SIZE[grid.name]), "point": t.point})
     if not rows:
         return None
     return selection.best(rows, rule_of(rule))["point"]
@@ -313,8 +322,7 @@ def confirmed(grid: Grid, trials: list[Trial], rule: str, trainings: int, candid
     for t in full:
         c = grid.curves[t.point][t.seed]
         e = selected_epoch(c, t.epoch, rule, VAL_SIZE[grid.name])
-        rows.append({"val_acc": c["val_acc"][e - 1], "val_ce": c["val_ce"][e - 1], "point": t.point, "seed": t.seed,
-                     selection.COUNT: VAL_SIZE[grid.name]})
+        rows.append({**val_row(c, e, VAL_SIZE[grid.name]), "point": t.point, "seed": t.seed})
     order = selection.ranked(rows, rule_of(rule))
     top: list[dict[str, Any]] = []
     for r in order:
@@ -410,8 +418,8 @@ def strategies(task: oracle.Task, space: spaces.Space, epochs: int) -> list[Stra
     for metric in SELECT:
         out += [
             Strategy("tpe", metric, "tie", search("tpe", metric, None, "tie")),
-            Strategy(f"tpe+asha (grace {late}, rf {late_rf})", metric, "tie",
-                     search("tpe", metric, (late, late_rf), "tie")),
+            *(Strategy(f"tpe+asha (grace {late}, rf {late_rf})", metric, rule,
+                       search("tpe", metric, (late, late_rf), rule)) for rule in TIE_RULES),
         ]
     shipped = f"tpe+asha (grace {late}, rf {late_rf})" if space.scheduler["name"] == "asha" else "tpe"
 
@@ -432,11 +440,11 @@ def strategies(task: oracle.Task, space: spaces.Space, epochs: int) -> list[Stra
         return run
 
     for share, candidates in CONFIRMATIONS:
-        for rule in (space.metric, "tie"):
+        for rule in (space.metric, "tie", "tie_ce"):
             out.append(Strategy(f"{shipped} + confirm {share:g} of the budget, {candidates} best", space.metric, rule,
                                 confirming(share, candidates, rule)))
     default = (space.confirm_share, space.confirm_candidates)
-    rule = "tie" if space.rule == "one_se" else space.metric  # the shipped rule, by the benchmark's name
+    rule = {v: k for k, v in TIE_RULES.items()}.get(space.rule, space.metric)  # the shipped rule, by its name here
     return [replace(s, default=True) if (s.name, s.metric, s.select) == (
         f"{shipped} + confirm {default[0]:g} of the budget, {default[1]} best" if default[0] else shipped,
         space.metric, rule) else s for s in out]
@@ -721,6 +729,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pbt-reps", type=int, default=5, help="repetitions of population based training (trained)")
     p.add_argument("--pbt-budgets", default="8", help="populations of PBT, in full trainings")
     p.add_argument("--oracle", type=Path, default=oracle.OUT)
+    p.add_argument("--seeds", type=int, help="replay each task's first N seeds only (an oracle trained with fewer)")
     p.add_argument("--oracle-full", type=Path, default=oracle.FULL_OUT,
                    help="the full-train grid, where it was run (none: score the kept checkpoint only)")
     p.add_argument("--out", type=Path, default=oracle.OUT.parent)
@@ -744,6 +753,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {}
     for name in args.tasks.split(","):
+        if args.seeds:
+            oracle.TASKS[name] = replace(oracle.TASKS[name], seeds=oracle.TASKS[name].seeds[:args.seeds])
         task = oracle.TASKS[name]
         grid = Grid.load(name, runs, full_runs)
         space = spaces.load(task.space)

@@ -98,7 +98,7 @@ BANDWIDTHS = ("median", "mean", "fixed", "multiscale")  # kernel bandwidth schem
 FORMS = ("gated", "guarded", "scale_invariant", "paper")
 # what may select an epoch or a trial (itra_tune.selection): validation figures, never the test split's
 SELECT_METRICS = {"val_ce": "min", "val_acc": "max"}
-SELECT_RULES = ("one_se", "metric")  # itra_tune.selection
+SELECT_RULES = ("one_se", "one_se_ce", "metric")  # itra_tune.selection
 UNRANKED = ("failed", "collapsed")  # trial statuses that never rank: an error, or a matching loss's collapse
 ENGINE = "itra_tune.engine"  # the trainable a search records when it trains with the engine, not a user's
 
@@ -222,7 +222,8 @@ class SelectConfig:
     the configuration it hands to production, so that retraining selects what the search selected."""
 
     # one_se: the lowest validation CE among the epochs whose validation accuracy is within one standard error of
-    # the best; metric: the metric below alone. one_se by default: one validation split cannot rank closer
+    # the best; one_se_ce: the same, unless the lowest validation CE is lower by more than its standard error;
+    # metric: the metric below alone. one_se by default: one validation split cannot rank closer
     # accuracies, and CE ranks the tied ones as their test CE does (docs/results/search-quality.md)
     rule: str = "one_se"
     # the validation figure that selects under the metric rule (val_ce or val_acc; ties go to the lower val_ce,

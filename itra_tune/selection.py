@@ -1,11 +1,16 @@
 """One notion of best: the epoch a run hands over and the trial a search selects.
 
-Two rules (a configuration's ``select.rule``, a space's ``rule``):
+Three rules (a configuration's ``select.rule``, a space's ``rule``):
 
 - ``one_se`` (the default): the statistician's one-standard-error rule. Validation accuracies within one binomial
   standard error of the best one, sqrt(a (1 - a) / n) on the n validation examples, count as tied, and the lowest
   validation CE among them wins. One validation split cannot rank accuracies closer than that; CE ranks the tied
   ones as their test CE does (``docs/results/search-quality.md`` measures both rules).
+- ``one_se_ce``: ``one_se``, guarded in CE: its pick, unless that pick's validation CE is beyond one standard error
+  of the lowest validation CE (``val_ce_se``, the engine's, of the lowest epoch); then the lowest validation CE.
+  Where CE overfits while accuracy still creeps up, ``one_se``'s window holds only late epochs of higher CE, and
+  this keeps the CE the split can tell apart (``docs/results/search-quality.md`` measures it beside ``one_se``).
+  Rows without ``val_ce_se`` are judged as ``one_se`` judges them.
 - ``metric``: the validation metric alone (``select.metric`` and ``select.mode``), ties to the lower validation
   CE. A user trainable's metric is selected this way, and so is any history without the validation count.
 
@@ -32,6 +37,8 @@ from itra_tune.config import SelectConfig
 
 TIE_METRIC = "val_ce"  # what breaks a tie of the selecting metric, and what ranks the tied ones under one_se
 COUNT = "val_count"  # the validation examples behind an epoch's figures (the engine reports it with them)
+CE_SE = "val_ce_se"  # the standard error of an epoch's validation CE (the engine reports it with them)
+WINDOWED = ("one_se", "one_se_ce")  # the rules that judge accuracies within their standard error
 NAMES = {"val_ce": "validation CE", "val_acc": "validation accuracy"}
 _TIE_WEIGHT = 1e-9  # small enough never to reorder distinct values of a metric, large enough to order equal ones
 
@@ -89,13 +96,28 @@ def _one_se(rows: Sequence[dict[str, Any]], judged: list[tuple[int, float, float
     return min((c, i) for i, a, c in judged if a >= floor)[1]
 
 
+def _lowest_ce(judged: list[tuple[int, float, float]]) -> int:
+    return min((c, i) for i, _, c in judged)[1]
+
+
+def _pick(rows: Sequence[dict[str, Any]], judged: list[tuple[int, float, float]], rule: str) -> int:
+    """The position ``rule`` (one of ``WINDOWED``) picks among the judged rows."""
+    chosen = _one_se(rows, judged)
+    if rule == "one_se_ce":
+        lowest = _lowest_ce(judged)
+        se = _number(rows[lowest].get(CE_SE))
+        if se is not None and rows[chosen][TIE_METRIC] > rows[lowest][TIE_METRIC] + se:
+            return lowest
+    return chosen
+
+
 def best(rows: Iterable[dict[str, Any]], rule: SelectConfig) -> dict[str, Any] | None:
     """The row ``rule`` selects among ``rows`` (epochs of a run, or trials at their selected epochs); None when
     no row has the figures it selects by."""
     rows = list(rows)
-    judged = _judged(rows) if rule.rule == "one_se" else None
+    judged = _judged(rows) if rule.rule in WINDOWED else None
     if judged is not None:
-        return rows[_one_se(rows, judged)]
+        return rows[_pick(rows, judged, rule.rule)]
     top, top_score = None, -math.inf
     for row in rows:
         s = score(row, rule.metric, rule.mode)
@@ -122,9 +144,9 @@ def contenders(history: Sequence[dict[str, Any]], rule: SelectConfig) -> list[in
     """The epochs of ``history`` that ``rule`` may still hand over, whatever epochs come after: the ones whose
     weights a training keeps. Under ``metric``, the best so far; under ``one_se``, the epochs in the tolerance
     window that no other epoch beats on both accuracy (as high or higher) and CE (lower, or equal and earlier):
-    an epoch so beaten is never the lowest CE of any window that holds it. Without validation figures: none
-    (the run hands over its last epoch, which it has)."""
-    judged = _judged(history) if rule.rule == "one_se" else None
+    an epoch so beaten is never the lowest CE of any window that holds it; under ``one_se_ce``, those and the
+    lowest CE so far. Without validation figures: none (the run hands over its last epoch, which it has)."""
+    judged = _judged(history) if rule.rule in WINDOWED else None
     if judged is None:
         chosen = best(history, rule)
         return [int(chosen["epoch"])] if chosen is not None and rule.metric in chosen else []
@@ -135,7 +157,9 @@ def contenders(history: Sequence[dict[str, Any]], rule: SelectConfig) -> list[in
         if (c, i) < lowest:
             out.append(int(history[i]["epoch"]))
             lowest = (c, i)
-    return sorted(out)
+    if rule.rule == "one_se_ce":
+        out.append(int(history[_lowest_ce(judged)]["epoch"]))
+    return sorted(set(out))
 
 
 def handed_over(history: Sequence[dict[str, Any]], rule: SelectConfig) -> dict[str, Any]:
@@ -155,6 +179,9 @@ def describe(rule: SelectConfig, validated: bool) -> str:
     """How a run's epoch was chosen, for a person: ``by validation CE`` or ``the search's selected epoch``."""
     if validated and rule.rule == "one_se":
         return "the lowest validation CE within one standard error of the best validation accuracy"
+    if validated and rule.rule == "one_se_ce":
+        return ("the lowest validation CE within one standard error of the best validation accuracy, unless the "
+                "lowest validation CE is lower by more than its standard error")
     if validated:
         return f"by {NAMES.get(rule.metric, rule.metric)}"
     return "the search's selected epoch: no validation split" if rule.epoch is not None else \

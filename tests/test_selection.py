@@ -13,6 +13,7 @@ from itra_tune.config import ConfigError, SelectConfig, from_dict
 VAL_CE = SelectConfig(rule="metric", metric="val_ce", mode="min")
 VAL_ACC = SelectConfig(rule="metric", metric="val_acc", mode="max")
 ONE_SE = SelectConfig()  # the default
+ONE_SE_CE = SelectConfig(rule="one_se_ce")
 
 
 def _rows(*figures, count=None):
@@ -33,6 +34,24 @@ def test_one_se_takes_the_lowest_ce_among_accuracies_within_one_standard_error_o
     assert selection.best(_rows((0.90, 0.3), (0.895, 0.3), count=400), ONE_SE)["epoch"] == 1
 
 
+def test_one_se_ce_keeps_one_se_unless_the_lowest_ce_is_lower_by_more_than_its_standard_error():
+    # CE overfits while accuracy still creeps up: one_se's window (0.885 and up on 400 examples) holds only the
+    # late epochs, whose CE is 0.25 above the lowest
+    rows = _rows((0.850, 0.30), (0.880, 0.35), (0.890, 0.55), (0.900, 0.60), count=400)
+    assert selection.best(rows, ONE_SE)["epoch"] == 3
+    for row in rows:
+        row["val_ce_se"] = 0.05
+    assert selection.best(rows, ONE_SE_CE)["epoch"] == 1  # 0.55 > 0.30 + 0.05: the lowest CE
+    rows[0]["val_ce_se"] = 0.3
+    assert selection.best(rows, ONE_SE_CE)["epoch"] == 3  # 0.55 <= 0.30 + 0.3: the split cannot tell them apart
+    assert selection.contenders(rows, ONE_SE_CE) == [1, 3, 4]  # one_se's contenders, and the lowest CE
+    for row in rows:
+        del row["val_ce_se"]  # a history without the standard error (an older run's): judged as one_se
+    assert selection.best(rows, ONE_SE_CE) is selection.best(rows, ONE_SE)
+    assert "unless the lowest validation CE" in selection.describe(ONE_SE_CE, validated=True)
+    assert from_dict({"select": {"rule": "one_se_ce"}}).select.rule == "one_se_ce"
+
+
 def test_one_se_without_the_validation_count_is_the_metric_rule():
     rows = _rows((0.880, 0.20), (0.886, 0.30), (0.900, 0.40))  # a user trainable's reports, say
     assert selection.best(rows, ONE_SE) is selection.best(rows, VAL_CE)
@@ -48,7 +67,10 @@ def test_one_se_ranks_trials_by_taking_its_pick_then_its_pick_of_the_rest():
 def _curve(rng, epochs):
     acc = np.clip(0.6 + np.cumsum(rng.normal(0.01, 0.02, epochs)), 0.0, 1.0)
     ce = np.abs(1.0 - np.cumsum(rng.normal(0.02, 0.05, epochs)))
-    return _rows(*zip(acc.round(3).tolist(), ce.round(3).tolist()), count=int(rng.choice([50, 400, 6000])))
+    rows = _rows(*zip(acc.round(3).tolist(), ce.round(3).tolist()), count=int(rng.choice([50, 400, 6000])))
+    for row, se in zip(rows, rng.uniform(0.0, 0.1, epochs).round(3)):
+        row["val_ce_se"] = float(se)
+    return rows
 
 
 def test_the_epoch_handed_over_at_the_end_was_a_contender_at_every_epoch_since_it_was_trained():
@@ -56,7 +78,7 @@ def test_the_epoch_handed_over_at_the_end_was_a_contender_at_every_epoch_since_i
     rng = np.random.default_rng(0)
     for _ in range(300):
         history = _curve(rng, int(rng.integers(1, 30)))
-        for rule in (ONE_SE, VAL_CE, VAL_ACC):
+        for rule in (ONE_SE, ONE_SE_CE, VAL_CE, VAL_ACC):
             for end in range(1, len(history) + 1):
                 pick = selection.best(history[:end], rule)["epoch"]
                 for t in range(pick, end + 1):
@@ -116,7 +138,7 @@ def test_training_stops_at_the_selected_epoch_only_without_validation():
 @pytest.mark.parametrize(("select", "message"), [
     ({"metric": "test_acc"}, "select.metric 'test_acc' cannot select; choose one of val_ce, val_acc"),
     ({"mode": "up"}, "select.mode must be min or max"),
-    ({"rule": "best"}, "select.rule unknown rule 'best'; choose one of one_se, metric"),
+    ({"rule": "best"}, "select.rule unknown rule 'best'; choose one of one_se, one_se_ce, metric"),
     ({"epoch": 7}, r"select.epoch must be null or an epoch from 1 to train.epochs \(6\) but got 7"),
 ])
 def test_a_bad_rule_is_one_line_naming_the_key(select, message):

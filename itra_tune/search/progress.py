@@ -107,7 +107,8 @@ class Progress(tune.Callback):
         short = [p.key.rsplit(".", 1)[-1] for p in space.params]
         self.params = {p.key: (s if short.count(s) == 1 else p.key) for p, s in zip(space.params, short)}
         self.rule = space.select
-        self.keys = list(dict.fromkeys([*self.shown, "val_acc", "val_ce", selection.COUNT]))  # what the rule reads
+        self.keys = list(dict.fromkeys([*self.shown, "val_acc", "val_ce", selection.COUNT,  # what the rule reads
+                                         selection.CE_SE]))
         self.ended: dict[str, str] = {}  # trial id -> how it ended
         self.runs: dict[str, list[dict[str, Any]]] = {}  # trial id -> its epochs' figures
         self.ranking: dict[str, dict[str, Any]] = {}  # trial name -> its selected epoch, for the ended that rank

@@ -47,8 +47,9 @@ def trial_rows(results: Any, space: spaces.Space, epochs: int) -> list[dict[str,
         best = selection.best(history, space.select)
         if best is not None:
             row.update({k: best[k] for k in metric_names(best, space)}, best_epoch=epoch_of(best))
-            if selection.COUNT in best:  # what the rule's standard error is of, to rank the trials by it
-                row[selection.COUNT] = best[selection.COUNT]
+            for k in (selection.COUNT, selection.CE_SE):  # the rule's standard errors, to rank the trials by it
+                if k in best:
+                    row[k] = best[k]
         rows.append(row)
     return rows
 
