@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.oracle", description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--workers", type=int, default=2, help="runs side by side, one thread each")
-    p.add_argument("--seeds", help="only these of each task's seeds (comma-separated; default all of them)")
+    p.add_argument("--seeds", type=lambda v: {int(s) for s in v.split(",")},
+                   help="only these of each task's seeds (comma-separated; default all of them)")
     p.add_argument("--full-train", action="store_true", help="the full-train grid (train + validation)")
     p.add_argument("--out", type=Path, help=f"the cache (default {OUT}, with --full-train {FULL_OUT})")
     args = p.parse_args(argv)
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [t for t in args.tasks.split(",") if t not in TASKS]
     if unknown:
         p.error(f"unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
-    only = None if args.seeds is None else {int(s) for s in args.seeds.split(",")}
+    only = args.seeds
     runs = load(args.out)
     jobs = [(name, point, seed, args.full_train) for name in args.tasks.split(",") for point in TASKS[name].points()
             for seed in TASKS[name].seeds if (only is None or seed in only) and run_key(name, point, seed) not in runs]
