@@ -8,9 +8,10 @@ Three rules (a configuration's ``select.rule``, a space's ``rule``):
   ones as their test CE does (``docs/results/search-quality.md`` measures both rules).
 - ``one_se_ce``: ``one_se``, guarded in CE: its pick, unless that pick's validation CE is beyond one standard error
   of the lowest validation CE (``val_ce_se``, the engine's, of the lowest epoch); then the lowest validation CE.
-  Where CE overfits while accuracy still creeps up, ``one_se``'s window holds only late epochs of higher CE, and
-  this keeps the CE the split can tell apart (``docs/results/search-quality.md`` measures it beside ``one_se``).
-  Rows without ``val_ce_se`` are judged as ``one_se`` judges them.
+  Meant for CE that overfits while accuracy still creeps up (``one_se``'s window then holds only late epochs of
+  higher CE); measured, it did not help there, since one split's CE standard error is wider than the differences
+  that matter, so it is not the default (``docs/results/search-quality.md``). Rows without ``val_ce_se`` are
+  judged as ``one_se`` judges them.
 - ``metric``: the validation metric alone (``select.metric`` and ``select.mode``), ties to the lower validation
   CE. A user trainable's metric is selected this way, and so is any history without the validation count.
 
